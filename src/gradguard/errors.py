@@ -1,0 +1,58 @@
+"""The exception tree of gradguard.
+
+Every error says what was wrong (echoing the value with ``!r``), what is allowed, and what to do.
+Catch :class:`GradguardError` to handle anything gradguard raises on purpose.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DistributedMismatchError",
+    "EmptyParametersError",
+    "GradguardError",
+    "NoGradientsError",
+    "NonFiniteError",
+    "UnsupportedGradientError",
+]
+
+
+class GradguardError(Exception):
+    """Base class of every error gradguard raises on purpose."""
+
+
+class ConfigError(GradguardError, ValueError):
+    """A setting or argument is out of range or of the wrong kind."""
+
+
+class EmptyParametersError(ConfigError):
+    """The parameters were an exhausted iterator (``model.parameters()`` used twice)."""
+
+
+class NoGradientsError(GradguardError, RuntimeError):
+    """Parameters were given but none of them holds a gradient."""
+
+
+class UnsupportedGradientError(GradguardError, TypeError):
+    """A gradient's layout, dtype or device combination cannot be handled."""
+
+
+class NonFiniteError(GradguardError, FloatingPointError):
+    """A value that must be finite (loss, gradient norm, parameter) is NaN or infinite."""
+
+
+class DistributedMismatchError(GradguardError, RuntimeError):
+    """Ranks of a process group disagree on something that must be identical on all of them."""
+
+
+def check_positive(name: str, value: float, *, fix: str = "") -> float:
+    """Return ``value`` as a float if it is a finite number > 0, else raise :class:`ConfigError`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{name} must be a positive number, got {value!r}. {fix}".rstrip()
+        ) from None
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}. {fix}".rstrip())
+    return number
