@@ -4,7 +4,7 @@ Importing gradguard loads torch and nothing heavier: display packages (rich, mat
 tensorboard) and integrations (lightning, transformers) are imported by the modules that use them.
 """
 
-from gradguard import errors, records
+from gradguard import analysis, errors, records, remedies
 from gradguard.clip import clip_by_global_norm_
 from gradguard.errors import GradguardError
 from gradguard.stats import GradStats, measure
@@ -15,8 +15,10 @@ __all__ = [
     "GradStats",
     "GradguardError",
     "__version__",
+    "analysis",
     "clip_by_global_norm_",
     "errors",
     "measure",
     "records",
+    "remedies",
 ]
