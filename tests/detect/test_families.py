@@ -64,6 +64,14 @@ def test_spike_needs_warmup_ratio_and_surprise() -> None:
     assert alerts[40][0].threshold == pytest.approx(10.0)
 
 
+def test_spike_and_loss_spike_warm_up_alert_only_on_huge_jumps() -> None:
+    spike, loss = SpikeDetector(), LossSpikeDetector()
+    norms = [1.0, 2.0, 999.0, 3000.0]  # vs medians 1, 1.5, 2: only the last is >= 1000x
+    assert [bool(spike.update(obs(i, n))) for i, n in enumerate(norms)] == [0, 0, 0, 1]
+    losses = [2.0, 3.0, 240.0, 400.0]  # 240 is 96x the median 2.5; 400 is 133x the median 3
+    assert [bool(loss.update(obs(i, 1.0, v))) for i, v in enumerate(losses)] == [0, 0, 0, 1]
+
+
 def test_spike_is_silent_on_noisy_norms_with_natural_five_fold_bumps() -> None:
     detector = SpikeDetector()
     norms = _noisy(2000, sigma=0.6, seed=1)
@@ -127,15 +135,17 @@ def test_loss_spike_in_log_space_and_after_a_negative_loss() -> None:
     assert all(a == [] for a in out[:-1])
 
 
-def test_param_growth_compares_with_five_measurements_ago() -> None:
+def test_param_growth_compares_with_five_measurements_ago_after_warmup() -> None:
     detector = ParamNormGrowthDetector()
     raised = {}
     for step in range(200):
-        weights = 10.0 * 1.2 ** max(0, step // 10 - 10) if step % 10 == 0 else None
+        # x4 during the warm-up (small-init growth, ignored), flat, then x1.5 per 10 steps.
+        early = 2.5 + 7.5 * min(step, 40) / 40
+        weights = early * 1.5 ** max(0, step // 10 - 10) if step % 10 == 0 else None
         if alerts := detector.update(obs(step, 1.0, param_norm=weights)):
             raised[step] = alerts
-    # Growth starts after step 100; 1.2^4 = 2.07 >= 2 first at step 140 (oldest kept: step 90).
-    assert min(raised) == 140 and raised[140][0].value == pytest.approx(1.2**4)
+    # Kept from step 50 on; 1.5^4 = 5.06 >= 4 first at step 140 (oldest kept then: step 90).
+    assert min(raised) == 140 and raised[140][0].value == pytest.approx(1.5**4)
     assert kinds(detector.update(obs(200, 1.0, param_norm=math.nan))) == [
         ("param_norm_growth", "critical")
     ]

@@ -23,15 +23,17 @@ class LossSpikeDetector:
     loss <= 0 is seen (log-likelihoods of densities, regularised objectives), the rule switches
     for good to the same test on the loss itself, the jump measured in units of ``|median|`` or
     of the robust spread, whichever is larger.
-    Nothing is raised in the first ``warmup`` optimizer steps, and a missing or non-finite loss
-    never enters the window (non-finite losses are :class:`NonFiniteDetector` 's job).
+    During the first ``warmup`` optimizer steps only a jump of ``warmup_ratio`` times the median
+    so far alerts. A missing or non-finite loss never enters the window (non-finite losses are
+    :class:`NonFiniteDetector` 's job).
 
     Args:
         window: recent steps forming the baseline.
-        warmup: optimizer steps observed before the first alert can be raised.
+        warmup: optimizer steps before the z-score rule applies.
         z_threshold: robust z-score needed for an alert.
         min_ratio: loss / median ratio needed for an alert (> 1).
         critical_ratio: ratio from which the alert is critical.
+        warmup_ratio: ratio to the median so far that alerts during the warm-up.
         min_spread: floor of the log-space spread.
     """
 
@@ -45,6 +47,7 @@ class LossSpikeDetector:
         z_threshold: float = 6.0,
         min_ratio: float = 10.0,
         critical_ratio: float = 1000.0,
+        warmup_ratio: float = 100.0,
         min_spread: float = 0.1,
     ) -> None:
         size = check_int("window", window, minimum=3, fix="Use 32-128 steps.")
@@ -52,6 +55,7 @@ class LossSpikeDetector:
         self.z_threshold = check_positive("z_threshold", z_threshold)
         self.min_ratio = check_ratio("min_ratio", min_ratio)
         self.critical_ratio = check_ratio("critical_ratio", critical_ratio)
+        self.warmup_ratio = check_ratio("warmup_ratio", warmup_ratio)
         self.min_spread = check_positive("min_spread", min_spread)
         self.baseline = RobustWindow(size, self.min_spread)
         self.log_space = True
@@ -67,7 +71,7 @@ class LossSpikeDetector:
             self._leave_log_space()
         value = math.log(loss) if self.log_space else loss
         alerts: list[Alert] = []
-        if self.seen > self.warmup and len(self.baseline) >= 3:
+        if len(self.baseline):
             center, spread = self.baseline.center_spread()
             if self.log_space:
                 typical = math.exp(center)
@@ -80,7 +84,11 @@ class LossSpikeDetector:
                 scale = max(abs(center), spread, 1e-12)
                 ratio = 1.0 + (value - center) / scale
                 z = (value - center) / max(spread, self.min_spread * scale)
-            if z >= self.z_threshold and ratio >= self.min_ratio:
+            if self.seen > self.warmup and len(self.baseline) >= 3:
+                hit = z >= self.z_threshold and ratio >= self.min_ratio
+            else:
+                hit = ratio >= self.warmup_ratio
+            if hit:
                 alerts.append(
                     Alert(
                         step=obs.step,

@@ -19,15 +19,17 @@ class ParamNormGrowthDetector:
     Healthy training changes the weights' norm slowly; a run heading for divergence inflates it
     quickly (the seeds' symptom "weights grow to very large magnitudes"). Measuring the parameter
     norm costs a pass over the weights, so it is asked for every ``every`` optimizer steps (a cost
-    tier), and the rule compares the newest measurement with the one ``span`` measurements ago. A
-    non-finite parameter norm is always critical: the weights are already corrupt.
+    tier), and the rule compares the newest measurement with the one ``span`` measurements ago.
+    Early training from a small initialisation legitimately multiplies the norm, so measurements
+    enter the comparison only after ``warmup`` optimizer steps. A non-finite parameter norm is
+    always critical: the weights are already corrupt.
 
     Args:
         every: measure the parameter norm every this many optimizer steps.
         span: measurements between the two compared values.
         max_growth: growth factor over ``span`` measurements that raises a warning (> 1).
         critical_growth: growth factor from which the alert is critical.
-        warmup: optimizer steps observed before a growth alert can be raised.
+        warmup: optimizer steps before measurements enter the comparison.
     """
 
     name = "param_growth"
@@ -37,9 +39,9 @@ class ParamNormGrowthDetector:
         *,
         every: int = 10,
         span: int = 5,
-        max_growth: float = 2.0,
+        max_growth: float = 4.0,
         critical_growth: float = 100.0,
-        warmup: int = 20,
+        warmup: int = 50,
     ) -> None:
         self.param_norm_every = check_int("every", every, minimum=1)
         self.history = Ring(check_int("span", span, minimum=1) + 1)
@@ -69,10 +71,10 @@ class ParamNormGrowthDetector:
                     value=norm,
                 )
             ]
-        if norm <= 0.0:
+        if norm <= 0.0 or self.seen <= self.warmup:
             return []
         self.history.append(math.log(norm))
-        if self.seen <= self.warmup or not self.history.full:
+        if not self.history.full:
             return []
         growth = math.exp(min(self.history[-1] - self.history[0], 700.0))
         if growth < self.max_growth:

@@ -49,7 +49,7 @@ def _strict() -> list[Detector]:
     return [
         NonFiniteDetector(),
         SpikeDetector(warmup=10, z_threshold=4.0, min_ratio=5.0),
-        GrowthTrendDetector(warmup=10, window=16, horizon=2000.0, min_r2=0.5, persistence=2),
+        GrowthTrendDetector(warmup=10, window=16, horizon=4000.0, min_r2=0.5, persistence=2),
         LossSpikeDetector(warmup=10, z_threshold=4.0, min_ratio=4.0),
         ParamNormGrowthDetector(every=5, max_growth=1.5, warmup=10),
         CulpritDetector(every=5, min_ratio=5.0, warmup=10),

@@ -25,15 +25,18 @@ class SpikeDetector:
     * the norm is at least ``min_ratio`` times the window's median: the jump is large in absolute
       terms, so runs with very quiet norms do not alert on modest bumps.
 
-    Nothing is raised during the first ``warmup`` optimizer steps. Non-finite norms are left to
+    During the first ``warmup`` optimizer steps the baseline is too short to judge noise, so only
+    a jump of ``warmup_ratio`` times the median so far raises an alert (runs that explode from
+    their first steps). Non-finite norms are left to
     :class:`~gradguard.detect.NonFiniteDetector` and never enter the window.
 
     Args:
         window: recent steps forming the baseline.
-        warmup: optimizer steps observed before the first alert can be raised.
+        warmup: optimizer steps before the z-score rule applies.
         z_threshold: robust z-score (in log space) needed for an alert.
         min_ratio: norm / median ratio needed for an alert (> 1).
         critical_ratio: ratio from which the alert is critical.
+        warmup_ratio: ratio to the median so far that alerts during the warm-up.
         min_spread: floor of the log-space spread (0.1 is about a 10 % wiggle).
 
     References:
@@ -50,12 +53,14 @@ class SpikeDetector:
         z_threshold: float = 6.0,
         min_ratio: float = 10.0,
         critical_ratio: float = 1000.0,
+        warmup_ratio: float = 1000.0,
         min_spread: float = 0.1,
     ) -> None:
         self.warmup = check_int("warmup", warmup, minimum=0)
         self.z_threshold = check_positive("z_threshold", z_threshold)
         self.min_ratio = check_ratio("min_ratio", min_ratio)
         self.critical_ratio = check_ratio("critical_ratio", critical_ratio)
+        self.warmup_ratio = check_ratio("warmup_ratio", warmup_ratio)
         self.baseline = RobustWindow(
             check_int("window", window, minimum=3, fix="Use 32-128 steps."),
             check_positive("min_spread", min_spread),
@@ -70,11 +75,14 @@ class SpikeDetector:
             return []
         value = math.log(norm)
         alerts: list[Alert] = []
-        if self.seen > self.warmup and len(self.baseline) >= 3:
+        if len(self.baseline):
             center, spread = self.baseline.center_spread()
-            z = (value - center) / spread
             ratio = math.exp(min(value - center, 700.0))
-            if z >= self.z_threshold and ratio >= self.min_ratio:
+            if self.seen > self.warmup and len(self.baseline) >= 3:
+                hit = (value - center) / spread >= self.z_threshold and ratio >= self.min_ratio
+            else:
+                hit = ratio >= self.warmup_ratio
+            if hit:
                 typical = math.exp(center)
                 alerts.append(
                     Alert(

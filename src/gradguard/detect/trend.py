@@ -87,7 +87,7 @@ class GrowthTrendDetector:
         *,
         window: int = 24,
         warmup: int = 20,
-        horizon: float = 1000.0,
+        horizon: float = 2000.0,
         critical_horizon: float = 100.0,
         limit: float | None = None,
         min_r2: float = 0.6,
