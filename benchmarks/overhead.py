@@ -19,14 +19,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 import gradguard as gg
-from gradguard.clip import safe_coefficient
+from gradguard.clip import fused_clipped_step, safe_coefficient
 
 MAX_NORM = 1.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -75,7 +77,7 @@ def lstm_lm_shapes() -> list[tuple[int, ...]]:
 
 
 def gradient_sets(device: torch.device, names: Sequence[str]) -> list[GradSet]:
-    table = {
+    table: dict[str, tuple[str, Callable[[], list[tuple[int, ...]]]]] = {
         "gpt2": ("GPT-2 small", gpt2_small_shapes),
         "lstm": ("2-layer LSTM", lstm_lm_shapes),
         "many": ("2000 x 1024", lambda: [(1024,)] * 2000),
@@ -127,16 +129,17 @@ def gg_measure(gs: GradSet) -> object:
 def gg_measure_clip_transfer(gs: GradSet) -> object:
     stats = gg.measure(gs.params)
     gg.clip_by_global_norm_(None, MAX_NORM, stats=stats)
-    summary = torch.stack([stats.total_norm, stats.finite.float(), stats.norms.max()])
+    # The host knows ``finite`` from the total: math.isfinite(total).
+    summary = torch.stack([stats.total_norm, stats.norms.max()])
     return summary.tolist()  # HOST SYNC: the one transfer per step.
 
 
 def gg_guard_flow(gs: GradSet) -> object:
     """The Guard's order: transfer the summary first, clip only when the norm is over the bound."""
     stats = gg.measure(gs.params)
-    summary = torch.stack([stats.total_norm, stats.finite.float(), stats.norms.max()])
-    total, finite, _ = summary.tolist()  # HOST SYNC: the one transfer per step.
-    if finite and total > MAX_NORM:
+    summary = torch.stack([stats.total_norm, stats.norms.max()])
+    total, _ = summary.tolist()  # HOST SYNC: the one transfer per step.
+    if math.isfinite(total) and total > MAX_NORM:
         gg.clip_by_global_norm_(None, MAX_NORM, stats=stats)
     return total
 
@@ -170,30 +173,19 @@ class OptimizerSet:
 
     label: str
     params: list[Tensor]
-    grads: list[Tensor]
     plain: torch.optim.Adam
     folded: torch.optim.Adam
-    grad_scale: Tensor
-    found_inf: Tensor
-
-    def restore_grads(self) -> None:
-        for p, g in zip(self.params, self.grads, strict=True):
-            p.grad = g
 
 
 def optimizer_set(gs: GradSet) -> OptimizerSet:
-    params = [nn.Parameter(torch.zeros(p.shape, device=gs.flat.device)) for p in gs.params]
-    grads = [p.grad for p in gs.params]
-    for p, g in zip(params, grads, strict=True):
-        p.grad = g
+    params = []
+    for view in gs.params:
+        param = nn.Parameter(torch.zeros(view.shape, device=gs.flat.device))
+        param.grad = view.grad
+        params.append(param)
     plain = torch.optim.Adam(params, lr=1e-4, fused=True)
     folded = torch.optim.Adam(params, lr=1e-4, fused=True)
-    device = gs.flat.device
-    scale = torch.ones((), device=device)
-    found = torch.zeros((), device=device)
-    folded.grad_scale = scale  # type: ignore[attr-defined]
-    folded.found_inf = found  # type: ignore[attr-defined]
-    return OptimizerSet(gs.label, params, grads, plain, folded, scale, found)  # type: ignore[arg-type]
+    return OptimizerSet(gs.label, list(params), plain, folded)
 
 
 def adam_only(os_: OptimizerSet) -> object:
@@ -214,16 +206,15 @@ def gg_clip_then_adam(os_: OptimizerSet) -> object:
 def gg_folded_adam(os_: OptimizerSet) -> object:
     stats = gg.measure(os_.params)
     coef = safe_coefficient(MAX_NORM, stats.total_norm, stats.finite, 1e-6)
-    os_.grad_scale.copy_(coef.reciprocal())  # the kernel divides by grad_scale
-    os_.found_inf.copy_(~stats.finite)  # 1.0 makes the kernel skip the step
-    return os_.folded.step()
+    fused_clipped_step(os_.folded, coef, skip=~stats.finite)
+    return coef
 
 
 FUSED_VARIANTS: list[tuple[str, Callable[[OptimizerSet], object]]] = [
     ("torch clip + fused Adam", torch_clip_then_adam),
     ("fused Adam alone (no clip)", adam_only),
     ("gg.measure + clip + fused Adam", gg_clip_then_adam),
-    ("gg.measure + fused Adam(grad_scale=1/coef, found_inf)", gg_folded_adam),
+    ("gg.measure + fused_clipped_step (grad_scale=1/coef, found_inf)", gg_folded_adam),
 ]
 
 
@@ -235,7 +226,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn: Callable[[object], object], arg: object, reps: int, device: torch.device) -> float:
+def _time(fn: Callable[[T], object], arg: T, reps: int, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
     for _ in range(reps):
@@ -245,8 +236,8 @@ def _time(fn: Callable[[object], object], arg: object, reps: int, device: torch.
 
 
 def interleaved_ratios(
-    variants: Sequence[tuple[str, Callable[[object], object]]],
-    arg: object,
+    variants: Sequence[tuple[str, Callable[[T], object]]],
+    arg: T,
     rounds: int,
     min_block_s: float,
     device: torch.device,
@@ -323,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, list[list[float]]] = {}
     base: dict[str, float] = {}
     for gs in sets:
-        ratios, seconds = interleaved_ratios(VARIANTS, gs, rounds, min_block, device)  # type: ignore[arg-type]
+        ratios, seconds = interleaved_ratios(VARIANTS, gs, rounds, min_block, device)
         results[gs.name] = ratios
         base[gs.name] = statistics.median(seconds)
     for i, (vname, _) in enumerate(VARIANTS):
@@ -341,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("| variant | " + " | ".join(f.label for f in fsets) + " |")
         print("|" + " --- |" * (len(fsets) + 1))
         for fs in fsets:
-            ratios, _ = interleaved_ratios(FUSED_VARIANTS, fs, rounds, min_block, device)  # type: ignore[arg-type]
+            ratios, _ = interleaved_ratios(FUSED_VARIANTS, fs, rounds, min_block, device)
             fused[fs.label] = ratios
         for i, (vname, _) in enumerate(FUSED_VARIANTS):
             print(f"| {vname} | " + " | ".join(_cell(fused[f.label][i]) for f in fsets) + " |")
