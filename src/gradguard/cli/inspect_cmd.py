@@ -75,6 +75,8 @@ def inspect(
     radii = [r for name, tensor in tensors for r in gate_radii(name, tensor)]
 
     console = Console(highlight=False)
+    if not console.is_terminal:  # logs and CI: keep long tensor names on one line
+        console.width = max(console.width, 160)
     bad = [h for h in health if not h.finite]
     shown = bad + [h for h in health if h.finite]
     if not show_all:

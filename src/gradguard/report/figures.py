@@ -105,8 +105,8 @@ def norm_figure(records: Sequence[StepRecord]) -> bytes:
 
     Non-finite norms are drawn as red crosses at the top edge (a log axis cannot show them);
     the norm after clipping is drawn where it differs; alerts are triangles coloured by
-    severity at the norm of their step; skips, back-offs, rollbacks, resets and aborts are
-    vertical lines.
+    severity at the norm of their step (just under the top edge when that norm is NaN/Inf);
+    skips, back-offs, rollbacks, resets and aborts are vertical lines.
     """
     fig, (ax,) = _figure(height=4.2)
     steps = [r.step for r in records]
@@ -126,16 +126,17 @@ def norm_figure(records: Sequence[StepRecord]) -> bytes:
         if not xs:
             continue
         ys = [by_step.get(x, math.nan) for x in xs]
-        ys = [y if math.isfinite(y) and y > 0 else math.nan for y in ys]
+        drawable = [y > 0 for y in ys]  # False for NaN too: those go to the top edge
+        style = {"marker": "v", "color": SEVERITY_COLOR[severity], "s": 36, "zorder": 4}
         ax.scatter(
-            xs,
-            ys,
-            marker="v",
-            color=SEVERITY_COLOR[severity],
-            s=36,
-            zorder=4,
+            [x for x, ok in zip(xs, drawable, strict=True) if ok],
+            [y for y, ok in zip(ys, drawable, strict=True) if ok],
             label=f"{severity.value} alert ({len(xs)})",
+            **style,
         )
+        off = [x for x, ok in zip(xs, drawable, strict=True) if not ok]
+        if off:
+            ax.scatter(off, [0.91] * len(off), transform=ax.get_xaxis_transform(), **style)
     _mark_interventions(ax, records)
     if any(math.isfinite(v) and v > 0 for v in finite):
         ax.set_yscale("log")

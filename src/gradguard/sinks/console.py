@@ -118,14 +118,16 @@ class ConsoleSink:
 
     def close(self) -> None:
         """Print what is still counted (repeats, clipped steps) and a closing line."""
-        if self._window_steps:
-            self._flush_repeats()
-            from rich.text import Text
+        if not self._seen:
+            return
+        self._flush_repeats()
+        from rich.text import Text
 
-            line = Text(f"gradguard: {self._seen} steps logged", style="dim")
-            self._append_window_counts(line)
-            self.console.print(line)
-            self._reset_window()
+        line = Text(f"gradguard: {self._seen} steps logged", style="dim")
+        self._append_window_counts(line)
+        self.console.print(line)
+        self._reset_window()
+        self._seen = 0
 
     # ---------------------------------------------------------------------------------------
     # Formatting: only reached for lines that are printed.
