@@ -12,19 +12,25 @@ from gradguard.clip import (
     clip_per_tensor_norm_,
 )
 from gradguard.errors import GradguardError
+from gradguard.report import build_report
+from gradguard.sinks import ConsoleSink, JsonlSink, read_jsonl
 from gradguard.stats import GradStats, measure
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Clipper",
+    "ConsoleSink",
     "GradStats",
     "GradguardError",
+    "JsonlSink",
     "__version__",
+    "build_report",
     "clip_by_global_norm_",
     "clip_by_value_",
     "clip_per_tensor_norm_",
     "errors",
     "measure",
+    "read_jsonl",
     "records",
 ]
