@@ -5,20 +5,36 @@ tensorboard) and integrations (lightning, transformers) are imported by the modu
 """
 
 from gradguard import analysis, errors, records, remedies
-from gradguard.clip import clip_by_global_norm_
+from gradguard.clip import (
+    Clipper,
+    clip_by_global_norm_,
+    clip_by_value_,
+    clip_per_tensor_norm_,
+)
 from gradguard.errors import GradguardError
+from gradguard.monitor import Monitor
+from gradguard.report import build_report
+from gradguard.sinks import ConsoleSink, JsonlSink, read_jsonl
 from gradguard.stats import GradStats, measure
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Clipper",
+    "ConsoleSink",
     "GradStats",
     "GradguardError",
+    "JsonlSink",
+    "Monitor",
     "__version__",
     "analysis",
+    "build_report",
     "clip_by_global_norm_",
+    "clip_by_value_",
+    "clip_per_tensor_norm_",
     "errors",
     "measure",
+    "read_jsonl",
     "records",
     "remedies",
 ]
