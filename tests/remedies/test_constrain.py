@@ -117,3 +117,28 @@ def test_cells_and_errors() -> None:
         constrain_recurrent_(nn.RNN(2, 2), max_radius=0.0)
     with pytest.raises(ConfigError):
         constrain_recurrent_(nn.RNN(2, 2), method="clip")  # type: ignore[arg-type]
+
+
+def test_each_parametrisation_runs_once_per_call_and_the_cache_closes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gradguard.remedies.constrain import SpectralBound
+
+    calls: list[int] = []
+    forward = SpectralBound.forward
+
+    def counting(self: SpectralBound, weight: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return forward(self, weight)
+
+    monkeypatch.setattr(SpectralBound, "forward", counting)
+    lstm = nn.LSTM(3, 4, num_layers=2)
+    constrain_recurrent_(lstm)
+    calls.clear()
+    lstm(torch.randn(5, 2, 3))[0].sum().backward()
+    assert len(calls) == 2  # one per constrained weight
+    with pytest.raises(RuntimeError):
+        lstm(torch.randn(5, 2, 7))  # wrong input size: the fused kernel raises
+    calls.clear()
+    lstm(torch.randn(5, 2, 3))
+    assert len(calls) == 2  # the cache was closed: weights are recomputed on the next call

@@ -183,6 +183,10 @@ def largest_singular_value(
 
     Raises:
         ConfigError: ``W`` is not 2-D, or ``method`` is unknown.
+
+    References:
+        Golub and Van Loan, "Matrix Computations", 4th ed., §8.6 (σ_max as the dominant
+        eigenvalue of WᵀW, found by power iteration).
     """
     matrix = check_matrix("W", W, square=False)
     check_positive("tol", tol)

@@ -149,6 +149,11 @@ def unrolled_forward(
     Raises:
         UnsupportedModelError: ``module`` is of another kind, or ``input`` is a PackedSequence.
         ConfigError: ``input`` or ``hx`` has the wrong shape.
+
+    References:
+        The update equations of ``torch.nn.RNN``, ``torch.nn.LSTM`` (Hochreiter and
+        Schmidhuber, 1997; projections: Sak et al., 2014) and ``torch.nn.GRU`` (Cho et al.,
+        2014), with PyTorch's gate order and bias placement.
     """
     mode = getattr(module, "mode", None)
     if not isinstance(module, nn.RNNBase) or mode not in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU"):

@@ -11,12 +11,16 @@ tensor at every forward pass, per gate block:
 
 ``nn.RNN``/``nn.LSTM``/``nn.GRU`` run from a cached list of their weights (``_flat_weights``), which
 a parametrisation does not update (PyTorch issue #39311); a forward pre-hook refreshes that list
-from the parametrised attributes before every call, so the fused kernels see the constrained
-weights and gradients reach the unconstrained ones.
+from the parametrised attributes before every call (evaluating each parametrisation once per
+call), so the fused kernels see the constrained weights and gradients reach the unconstrained
+ones. Tested on CPU; on CUDA the weights are not one contiguous cuDNN buffer, which cuDNN accepts
+with a warning about speed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from typing import Any, Literal
 
 import torch
@@ -114,10 +118,37 @@ class ScaledOrthogonal(nn.Module):
         return weight.new_zeros(self.gates, weight.shape[1], weight.shape[1])
 
 
-def _refresh_flat_weights(module: nn.Module, _args: Any) -> None:
-    """Forward pre-hook: point an RNN module's weight cache at the parametrised values."""
-    rnn: Any = module  # private attributes of nn.RNNBase, stable since PyTorch 1.x
+class _FlatWeights:
+    """Hooks that hand an RNN module's fused kernel the parametrised weights, computed once.
+
+    Before each call the parametrisations are evaluated inside ``parametrize.cached()`` and the
+    module's private weight list (``_flat_weights``, with its weak references) is pointed at the
+    results; PyTorch's own staleness check then finds nothing changed. The cache is closed after
+    the call, also when it raises.
+    """
+
+    def __init__(self) -> None:
+        self.open: list[contextlib.AbstractContextManager[None]] = []
+
+    def before(self, module: nn.Module, _args: Any) -> None:
+        context = parametrize.cached()
+        context.__enter__()
+        self.open.append(context)
+        refresh_flat_weights(module)
+
+    def after(self, _module: nn.Module, _args: Any, _output: Any) -> None:
+        if self.open:
+            self.open.pop().__exit__(None, None, None)
+
+
+def refresh_flat_weights(module: nn.Module) -> None:
+    """Point an RNN module's cached weight list at its current (parametrised) weights."""
+    rnn: Any = module  # private attributes of nn.RNNBase, present since PyTorch 1.x
     rnn._flat_weights = [getattr(rnn, n, None) for n in rnn._flat_weights_names]
+    if hasattr(rnn, "_flat_weight_refs"):
+        rnn._flat_weight_refs = [
+            weakref.ref(w) if w is not None else None for w in rnn._flat_weights
+        ]
 
 
 def constrain_recurrent_(
@@ -185,6 +216,9 @@ def constrain_recurrent_(
         names.append(weight.name)
         if isinstance(weight.module, nn.RNNBase) and id(weight.module) not in hooked:
             hooked.add(id(weight.module))
-            weight.module.register_forward_pre_hook(_refresh_flat_weights)
-            _refresh_flat_weights(weight.module, ())
+            hooks = _FlatWeights()
+            weight.module.register_forward_pre_hook(hooks.before)
+            weight.module.register_forward_hook(hooks.after, always_call=True)
+            with torch.no_grad():
+                refresh_flat_weights(weight.module)
     return tuple(names)
