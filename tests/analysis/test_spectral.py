@@ -159,3 +159,30 @@ def test_errors_name_the_fix() -> None:
         recurrent_report(nn.RNN(2, 2), seq_len=0)
     with pytest.raises(ConfigError):
         recurrent_report(nn.RNN(2, 2), margin=1.5)
+
+
+def test_a_state_dict_from_a_checkpoint_gives_the_same_report() -> None:
+    torch.manual_seed(0)
+    model = nn.ModuleDict(
+        {
+            "enc": nn.LSTM(3, 5, num_layers=2, bidirectional=True),
+            "dec": nn.GRU(4, 6),
+            "proj": nn.LSTM(3, 6, proj_size=2),
+            "head": nn.Linear(6, 1),
+        }
+    )
+    live = recurrent_report(model)
+    saved = recurrent_report(model.state_dict())
+    assert len(saved.blocks) == len(live.blocks)
+    for a, b in zip(saved.blocks, live.blocks, strict=True):
+        assert (a.name, a.kind, a.layer, a.direction, a.gate, a.shape) == (
+            b.name,
+            b.kind,
+            b.layer,
+            b.direction,
+            b.gate,
+            b.shape,
+        )
+        assert a.radius == pytest.approx(b.radius) and a.sigma_max == pytest.approx(b.sigma_max)
+    with pytest.raises(ConfigError, match="stack of"):
+        recurrent_report({"x.weight_hh_l0": torch.zeros(10, 4)})

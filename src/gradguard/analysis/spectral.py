@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 from collections.abc import Mapping
 from typing import Literal
 
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from gradguard.analysis._common import Progress, Result, check_int, check_matrix
 from gradguard.analysis.growth import critical_radius
 from gradguard.errors import ConfigError, UnsupportedModelError, check_positive
-from gradguard.stats.recurrent import recurrent_weights
+from gradguard.stats.recurrent import GATE_GAINS, GATES, recurrent_weights
 
 __all__ = [
     "BlockSpectrum",
@@ -316,9 +317,10 @@ def recurrent_report(
     closes through the projection, so the P×P matrix ``weight_hr @ W_g`` is analysed.
 
     Args:
-        model: a module containing recurrent layers, or a mapping ``{name: square matrix}`` (or
-            one tensor) for a custom recurrence such as ``h = tanh(W h + U x)``; such matrices are
-            treated as one tanh block each.
+        model: a module containing recurrent layers; a mapping ``{name: square matrix}`` (or
+            one tensor) for a custom recurrence such as ``h = tanh(W h + U x)``, each treated as
+            one tanh block; or a ``state_dict`` (e.g. from a checkpoint), whose ``weight_hh*``
+            tensors are split into gate blocks by shape.
         seq_len: the sequence length to judge against, >= 1.
         threshold: the growth factor that counts as an explosion (1e6 by default).
         margin: how far below 1 a block still counts as near-critical.
@@ -388,17 +390,61 @@ def recurrent_report(
 _Meta = tuple[str, str, str, int, str, str, float]
 
 
+_SUFFIX = re.compile(r"_l(\d+)(_reverse)?$")
+
+
+def _mapping_jobs(mapping: Mapping[str, Tensor]) -> list[tuple[_Meta, Tensor]]:
+    """Blocks of a mapping: custom square matrices, or the ``weight_hh*`` of a state_dict.
+
+    A state_dict (any key containing ``weight_hh``) contributes only its ``weight_hh`` tensors,
+    split by shape: (4H, H) LSTM gates, (3H, H) GRU gates, (H, H) one block; with a matching
+    ``weight_hr`` the LSTM loop ``weight_hr @ block`` is analysed. Other mappings are taken as
+    they are: one square matrix per entry.
+    """
+    if not mapping:
+        raise ConfigError("the mapping of recurrent matrices is empty; pass {'W_hh': W}.")
+    names = [str(k) for k in mapping]
+    state_dict = any("weight_hh" in n for n in names)
+    jobs: list[tuple[_Meta, Tensor]] = []
+    for key, value in mapping.items():
+        name = str(key)
+        if state_dict and "weight_hh" not in name:
+            continue
+        matrix = check_matrix(name, value, square=False)
+        found = _SUFFIX.search(name)
+        layer = int(found.group(1)) if found else 0
+        direction = "reverse" if found and found.group(2) else "forward"
+        module = name.rsplit(".", 1)[0] if "." in name else ""
+        projection = mapping.get(name.replace("weight_hh", "weight_hr")) if state_dict else None
+        rows, cols = matrix.shape
+        if projection is not None and rows % 4 == 0:
+            kind = "LSTM"
+        elif rows == cols:
+            jobs.append(((name, module, "matrix", layer, direction, "h", 1.0), matrix))
+            continue
+        elif rows in (3 * cols, 4 * cols):
+            kind = "LSTM" if rows == 4 * cols else "GRU"
+        else:
+            raise ConfigError(
+                f"{name} has shape {(rows, cols)!r}: not a square recurrent matrix nor a stack of "
+                "3 (GRU) or 4 (LSTM) square gate blocks. Pass square matrices, e.g. "
+                "{'W_hh': W}, or the module itself."
+            )
+        size = rows // len(GATES[kind])
+        for k, (gate, gain) in enumerate(zip(GATES[kind], GATE_GAINS[kind], strict=True)):
+            block = matrix[k * size : (k + 1) * size]
+            if projection is not None:
+                block = check_matrix(name, projection, square=False).to(block.dtype) @ block
+            jobs.append(((name, module, kind, layer, direction, gate, gain), block))
+    return jobs
+
+
 def _jobs(model: nn.Module | Mapping[str, Tensor] | Tensor) -> list[tuple[_Meta, Tensor]]:
     """``(metadata, square matrix)`` for every block to analyse."""
     if isinstance(model, Tensor):
         model = {"W": model}
     if isinstance(model, Mapping):
-        if not model:
-            raise ConfigError("the mapping of recurrent matrices is empty; pass {'W_hh': W}.")
-        jobs: list[tuple[_Meta, Tensor]] = []
-        for name, matrix in model.items():
-            jobs.append(((str(name), "", "matrix", 0, "forward", "h", 1.0), matrix))
-        return jobs
+        return _mapping_jobs(model)
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(
             f"recurrent_report expects an nn.Module, a tensor or a mapping of tensors, got "
@@ -412,12 +458,12 @@ def _jobs(model: nn.Module | Mapping[str, Tensor] | Tensor) -> list[tuple[_Meta,
             "recurrent_report({'W_hh': model.W_hh.weight}). For feed-forward stacks use "
             "depth_profile."
         )
-    jobs = []
+    jobs: list[tuple[_Meta, Tensor]] = []
     for weight in weights:
         projection = weight.projection
         for gate, gain, block in weight.blocks():
             loop = projection @ block if projection is not None else block
-            meta = (
+            meta: _Meta = (
                 weight.name,
                 weight.module_name,
                 weight.kind,
