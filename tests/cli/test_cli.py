@@ -10,8 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from gradguard.analysis import recurrent_report
 from gradguard.cli import EXIT_NONFINITE, EXIT_OK, EXIT_USAGE, app
-from gradguard.cli.checkpoint import gate_radii, spectral_radius
+from gradguard.cli.checkpoint import CheckpointSpectra, recurrent_spectra
 from tests.report.synthetic import write_synthetic_log
 
 runner = CliRunner()
@@ -219,26 +220,44 @@ def test_inspect_bad_files(tmp_path: Path) -> None:
     _assert_one_line_error(err, "holds no tensors")
 
 
-def test_spectral_radius_helper() -> None:
-    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
-    assert spectral_radius(1.5 * q) == pytest.approx(1.5)
-    rotation = torch.tensor([[0.0, -2.0], [2.0, 0.0]])  # eigenvalues +-2i
-    assert spectral_radius(rotation) == pytest.approx(2.0)
-    assert torch.isnan(torch.tensor(spectral_radius(torch.tensor([[float("inf")]]))))
-    with pytest.raises(ValueError, match="square matrix"):
-        spectral_radius(torch.ones(2, 3))
+def test_checkpoint_spectra_match_recurrent_report() -> None:
+    state = torch.nn.LSTM(3, 5, num_layers=2).state_dict()
+    nested = [(f"model.{k}", v) for k, v in state.items()]
+    spectra = recurrent_spectra(nested, seq_len=50)
+    assert spectra.skipped == ()
+    assert spectra.report is not None
+    direct = recurrent_report(state, seq_len=50)
+    assert [(b.gate, b.radius) for b in spectra.report.blocks] == [
+        (b.gate, b.radius) for b in direct.blocks
+    ]
+    assert [b.name for b in spectra.report.blocks][:4] == ["model.weight_hh_l0"] * 4
+    assert spectra.report.critical_radius == pytest.approx(1e6 ** (1 / 50))
+    assert spectra.report.verdict is direct.verdict
 
 
-def test_gate_radii_shapes() -> None:
-    assert [g.gate for g in gate_radii("rnn.weight_hh_l0", torch.eye(4))] == ["-"]
-    assert gate_radii("rnn.weight_ih_l0", torch.eye(4)) == []
-    proj = torch.nn.LSTM(3, 6, proj_size=2).state_dict()["weight_hh_l0"]  # (24, 2)
-    (odd,) = gate_radii("weight_hh_l0", proj)
-    assert odd.radius is None
-    blocks = gate_radii("weight_hh_l0", torch.cat([k * torch.eye(3) for k in (1, 2, 3, 4)]))
-    assert [(g.gate, round(g.radius or 0, 6)) for g in blocks] == [
+def test_checkpoint_spectra_skip_what_they_cannot_analyse() -> None:
+    blocks = torch.cat([k * torch.eye(3) for k in (1, 2, 3, 4)])  # an LSTM's 4 gate blocks
+    bad = torch.eye(3)
+    bad[0, 0] = float("nan")
+    odd = torch.ones(5, 3)
+    spectra = recurrent_spectra(
+        [("a.weight_hh_l0", blocks), ("b.weight_hh_l0", bad), ("c.weight_hh_l0", odd)]
+    )
+    assert spectra.report is not None
+    assert [(b.gate, round(b.radius, 6)) for b in spectra.report.blocks] == [
         ("i", 1.0),
         ("f", 2.0),
         ("g", 3.0),
         ("o", 4.0),
     ]
+    # The cell block g (gain 1) with radius 3 > 1e6 ** (1/100): explosive.
+    assert spectra.report.verdict.value == "explosive"
+    assert spectra.skipped == (
+        ("b.weight_hh_l0", "non-finite"),
+        ("c.weight_hh_l0", "shape 5x3: not square gate blocks"),
+    )
+    proj = torch.nn.LSTM(3, 6, proj_size=2).state_dict()
+    with_projection = recurrent_spectra(list(proj.items()))
+    assert with_projection.report is not None
+    assert [b.shape for b in with_projection.report.blocks] == [(2, 2)] * 4
+    assert recurrent_spectra([("fc.weight", torch.eye(2))]) == CheckpointSpectra(None, ())

@@ -169,3 +169,19 @@ def test_errors() -> None:
         suggest("model")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         suggest(None, 42)
+
+
+def test_a_model_description_gives_the_structure_rules_without_the_model() -> None:
+    described = suggest(None, {"kind": "model", "cell": "rnn", "num_layers": 3, "seq_len": 150})
+    live = suggest(nn.RNN(3, 4, num_layers=3), seq_len=150)
+    assert [(a.action, a.params) for a in described] == [(a.action, a.params) for a in live]
+    assert described[0].evidence == "the model is recurrent (RNN_TANH); 3 stacked recurrent layers"
+    assert described[1].evidence == "sequence length 150 > 100"
+    assert described[2].evidence == "3 stacked recurrent layers, 1 of them plain RNNs"
+    gated = suggest(None, {"kind": "model", "cell": "LSTM", "num_layers": 4})
+    assert actions(gated) == [Remedy.CLIP_GRADIENTS]
+    assert gated[0].param("max_norm") == 0.5
+    unknown = suggest(None, {"kind": "model", "recurrent": True})
+    assert actions(unknown) == [Remedy.CLIP_GRADIENTS]
+    assert unknown[0].evidence == "the model is recurrent (cell type unknown)"
+    assert suggest(None, {"kind": "model", "recurrent": False}) == []

@@ -122,7 +122,7 @@ def test_outcome_advice_and_events(report: tuple[Path, str, Dom]) -> None:
     _, _, dom = report
     joined = " ".join(dom.text)
     assert "gradguard intervened on 14 of 60 steps; the run ended finite" in joined
-    assert "NaN/Inf loss or gradients" in joined
+    assert "Lower the learning rate tenfold" in joined
     assert "first at step 36" in joined
     assert "back to step 30, 7 steps lost." in joined
     assert "Sequence length T = 150 (> 100)." in joined

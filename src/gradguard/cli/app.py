@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from gradguard.cli.analyze_cmd import analyze
 from gradguard.cli.errors import EXIT_NONFINITE, EXIT_OK, EXIT_USAGE, OneLineErrors
 from gradguard.cli.inspect_cmd import inspect
 from gradguard.cli.report_cmd import report
@@ -26,6 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("analyze")(analyze)
 app.command("inspect")(inspect)
 app.command("report")(report)
 

@@ -1,30 +1,27 @@
-"""What ``gradguard inspect`` computes: tensors of a checkpoint, their health and spectral radii."""
+"""What ``inspect`` and ``analyze`` read from a checkpoint: its tensors, their health, spectra."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from gradguard.analysis import BlockSpectrum, RecurrentReport, critical_radius, recurrent_report
+from gradguard.errors import ConfigError
+
 __all__ = [
-    "GATE_NAMES",
-    "GateRadius",
+    "CheckpointSpectra",
     "TensorHealth",
     "flatten_tensors",
-    "gate_radii",
     "load_checkpoint",
-    "spectral_radius",
+    "recurrent_spectra",
     "tensor_health",
 ]
 
-GATE_NAMES = {1: ("-",), 3: ("r", "z", "n"), 4: ("i", "f", "g", "o")}
-"""PyTorch's gate order in ``weight_hh``: GRU (reset, update, new), LSTM (input, forget, cell,
-output); a plain RNN has one block."""
 _RECURRENT = re.compile(r"weight_hh")
 
 
@@ -98,54 +95,71 @@ def tensor_health(name: str, tensor: torch.Tensor) -> TensorHealth:
     return TensorHealth(name, tuple(tensor.shape), dtype, tensor.numel(), norm, max_abs, nan, inf)
 
 
-def spectral_radius(matrix: torch.Tensor) -> float:
-    """Largest eigenvalue modulus of a square matrix (exact, via ``torch.linalg.eigvals``).
-
-    NaN when the matrix holds NaN/Inf. A local helper until ``gradguard.analysis`` provides its
-    own ``spectral_radius`` (power iteration for large matrices).
-
-    References:
-        Pascanu, Mikolov, Bengio (2013), "On the difficulty of training recurrent neural
-        networks", ICML: rho(W_hh) > 1 is the condition under which gradients can explode.
-    """
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"spectral_radius needs a square matrix, got shape {tuple(matrix.shape)}")
-    values = matrix.detach().to(torch.float64)
-    if not bool(torch.isfinite(values).all()):
-        return math.nan
-    return float(torch.linalg.eigvals(values).abs().max())
-
-
 @dataclasses.dataclass(frozen=True)
-class GateRadius:
-    """Spectral radius of one gate block of a recurrent weight.
+class CheckpointSpectra:
+    """Spectra of the recurrent weights found in a checkpoint.
 
     Attributes:
-        name: dotted name of the ``weight_hh*`` tensor.
-        gate: gate letter (``"i"``, ``"f"``, ...), ``"-"`` for a plain RNN.
-        radius: spectral radius of the block, NaN when it holds NaN/Inf, ``None`` when the
-            block is not square (e.g. an LSTM with ``proj_size``).
+        report: the :func:`gradguard.analysis.recurrent_report` of every analysable ``weight_hh*``
+            tensor, combined into one report; ``None`` when there is none.
+        skipped: ``(name, why)`` for each ``weight_hh*`` tensor that could not be analysed
+            (``"non-finite"``, or a shape that is no stack of square gate blocks).
     """
 
-    name: str
-    gate: str
-    radius: float | None
+    report: RecurrentReport | None
+    skipped: tuple[tuple[str, str], ...]
 
 
-def gate_radii(name: str, tensor: torch.Tensor) -> list[GateRadius]:
-    """Spectral radius per gate block of a ``weight_hh*`` tensor of shape ``(gates*H, H)``.
+def recurrent_spectra(
+    tensors: Sequence[tuple[str, torch.Tensor]], *, seq_len: int = 100, threshold: float = 1e6
+) -> CheckpointSpectra:
+    """Run :func:`~gradguard.analysis.recurrent_report` on each recurrent weight of a checkpoint.
 
-    Returns an empty list for tensors whose name does not contain ``weight_hh`` or that are not
-    2-D floating matrices.
+    Each ``weight_hh*`` tensor (with its LSTM projection ``weight_hr*`` when present) is analysed
+    on its own, so that one NaN or oddly shaped tensor does not hide the others; the blocks are
+    then combined into one report with the worst verdict.
+
+    Args:
+        tensors: ``(dotted name, tensor)`` pairs, e.g. from :func:`flatten_tensors`.
+        seq_len: sequence length the verdicts refer to.
+        threshold: growth factor that counts as an explosion.
+
+    Returns:
+        A :class:`CheckpointSpectra`.
+
+    Raises:
+        ConfigError: ``seq_len`` or ``threshold`` is out of range.
     """
-    if not _RECURRENT.search(name) or tensor.ndim != 2 or not tensor.is_floating_point():
-        return []
-    rows, cols = tensor.shape
-    gates = rows // cols if cols and rows % cols == 0 else 0
-    if gates not in GATE_NAMES:
-        return [GateRadius(name, "?", None)]
-    blocks = tensor.reshape(gates, cols, cols)
-    return [
-        GateRadius(name, gate, spectral_radius(block))
-        for gate, block in zip(GATE_NAMES[gates], blocks, strict=True)
-    ]
+    by_name = dict(tensors)
+    blocks: list[BlockSpectrum] = []
+    skipped: list[tuple[str, str]] = []
+    critical = critical_radius(seq_len, threshold)
+    margin = 0.05
+    for name, tensor in tensors:
+        if not _RECURRENT.search(name) or tensor.ndim != 2 or not tensor.is_floating_point():
+            continue
+        mapping = {name: tensor}
+        projection = by_name.get(name.replace("weight_hh", "weight_hr"))
+        if projection is not None:
+            mapping[name.replace("weight_hh", "weight_hr")] = projection
+        if not all(bool(torch.isfinite(t).all()) for t in mapping.values()):
+            skipped.append((name, "non-finite"))
+            continue
+        try:
+            report = recurrent_report(mapping, seq_len=seq_len, threshold=threshold, margin=margin)
+        except ConfigError:
+            rows, cols = tensor.shape
+            skipped.append((name, f"shape {rows}x{cols}: not square gate blocks"))
+            continue
+        blocks.extend(report.blocks)
+    if not blocks:
+        return CheckpointSpectra(None, tuple(skipped))
+    combined = RecurrentReport(
+        blocks=tuple(blocks),
+        seq_len=seq_len,
+        threshold=float(threshold),
+        critical_radius=critical,
+        margin=margin,
+        verdict=max((b.verdict for b in blocks), key=lambda v: v.rank),
+    )
+    return CheckpointSpectra(combined, tuple(skipped))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gradguard.cli.errors import EXIT_NONFINITE, EXIT_OK, fail
+from gradguard.cli.errors import EXIT_NONFINITE, EXIT_OK
 
 __all__ = ["inspect"]
 
@@ -31,48 +30,24 @@ def inspect(
     show_all: Annotated[
         bool, typer.Option("--all", help=f"List every tensor, not only the first {MAX_ROWS}.")
     ] = False,
+    seq_len: Annotated[
+        int,
+        typer.Option("--seq-len", min=1, help="Sequence length the spectral verdicts refer to."),
+    ] = 100,
 ) -> None:
     """Check a checkpoint: NaN/Inf tensors, parameter norms, spectral radius of weight_hh.
 
-    Loads with torch.load(weights_only=True): no Python object is unpickled. Exit code 1 when
-    any tensor holds NaN or Inf (use it as a CI gate), 0 otherwise, 2 for a bad path or file.
+    Loads with torch.load(weights_only=True): no Python object is unpickled. Each recurrent
+    weight's gate blocks get their spectral radius and a verdict for sequences of --seq-len
+    steps (gradguard.analysis.recurrent_report). Exit code 1 when any tensor holds NaN or Inf
+    (use it as a CI gate), 0 otherwise, 2 for a bad path or file.
     """
-    if not checkpoint.exists():
-        fail(f"checkpoint {str(checkpoint)!r} does not exist", "check the path and try again")
-    if checkpoint.is_dir():
-        fail(
-            f"checkpoint {str(checkpoint)!r} is a folder",
-            "pass the file written by torch.save (e.g. model.pt)",
-        )
-    from gradguard.cli.checkpoint import flatten_tensors, gate_radii, load_checkpoint, tensor_health
+    from gradguard.cli.checkpoint import recurrent_spectra, tensor_health
+    from gradguard.cli.target import load_tensors
 
-    try:
-        obj = load_checkpoint(checkpoint)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
-            fail(
-                f"{str(checkpoint)!r} holds Python objects that torch.load(weights_only=True) "
-                "refuses to unpickle",
-                "gradguard never runs pickled code; re-save the tensors only, e.g. "
-                "torch.save(model.state_dict(), path)",
-            )
-        fail(
-            f"{str(checkpoint)!r} is not a PyTorch checkpoint", "pass a file written by torch.save"
-        )
-    except Exception as exc:  # any failure to parse a foreign file means "not a checkpoint"
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        fail(
-            f"{str(checkpoint)!r} is not a readable PyTorch checkpoint ({reason[:120]})",
-            "pass a file written by torch.save",
-        )
-    tensors = list(flatten_tensors(obj))
-    if not tensors:
-        fail(
-            f"{str(checkpoint)!r} holds no tensors (a {type(obj).__name__})",
-            "pass a state_dict or a dict that contains one",
-        )
+    tensors = load_tensors(checkpoint)
     health = [tensor_health(name, tensor) for name, tensor in tensors]
-    radii = [r for name, tensor in tensors for r in gate_radii(name, tensor)]
+    spectra = recurrent_spectra(tensors, seq_len=seq_len)
 
     console = Console(highlight=False)
     if not console.is_terminal:  # logs and CI: keep long tensor names on one line
@@ -97,14 +72,26 @@ def inspect(
     console.print(table)
     if len(shown) < len(health):
         console.print(f"... {len(health) - len(shown)} more tensors (use --all to list them)")
-    if radii:
+    if spectra.report is not None or spectra.skipped:
+        report = spectra.report
+        critical = f" (critical radius {report.critical_radius:.4g})" if report else ""
         spectral = Table(
-            title="Recurrent weights: spectral radius per gate block", title_justify="left"
+            title=f"Recurrent weights: spectral radius per gate block, T={seq_len}{critical}",
+            title_justify="left",
         )
-        for column in ("tensor", "gate", "radius", "verdict"):
+        for column in ("tensor", "gate", "radius", "gain*radius", "verdict"):
             spectral.add_column(column, justify="left" if column == "tensor" else "right")
-        for r in radii:
-            spectral.add_row(Text(r.name), r.gate, _num(r.radius), _verdict(r.radius))
+        for b in report.blocks if report is not None else ():
+            spectral.add_row(
+                Text(b.name),
+                b.gate,
+                _num(b.radius),
+                _num(b.effective_radius),
+                Text(b.verdict.value, style=VERDICT_STYLE[b.verdict.value]),
+            )
+        for name, why in spectra.skipped:
+            style = "bold red" if why == "non-finite" else "dim"
+            spectral.add_row(Text(name), "-", "-", "-", Text(why, style=style))
         console.print(spectral)
     if bad:
         listed = ", ".join(f"{h.name} ({h.nan} NaN, {h.inf} Inf)" for h in bad[:5])
@@ -124,11 +111,5 @@ def _num(value: float | None) -> str:
     return f"{value:.4g}" if math.isfinite(value) else repr(value)
 
 
-def _verdict(radius: float | None) -> Text:
-    if radius is None:
-        return Text("not square", style="dim")
-    if not math.isfinite(radius):
-        return Text("non-finite", style="bold red")
-    if radius > 1.0:
-        return Text("> 1: can explode", style="bold yellow")
-    return Text("<= 1", style="green")
+VERDICT_STYLE = {"stable": "green", "near-critical": "yellow", "explosive": "bold red"}
+"""Colour of each :class:`gradguard.analysis.Verdict` value in the CLI's tables."""

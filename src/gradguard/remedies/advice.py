@@ -177,7 +177,6 @@ def _long_sequence(seq_len: int) -> Advice:
 
 
 def _from_model(model: nn.Module, seq_len: int | None) -> list[Advice]:
-    out: list[Advice] = []
     kinds: list[str] = []
     layers = 0
     for _, module in model.named_modules():
@@ -187,16 +186,37 @@ def _from_model(model: nn.Module, seq_len: int | None) -> list[Advice]:
         kinds.append(kind)
         layers += module.num_layers if isinstance(module, nn.RNNBase) else 1
     if not kinds:
-        return out
-    described = ", ".join(sorted(set(kinds)))
-    out.append(
+        return []
+    return _structure(kinds, layers, seq_len)
+
+
+_CELL_KINDS = {"RNN": "RNN_TANH", "RNN_TANH": "RNN_TANH", "RNN_RELU": "RNN_RELU"}
+
+
+def _from_model_facts(data: Mapping[str, Any]) -> list[Advice]:
+    """The structure rules from a ``{"kind": "model", ...}`` description (e.g. a log's metadata)."""
+    cell = data.get("cell")
+    kind = None
+    if isinstance(cell, str) and cell.strip():
+        kind = _CELL_KINDS.get(cell.strip().upper(), cell.strip().upper())
+    if not (data.get("recurrent") or kind is not None):
+        return []
+    layers = data.get("num_layers")
+    count = layers if isinstance(layers, int) and not isinstance(layers, bool) else 1
+    return _structure([kind] if kind is not None else [], max(count, 1), None)
+
+
+def _structure(kinds: Sequence[str], layers: int, seq_len: int | None) -> list[Advice]:
+    """The guidelines for a recurrent network of ``kinds`` with ``layers`` stacked layers."""
+    described = ", ".join(sorted(set(kinds))) or "cell type unknown"
+    out = [
         _clip(
             Trigger.RNN,
             1.0,
             f"the model is recurrent ({described})",
             "recurrent networks need clipping as a matter of course.",
         )
-    )
+    ]
     if layers >= DEEP_RNN_LAYERS:
         out.append(
             _clip(
@@ -422,13 +442,16 @@ def _from_report(data: Mapping[str, Any], lr: float | None) -> tuple[list[Advice
         if moduli:
             evidence = f"{len(moduli)} unstable eigen-direction(s), max |lambda|={max(moduli):.4g}"
             out.append(_constrain(evidence, Trigger.EXPLOSIVE_SPECTRUM))
+    elif kind == "model":
+        out += _from_model_facts(data)
     elif kind == "explosion_table":
         pass  # a table of what-ifs: no situation to remedy
     else:
         raise ConfigError(
             f"cannot give advice from a result of kind {kind!r}; pass an Observation, Alerts, or "
             "an analysis result (recurrent_report, bptt_profile, depth_profile, cliff_check, "
-            "landscape_scan, eigen_dynamics) or its to_dict()."
+            "landscape_scan, eigen_dynamics) or its to_dict(), or a model description "
+            "{'kind': 'model', 'recurrent': True, 'cell': 'LSTM', 'num_layers': 2, 'seq_len': 200}."
         )
     return out, seq
 
@@ -471,7 +494,9 @@ def suggest(
             BPTT). May be ``None`` when ``evidence`` is given.
         evidence: what was seen, any of: a :class:`gradguard.records.Observation`, an
             :class:`gradguard.records.Alert` or a list of them, an analysis result from
-            :mod:`gradguard.analysis` (or its ``to_dict()``), or a list mixing these.
+            :mod:`gradguard.analysis` (or its ``to_dict()``), a model description without the
+            model (``{"kind": "model", "recurrent": True, "cell": "LSTM", "num_layers": 3,
+            "seq_len": 200}``, as a run log's metadata holds it), or a list mixing these.
         seq_len: the training sequence length, when no analysis names it.
         lr: the current learning rate, to turn "lower it" into a number.
 

@@ -1,18 +1,16 @@
 """Turn a run's events into remedies, each with the evidence (steps, norms) that calls for it.
 
-The rules follow the practical guidelines for exploding gradients in recurrent networks:
-clip the global norm of every RNN at 1.0; after a NaN/Inf loss lower the learning rate, check the
-initialisation and clip; after loss spikes lower the clipping threshold and look at the data;
-for deep RNNs (3+ layers) clip at 0.5 and prefer LSTM/GRU cells; for sequences longer than 100
-steps add truncated BPTT; keep recurrent weights near spectral radius 1 with orthogonal
-initialisation or a spectral-norm constraint.
+The rules live in one place, :func:`gradguard.remedies.suggest` (clip every RNN at 1.0; after a
+NaN/Inf lower the learning rate, check the initialisation and clip; after loss spikes clip lower
+and check the data; deep RNNs clip at 0.5 with gated cells; sequences longer than 100 steps get
+truncated BPTT; recurrent weights that drive the explosion get a spectral constraint). This
+module gathers from the log what each situation needs (the alerts, the first non-finite step, the
+model's description in the metadata), asks ``suggest`` what to do, and words the evidence from
+the log: steps, norms and tensor names.
 
 References:
     Pascanu, Mikolov, Bengio (2013), "On the difficulty of training recurrent neural networks",
     ICML: gradient norm clipping and the spectral-radius condition for explosion.
-    Saxe, McClelland, Ganguli (2014), "Exact solutions to the nonlinear dynamics of learning in
-    deep linear neural networks", ICLR: orthogonal initialisation.
-    Miyato et al. (2018), "Spectral Normalization for Generative Adversarial Networks", ICLR.
 """
 
 from __future__ import annotations
@@ -23,20 +21,33 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gradguard.records import AlertKind, Severity, StepRecord
+from gradguard.errors import GradguardError
+from gradguard.records import Alert, AlertKind, Observation, Severity, StepRecord
+from gradguard.remedies import Advice as Suggestion
+from gradguard.remedies import Remedy, suggest
 from gradguard.report.summary import RunSummary, record_nonfinite, summarize
 
 __all__ = ["Advice", "ModelFacts", "advise", "model_facts"]
 
 _RECURRENT = re.compile(r"weight_hh(?:_l(\d+))?")
-_EXPLOSION_ALERTS = {
+_GRADIENT_ALERTS = {
     AlertKind.GRAD_NORM_SPIKE,
     AlertKind.GRAD_NORM_THRESHOLD,
     AlertKind.GROWTH_TREND,
-    AlertKind.NONFINITE_GRAD,
-    AlertKind.PARAM_NORM_GROWTH,
+    AlertKind.CULPRIT,
 }
+_LOSS_ALERTS = {AlertKind.LOSS_SPIKE, AlertKind.LOSS_THRESHOLD}
 _MAX_LISTED = 8
+_TITLES = {
+    Remedy.CLIP_GRADIENTS: "Clip the gradient norm",
+    Remedy.LOWER_LEARNING_RATE: "Lower the learning rate",
+    Remedy.STABLE_INIT: "Check the initialisation",
+    Remedy.CONSTRAIN_RECURRENT: "Keep the recurrent weights near spectral radius 1",
+    Remedy.TRUNCATED_BPTT: "Truncate back-propagation through time",
+    Remedy.USE_GATED_RNN: "Use gated recurrent cells",
+    Remedy.CHECK_DATA: "Check the data at the spikes",
+    Remedy.ADD_NORMALIZATION: "Add normalisation",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +55,11 @@ class Advice:
     """One remedy and why it applies to this run.
 
     Attributes:
-        key: stable identifier of the rule (``"clip_rnn"``, ``"nonfinite"``, ...).
+        key: the remedy's identifier (a :class:`gradguard.remedies.Remedy` value such as
+            ``"clip_gradients"``), or ``"healthy"`` when nothing went wrong.
         severity: how pressing it is.
         title: a few words.
-        action: what to do, one or two sentences.
+        action: what to do, in the words of :func:`gradguard.remedies.suggest`.
         evidence: the facts from the log that triggered it (steps, norms, names).
     """
 
@@ -117,6 +129,7 @@ def advise(
     records: Sequence[StepRecord],
     metadata: Mapping[str, Any] | None = None,
     summary: RunSummary | None = None,
+    analysis: Mapping[str, Any] | None = None,
 ) -> list[Advice]:
     """Map what happened in a run to remedies, most pressing first, each with its evidence.
 
@@ -124,20 +137,28 @@ def advise(
         records: the run's records in log order.
         metadata: the log header's metadata (``model`` facts are used when present).
         summary: :func:`~gradguard.report.summarize` of ``records`` when already computed.
+        analysis: analysis results by name (their ``to_dict()``); those ``suggest`` reads
+            (``recurrent_report``, ``bptt_profile``, ``depth_profile``, ...) add their remedies.
 
     Returns:
-        A list of :class:`Advice`; a single "no instability" entry when nothing went wrong.
+        One :class:`Advice` per remedy :func:`gradguard.remedies.suggest` gives for the run's
+        situations; a single "no instability" entry when nothing went wrong.
     """
-    meta = metadata or {}
     summary = summary or summarize(records)
-    facts = model_facts(records, meta)
+    facts = model_facts(records, metadata or {})
+    situations = _situations(records, summary, facts) + _analyses(analysis or {})
+    lr = next((r.lr for r in records if record_nonfinite(r) and r.lr is not None), None)
+    lines: dict[Remedy, list[str]] = {}
+    for items, evidence in situations:
+        for suggestion in suggest(None, items, lr=lr):
+            listed = lines.setdefault(suggestion.action, [])
+            listed.extend(e for e in evidence if e not in listed)
+    everything = [item for items, _ in situations for item in items]
     advice: list[Advice] = []
-    advice.extend(_nonfinite(records, summary))
-    advice.extend(_loss_spikes(records))
-    advice.extend(_clip_rnn(records, summary, facts))
-    advice.extend(_deep_rnn(facts))
-    advice.extend(_long_sequence(facts))
-    advice.extend(_recurrent_weights(records, facts))
+    if everything:
+        clipped = any(r.clip_coef < 1.0 for r in records)
+        for suggestion in suggest(None, everything, lr=lr):
+            advice.append(_worded(suggestion, lines.get(suggestion.action, []), clipped))
     if not advice:
         advice.append(
             Advice(
@@ -152,15 +173,67 @@ def advise(
     return advice
 
 
+def _worded(suggestion: Suggestion, lines: Sequence[str], clipped: bool) -> Advice:
+    if suggestion.priority == 0:
+        severity = Severity.CRITICAL
+    elif suggestion.action is Remedy.CLIP_GRADIENTS and clipped:
+        severity = Severity.INFO  # clipping was already on: keep it
+    else:
+        severity = Severity.WARNING
+    settings = ", ".join(f"{k}={v}" for k, v in suggestion.params)
+    return Advice(
+        key=suggestion.action.value,
+        severity=severity,
+        title=_TITLES[suggestion.action],
+        action=suggestion.message + (f" Settings: {settings}." if settings else ""),
+        evidence=tuple(lines) or (suggestion.evidence,),
+    )
+
+
 # ------------------------------------------------------------------------------------------------
-# The rules. Each returns zero or one Advice.
+# The situations: what to show ``suggest`` and how to word the log's evidence for each.
+
+_Situation = tuple[list[Any], list[str]]
 
 
-def _nonfinite(records: Sequence[StepRecord], summary: RunSummary) -> list[Advice]:
+def _situations(
+    records: Sequence[StepRecord], summary: RunSummary, facts: ModelFacts
+) -> list[_Situation]:
+    out = [
+        _nonfinite(records),
+        _loss_spikes(records),
+        _gradient_alerts(records),
+        _param_growth(records),
+        _recurrent(records, summary, facts),
+        _deep(facts),
+        _long_sequence(facts),
+    ]
+    return [(items, lines) for items, lines in out if items]
+
+
+def _analyses(results: Mapping[str, Any]) -> list[_Situation]:
+    """One situation per analysis result ``suggest`` can read; its evidence is suggest's own."""
+    out: list[_Situation] = []
+    for value in results.values():
+        if not isinstance(value, Mapping) or "kind" not in value:
+            continue
+        try:
+            suggestions = suggest(None, [value])
+        except GradguardError:  # a result of a kind that calls for no remedy rule
+            continue
+        out.append(([value], [f"{s.evidence}." for s in suggestions if s.evidence]))
+    return out
+
+
+def _nonfinite(records: Sequence[StepRecord]) -> _Situation:
     bad = [r for r in records if record_nonfinite(r)]
     if not bad:
-        return []
+        return [], []
     first = bad[0]
+    norm = first.total_norm if first.total_norm is not None else 0.0
+    observation = Observation(
+        step=first.step, loss=first.loss, total_norm=norm, finite=math.isfinite(norm), top=first.top
+    )
     evidence = [
         f"{len(bad)} step(s) with a NaN/Inf loss or gradient norm, first at step {first.step} "
         f"(loss {_num(first.loss)}, gradient norm {_num(first.total_norm)}); steps "
@@ -178,49 +251,63 @@ def _nonfinite(records: Sequence[StepRecord], summary: RunSummary) -> list[Advic
         )
     if first.lr is not None:
         evidence.append(f"Learning rate at step {first.step}: {_num(first.lr)}.")
-    return [
-        Advice(
-            key="nonfinite",
-            severity=Severity.CRITICAL,
-            title="NaN/Inf loss or gradients",
-            action=(
-                "Lower the learning rate (e.g. by 10x), verify the weight initialisation, and "
-                "clip the global gradient norm."
-            ),
-            evidence=tuple(evidence),
-        )
-    ]
+    return [observation], evidence
 
 
-def _loss_spikes(records: Sequence[StepRecord]) -> list[Advice]:
-    spikes = [a for r in records for a in r.alerts if a.kind is AlertKind.LOSS_SPIKE]
+def _loss_spikes(records: Sequence[StepRecord]) -> _Situation:
+    spikes = [a for r in records for a in r.alerts if a.kind in _LOSS_ALERTS]
     if not spikes:
-        return []
+        return [], []
     worst = max(spikes, key=lambda a: -math.inf if a.value is None else a.value)
-    evidence = [
-        f"{len(spikes)} loss spike(s) at steps {_steps(a.step for a in spikes)}.",
-    ]
+    evidence = [f"{len(spikes)} loss spike(s) at steps {_steps(a.step for a in spikes)}."]
     if worst.value is not None:
         evidence.append(f"Largest at step {worst.step}: value {_num(worst.value)}.")
-    return [
-        Advice(
-            key="loss_spikes",
-            severity=Severity.WARNING,
-            title="Loss spikes",
-            action=(
-                "Lower the clipping threshold, and check the batches of these steps for outliers "
-                "(corrupt samples, extreme targets)."
-            ),
-            evidence=tuple(evidence),
+    return list(spikes), evidence
+
+
+def _gradient_alerts(records: Sequence[StepRecord]) -> _Situation:
+    """Alerts on the gradient norm; one that names no tensor is blamed on the step's largest."""
+    alerts: list[Alert] = []
+    hits: dict[tuple[str, str], list[tuple[int, float | None]]] = {}
+    for record in records:
+        top = record.top[0][0] if record.top else ""
+        for alert in record.alerts:
+            if alert.kind not in _GRADIENT_ALERTS:
+                continue
+            named = [c for c in alert.culprits if _RECURRENT.search(c)]
+            tensor = named[0] if named else (alert.culprits[0] if alert.culprits else top)
+            if not alert.culprits and top:
+                alert = dataclasses.replace(alert, culprits=(top,))
+            alerts.append(alert)
+            hits.setdefault((alert.kind.value, tensor or "?"), []).append((alert.step, alert.value))
+    if not alerts:
+        return [], []
+    evidence = []
+    for (kind, tensor), events in list(hits.items())[:_MAX_LISTED]:
+        values = [v for _, v in events if v is not None and math.isfinite(v)]
+        peak = f", value up to {_num(max(values))}" if values else ""
+        evidence.append(
+            f"{kind} on {tensor}: {len(events)} alert(s) at steps "
+            f"{_steps(step for step, _ in events)}{peak}."
         )
+    return list(alerts), evidence
+
+
+def _param_growth(records: Sequence[StepRecord]) -> _Situation:
+    alerts = [a for r in records for a in r.alerts if a.kind is AlertKind.PARAM_NORM_GROWTH]
+    if not alerts:
+        return [], []
+    evidence = [
+        f"The parameter norm grew too fast: {len(alerts)} alert(s) at steps "
+        f"{_steps(a.step for a in alerts)}."
     ]
+    return list(alerts), evidence
 
 
-def _clip_rnn(
-    records: Sequence[StepRecord], summary: RunSummary, facts: ModelFacts
-) -> list[Advice]:
+def _recurrent(records: Sequence[StepRecord], summary: RunSummary, facts: ModelFacts) -> _Situation:
     if not facts.recurrent:
-        return []
+        return [], []
+    described = {"kind": "model", "recurrent": True, "cell": facts.cell, "num_layers": 1}
     evidence = []
     if facts.recurrent_names:
         evidence.append(f"Recurrent weights in the culprits: {_names(facts.recurrent_names)}.")
@@ -240,87 +327,26 @@ def _clip_rnn(
     if summary.max_norm is not None:
         step, norm = summary.max_norm
         evidence.append(f"Largest finite gradient norm: {_num(norm)} at step {step}.")
-    return [
-        Advice(
-            key="clip_rnn",
-            severity=Severity.WARNING if not clipped else Severity.INFO,
-            title="Recurrent network: clip the gradient norm",
-            action="Always clip the global gradient norm of an RNN; max_norm=1.0 is the default.",
-            evidence=tuple(evidence),
-        )
-    ]
+    return [described], evidence
 
 
-def _deep_rnn(facts: ModelFacts) -> list[Advice]:
-    if not facts.recurrent or facts.num_layers is None or facts.num_layers < 3:
-        return []
-    gated = facts.cell in ("LSTM", "GRU")
-    action = "Clip more aggressively (max_norm=0.5)" + (
-        f"; the {facts.cell} cells already help." if gated else " and use LSTM or GRU cells."
-    )
-    return [
-        Advice(
-            key="deep_rnn",
-            severity=Severity.WARNING,
-            title="Deep recurrent stack",
-            action=action,
-            evidence=(f"{facts.num_layers} stacked recurrent layers (3 or more).",),
-        )
-    ]
+def _deep(facts: ModelFacts) -> _Situation:
+    if not facts.recurrent or facts.num_layers is None or facts.num_layers < 2:
+        return [], []
+    described = {
+        "kind": "model",
+        "recurrent": True,
+        "cell": facts.cell,
+        "num_layers": facts.num_layers,
+    }
+    return [described], [f"{facts.num_layers} stacked recurrent layers."]
 
 
-def _long_sequence(facts: ModelFacts) -> list[Advice]:
-    if facts.seq_len is None or facts.seq_len <= 100:
-        return []
-    return [
-        Advice(
-            key="long_sequence",
-            severity=Severity.WARNING,
-            title="Long sequences",
-            action=(
-                "Combine clipping with truncated BPTT: detach the hidden state every k steps "
-                "(k <= 100) so gradients cross at most k recurrent Jacobians."
-            ),
-            evidence=(f"Sequence length T = {facts.seq_len} (> 100).",),
-        )
-    ]
-
-
-def _recurrent_weights(records: Sequence[StepRecord], facts: ModelFacts) -> list[Advice]:
-    if not facts.recurrent:
-        return []
-    hits: dict[tuple[str, str], list[tuple[int, float | None]]] = {}
-    for record in records:
-        top = record.top[0][0] if record.top else ""
-        for alert in record.alerts:
-            if alert.kind not in _EXPLOSION_ALERTS:
-                continue
-            named = [c for c in alert.culprits if _RECURRENT.search(c)]
-            tensor = named[0] if named else top
-            if _RECURRENT.search(tensor):
-                hits.setdefault((alert.kind.value, tensor), []).append((alert.step, alert.value))
-    if not hits:
-        return []
-    shown = []
-    for (kind, tensor), events in list(hits.items())[:_MAX_LISTED]:
-        values = [v for _, v in events if v is not None and math.isfinite(v)]
-        peak = f", value up to {_num(max(values))}" if values else ""
-        shown.append(
-            f"{kind} on {tensor}: {len(events)} alert(s) at steps "
-            f"{_steps(step for step, _ in events)}{peak}."
-        )
-    return [
-        Advice(
-            key="recurrent_weights",
-            severity=Severity.WARNING,
-            title="Recurrent weights drive the explosion",
-            action=(
-                "Keep the recurrent weights near spectral radius 1: initialise weight_hh "
-                "orthogonally (per gate block), or constrain its spectral norm to at most 1."
-            ),
-            evidence=tuple(shown),
-        )
-    ]
+def _long_sequence(facts: ModelFacts) -> _Situation:
+    if facts.seq_len is None:
+        return [], []
+    described = {"kind": "model", "recurrent": False, "seq_len": facts.seq_len}
+    return [described], [f"Sequence length T = {facts.seq_len} (> 100)."]
 
 
 # ------------------------------------------------------------------------------------------------

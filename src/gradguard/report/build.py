@@ -87,7 +87,7 @@ def build_report(
         title=title if title is not None else f"gradguard report: {log.path.name}",
         log=log,
         summary=summary,
-        advice=advise(records, log.header.metadata, summary),
+        advice=advise(records, log.header.metadata, summary, analysis=results),
         figures=plots,
         analysis=blocks,
     )
