@@ -34,12 +34,19 @@ def _assert_one_line_error(stderr: str, *fragments: str) -> None:
         assert fragment in stderr
 
 
-def test_help_lists_the_commands() -> None:
+COMMANDS = ("demo", "run", "analyze", "inspect", "report")
+
+
+def test_help_lists_the_five_commands_and_exit_codes() -> None:
     code, out, _ = _invoke("--help")
     assert code == EXIT_OK
-    assert "inspect" in out
-    assert "report" in out
+    listed = [line.split()[1] for line in out.splitlines() if line.startswith("│ ")]
+    assert tuple(name for name in listed if name in COMMANDS) == COMMANDS
     assert "Exit codes" in out
+    for command in COMMANDS:
+        code, out, _ = _invoke(command, "--help")
+        assert code == EXIT_OK
+        assert "Exit code" in " ".join(out.split()), command
 
 
 def test_entry_point_runs_in_a_subprocess() -> None:
@@ -50,7 +57,7 @@ def test_entry_point_runs_in_a_subprocess() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "report" in proc.stdout
+    assert all(command in proc.stdout for command in COMMANDS)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The ``gradguard`` command line: ``inspect`` and ``report`` (see ``gradguard --help``)."""
+"""The ``gradguard`` command line: demo, run, analyze, inspect, report (``gradguard --help``)."""
 
 from gradguard.cli.app import EXIT_NONFINITE, EXIT_OK, EXIT_USAGE, app, main
 

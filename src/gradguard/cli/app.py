@@ -1,7 +1,9 @@
-"""The typer application behind the ``gradguard`` command.
+"""The typer application behind the ``gradguard`` command: demo, run, analyze, inspect, report.
 
 Exit codes: 0 success; 1 ``inspect`` found NaN/Inf in the checkpoint; 2 a bad path, file or
-argument (one ``error:`` line and one ``hint:`` line on stderr, never a traceback).
+argument (one ``error:`` line and one ``hint:`` line on stderr, never a traceback); ``run``
+passes on the script's own exit code, 3 when the guard stopped a run it could not rescue, 130
+after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -9,24 +11,36 @@ from __future__ import annotations
 import typer
 
 from gradguard.cli.analyze_cmd import analyze
+from gradguard.cli.demo_cmd import demo
 from gradguard.cli.errors import EXIT_NONFINITE, EXIT_OK, EXIT_USAGE, OneLineErrors
 from gradguard.cli.inspect_cmd import inspect
 from gradguard.cli.report_cmd import report
+from gradguard.cli.run_cmd import run
 
 __all__ = ["EXIT_NONFINITE", "EXIT_OK", "EXIT_USAGE", "app", "main"]
+
+RUN_CONTEXT = {
+    "allow_extra_args": True,
+    "ignore_unknown_options": True,
+    "allow_interspersed_args": False,
+}
+"""``run`` stops parsing at SCRIPT: everything after it belongs to the script."""
 
 app = typer.Typer(
     name="gradguard",
     cls=OneLineErrors,
     help="Catch exploding gradients in PyTorch training, rescue the run, explain why.",
     epilog=(
-        "Exit codes: 0 success; 1 inspect found NaN/Inf in the checkpoint; "
-        "2 bad path, file or argument."
+        "Exit codes: 0 success; 1 inspect found NaN/Inf in the checkpoint; 2 bad path, file or "
+        "argument; run: the script's own exit code, 3 when the guard stopped a run it could not "
+        "rescue, 130 after Ctrl-C."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("demo")(demo)
+app.command("run", context_settings=RUN_CONTEXT)(run)
 app.command("analyze")(analyze)
 app.command("inspect")(inspect)
 app.command("report")(report)

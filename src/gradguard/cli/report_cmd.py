@@ -30,7 +30,11 @@ def report(
         ),
     ] = None,
 ) -> None:
-    """Build a self-contained HTML report (plots, events, advice) from a run's JSONL log."""
+    """Build a self-contained HTML report (plots, events, advice) from a run's JSONL log.
+
+    Writes report.html and its PNG figures into the output folder and prints the page's path.
+    Exit code 0, or 2 for a missing or foreign log or an output folder that cannot be written.
+    """
     if not log.exists():
         fail(
             f"log file {str(log)!r} does not exist",

@@ -1,0 +1,231 @@
+"""``gradguard run SCRIPT [ARGS...]``: run an unmodified training script under a guard."""
+
+from __future__ import annotations
+
+import datetime
+import runpy
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gradguard.cli.errors import fail
+
+__all__ = ["EXIT_DIVERGED", "EXIT_INTERRUPTED", "run"]
+
+EXIT_DIVERGED = 3
+"""``run``: the guard gave up on the run (rollbacks exhausted) and stopped it."""
+EXIT_INTERRUPTED = 130
+"""``run``: interrupted with Ctrl-C (128 + SIGINT, as a shell reports it)."""
+
+PRESETS = ("default", "strict", "textbook")
+
+
+def default_log() -> Path:
+    """``runs/gradguard-<local time>.jsonl`` in the current folder."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"gradguard-{stamp}.jsonl"
+
+
+def _clip_option(text: str) -> float | str | None:
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    if value in ("none", "off"):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        fail(
+            f"--clip must be 'auto', 'none' or a positive number, got {text!r}",
+            "e.g. --clip 1.0 bounds the global gradient norm at 1 (the usual choice for RNNs)",
+        )
+    return number
+
+
+@contextmanager
+def _as_main(script: Path, args: Sequence[str]) -> Iterator[None]:
+    """Run with ``sys.argv`` and ``sys.path[0]`` as ``python SCRIPT ARGS`` would set them."""
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    sys.argv = [str(script), *args]
+    sys.path.insert(0, str(script.resolve().parent))
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)  # sys.exit("message") prints it and exits with 1
+    return 1
+
+
+def _print_script_traceback(exc: BaseException, script: Path) -> None:
+    """The script's own traceback, without the frames of gradguard and runpy above it."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    start = next(
+        (i for i, f in enumerate(frames) if Path(f.filename).resolve() == script.resolve()), 0
+    )
+    print("Traceback (most recent call last):", file=sys.stderr)
+    print("".join(traceback.format_list(frames[start:])), end="", file=sys.stderr)
+    print("".join(traceback.format_exception_only(type(exc), exc)), end="", file=sys.stderr)
+
+
+def run(
+    ctx: typer.Context,
+    script: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SCRIPT",
+            help="The training script, run as 'python SCRIPT ARGS...' would run it.",
+            show_default=False,
+        ),
+    ],
+    log: Annotated[
+        Path | None,
+        typer.Option(
+            "--log",
+            help="JSONL log of the run [default: runs/gradguard-<time>.jsonl].",
+            show_default=False,
+        ),
+    ] = None,
+    report: Annotated[
+        bool, typer.Option("--report", help="Also build the HTML report beside the log.")
+    ] = False,
+    clip: Annotated[
+        str,
+        typer.Option(
+            "--clip",
+            help="'auto' (clip to the run's healthy scale when in trouble), 'none', or a fixed "
+            "bound on the global gradient norm, e.g. 1.0.",
+        ),
+    ] = "auto",
+    preset: Annotated[
+        str, typer.Option("--preset", help="Detector preset: default, strict or textbook.")
+    ] = "default",
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="No live alert lines; only the summary at exit.")
+    ] = False,
+) -> None:
+    """Run an unmodified training script with every optimizer step guarded.
+
+    Global optimizer step hooks measure the gradients before each optimizer.step(), clip them,
+    skip a step that would damage the weights (its gradients are dropped), back off or roll back
+    when trouble repeats, and log every step. Options go before SCRIPT; everything after it is
+    passed to the script. The summary is printed at exit, also after an error or Ctrl-C.
+    The loss is not seen (nothing patches backward), so the detectors judge gradients only.
+
+    Exit codes: the script's own exit code (0 when it finishes); 3 when the guard stopped a run
+    it could not rescue; 130 after Ctrl-C; 2 for a bad script path or option.
+    """
+    script_args = list(ctx.args)
+    if not script.exists():
+        fail(f"script {str(script)!r} does not exist", "check the path: gradguard run train.py")
+    if not script.is_file():
+        fail(
+            f"{str(script)!r} is not a file", "pass the python file to run: gradguard run train.py"
+        )
+    if preset not in PRESETS:
+        fail(f"--preset must be one of {PRESETS!r}, got {preset!r}", "the default is 'default'")
+    bound = _clip_option(clip)
+    path = log if log is not None else default_log()
+    if path.exists() and path.is_dir():
+        fail(f"--log {str(path)!r} is a folder", "pass a file name, e.g. --log runs/train.jsonl")
+
+    from gradguard.errors import TrainingDivergedError
+    from gradguard.integrations import GlobalGuard
+    from gradguard.sinks import ConsoleSink
+
+    sinks = [] if quiet else [ConsoleSink(every=10**9)]  # alerts and interventions only
+    meta = {"source": "gradguard run", "script": str(script), "argv": script_args}
+    protection = GlobalGuard(log=path, sinks=sinks, metadata=meta, clip=bound, preset=preset)
+    code, ending = 0, "finished"
+    with _as_main(script, script_args), protection:
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except SystemExit as exc:
+            code = _exit_code(exc)
+            ending = "finished" if code == 0 else f"exited with code {code}"
+        except KeyboardInterrupt:
+            code, ending = EXIT_INTERRUPTED, "interrupted (Ctrl-C)"
+        except TrainingDivergedError as exc:
+            code, ending = EXIT_DIVERGED, "stopped by gradguard"
+            print(f"gradguard: {exc}", file=sys.stderr)
+        except Exception as exc:  # the script's own error: show it as python would
+            _print_script_traceback(exc, script)
+            code, ending = 1, f"raised {type(exc).__name__}"
+    reports = _build_reports(protection.logs) if report else []
+    _print_summary(script, ending, protection.summary(), protection.logs, reports)
+    raise typer.Exit(code)
+
+
+def _build_reports(logs: Sequence[Path]) -> list[Path]:
+    from gradguard.report import build_report
+
+    built = []
+    for log in logs:
+        try:
+            built.append(build_report(log))
+        except Exception as exc:  # the run's result matters more than its report
+            print(f"gradguard: no report for {log}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return built
+
+
+def _print_summary(
+    script: Path,
+    ending: str,
+    summaries: Sequence[dict[str, Any]],
+    logs: Sequence[Path],
+    reports: Sequence[Path],
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(stderr=True, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 110)
+    if not summaries:
+        console.print(
+            Text(
+                f"gradguard: {script.name} {ending}; no optimizer stepped, nothing was guarded.",
+                style="yellow",
+            )
+        )
+        return
+    table = Table(title=f"gradguard: {script.name} {ending}", title_justify="left")
+    for column in ("optimizer", "model", "steps", "clipped", "skipped", "backoffs", "rollbacks"):
+        table.add_column(column, justify="left" if column in ("optimizer", "model") else "right")
+    table.add_column("steps lost", justify="right")
+    table.add_column("first warning", justify="right")
+    for s in summaries:
+        first = s["monitor"].get("first_alert_step")
+        table.add_row(
+            s["optimizer"],
+            s["model"],
+            str(s["steps"]),
+            str(s["clipped"]),
+            str(s["skipped"]),
+            str(s["backoffs"]),
+            str(s["rollbacks"]),
+            str(s["steps_lost"]),
+            "-" if first is None else f"step {first}",
+        )
+    console.print(table)
+    for log in logs:
+        console.print(f"log: {log}")
+    for page in reports:
+        console.print(f"report: {page}")
+    if logs and not reports:
+        console.print(Text(f"gradguard report {logs[0]}  builds the HTML report", style="dim"))

@@ -1,0 +1,382 @@
+"""Zero-code protection: optimizer step hooks run a :class:`~gradguard.guard.Guard` around steps.
+
+A Guard normally replaces ``optimizer.step()``. Here the user's own ``optimizer.step()`` stays, and
+the guard runs in two halves around it (:meth:`Guard.begin_step` and :meth:`Guard.finish_step`):
+
+* **before the step** (an optimizer step pre-hook, or a framework's "before optimizer step"
+  callback): measure the gradients, observe, decide, clip them in place; when the decision skips
+  the step, every gradient of the optimizer is set to ``None``. PyTorch's optimizers leave a
+  parameter without a gradient untouched (no update, no momentum or weight decay, no step
+  count), so the user's ``step()`` then changes nothing. The dropped gradients are not restored:
+  the step is over for them, exactly as after ``zero_grad(set_to_none=True)``. A learning-rate
+  backoff scales every group's rate for the duration of the step.
+* **after the step** (a post-hook): restore the rates, roll back when the policy says so, write
+  the :class:`~gradguard.records.StepRecord` to the sinks, take snapshots.
+
+:class:`GlobalGuard` installs these hooks for *every* optimizer with
+``torch.optim.optimizer.register_optimizer_step_pre_hook``/``..._post_hook`` (what
+``gradguard run`` does) and names the tensors after the module that holds the optimizer's
+parameters. What hooks cannot see: the loss (nothing patches ``Tensor.backward``; a
+``step(closure)`` call does give it), so loss-based rules stay silent and the automatic clip
+learns only from gradient norms; and a learning-rate scheduler that the script steps itself also
+advances on skipped steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
+from gradguard.errors import ConfigError
+from gradguard.guard import Guard, PendingStep
+from gradguard.records import StepRecord
+from gradguard.recover import scaled_lr
+from gradguard.sinks import JsonlSink, Sink
+from gradguard.stats.recurrent import recurrent_weights
+
+__all__ = [
+    "GlobalGuard",
+    "HookedGuard",
+    "describe_model",
+    "find_model",
+    "unwrap_optimizer",
+]
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The ``torch.optim.Optimizer`` inside a framework's wrapper (Lightning, Accelerate).
+
+    Raises:
+        ConfigError: no torch optimizer is found within three levels of wrapping.
+    """
+    current = optimizer
+    for _ in range(4):
+        if isinstance(current, torch.optim.Optimizer):
+            return current
+        inner = getattr(current, "optimizer", None) or getattr(current, "_optimizer", None)
+        if inner is None:
+            break
+        current = inner
+    raise ConfigError(
+        f"expected a torch.optim.Optimizer (or a wrapper holding one as .optimizer), got "
+        f"{type(optimizer).__name__}."
+    )
+
+
+class _OptimizerParameters(nn.Module):
+    """Stand-in model when no module holds all of an optimizer's parameters: names them by group."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__()
+        self.param_groups = nn.ModuleList(
+            nn.ParameterList(list(group["params"])) for group in optimizer.param_groups
+        )
+
+
+def find_model(optimizer: torch.optim.Optimizer) -> nn.Module | None:
+    """The live ``nn.Module`` that holds every parameter of ``optimizer`` (the tightest such one).
+
+    Scans the objects the garbage collector tracks, once: used where the training script never
+    hands its model to gradguard. Among the modules holding all the optimizer's parameters, the
+    one with the fewest parameters wins (the model rather than a wrapper around model and loss).
+
+    Returns:
+        The module, or ``None`` when no single module holds them all.
+    """
+    wanted = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not wanted:
+        return None
+    best: nn.Module | None = None
+    best_size = 0
+    with warnings.catch_warnings():
+        # Touching some module-level objects (deprecated aliases) warns: not our business here.
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            try:
+                if not isinstance(obj, nn.Module):
+                    continue
+                held = {id(p) for p in obj.parameters()}
+            except Exception:  # a half-built or exotic object: not the module we want
+                continue
+            if wanted <= held and (best is None or len(held) < best_size):
+                best, best_size = obj, len(held)
+    return best
+
+
+def describe_model(model: nn.Module) -> dict[str, Any]:
+    """What the report's advisor reads from a log header: recurrent, cell, stacked layers."""
+    weights = recurrent_weights(model)
+    if not weights:
+        return {"class": type(model).__name__, "recurrent": False}
+    kinds = {w.kind for w in weights}
+    kind = kinds.pop() if len(kinds) == 1 else None
+    cell = "RNN" if kind in ("RNN_TANH", "RNN_RELU") else kind
+    layers = len({(id(w.module), w.layer) for w in weights})
+    return {"class": type(model).__name__, "recurrent": True, "cell": cell, "num_layers": layers}
+
+
+def _drop_grads(optimizer: torch.optim.Optimizer) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
+
+
+class HookedGuard:
+    """A :class:`~gradguard.guard.Guard` driven from outside ``optimizer.step()``.
+
+    Call :meth:`before_step` once the gradients are ready and before the optimizer steps, and
+    :meth:`after_step` once it has stepped; :meth:`attach` registers both as the optimizer's own
+    step hooks instead.
+
+    Args:
+        optimizer: the optimizer (a Lightning or Accelerate wrapper is unwrapped).
+        model: the module whose parameters it trains (names the tensors, is snapshotted);
+            ``None`` looks for it with :func:`find_model`.
+        sinks: receive one record per step.
+        guard_options: keyword arguments of :class:`~gradguard.guard.Guard` (``clip``,
+            ``policy``, ``snapshot_every``, ``preset``, ...), except ``scheduler`` and
+            ``scaler``: the script steps those itself.
+
+    Raises:
+        ConfigError: an unknown or unsupported guard option.
+    """
+
+    def __init__(
+        self,
+        optimizer: Any,
+        model: nn.Module | None = None,
+        *,
+        sinks: Iterable[Sink] = (),
+        **guard_options: Any,
+    ) -> None:
+        for name in ("scheduler", "scaler", "sinks"):
+            if name in guard_options:
+                raise ConfigError(
+                    f"{name}= is not available under optimizer hooks: the script steps its own "
+                    "scheduler and GradScaler; pass sinks= to HookedGuard itself."
+                )
+        self.optimizer = unwrap_optimizer(optimizer)
+        found = model if model is not None else find_model(self.optimizer)
+        self.model: nn.Module = found if found is not None else _OptimizerParameters(self.optimizer)
+        self.guard = Guard(self.model, self.optimizer, sinks=tuple(sinks), **guard_options)
+        self.last: StepRecord | None = None
+        self._pending: PendingStep | None = None
+        self._lr = contextlib.ExitStack()
+        self._handles: list[Any] = []
+
+    def before_step(self, loss: Tensor | float | None = None) -> None:
+        """Measure, decide and clip; make the coming ``optimizer.step()`` a no-op to skip it."""
+        if self._pending is not None:  # the last step raised between the two halves
+            self._lr.close()
+            self._pending = None
+        pending = self.guard.begin_step(loss)
+        if pending.decision.apply:
+            self._lr.enter_context(scaled_lr(self.optimizer, pending.decision.lr_scale))
+        else:
+            _drop_grads(self.optimizer)
+        self._pending = pending
+
+    def after_step(self) -> StepRecord | None:
+        """Finish the step begun by :meth:`before_step` (``None`` when none was begun).
+
+        Raises:
+            TrainingDivergedError: the guard gave up on the run (its message says what to try).
+        """
+        pending, self._pending = self._pending, None
+        self._lr.close()
+        if pending is None:
+            return None
+        self.last = self.guard.finish_step(pending)
+        return self.last
+
+    def attach(self, *, before: bool = True, after: bool = True) -> HookedGuard:
+        """Register :meth:`before_step`/:meth:`after_step` as this optimizer's own step hooks.
+
+        Args:
+            before: register the pre-step hook (leave it to a framework callback when the
+                optimizer steps through a closure: the pre-hook runs before the closure computes
+                the gradients).
+            after: register the post-step hook.
+        """
+        if before:
+            self._handles.append(
+                self.optimizer.register_step_pre_hook(lambda *_: self.before_step())
+            )
+        if after:
+
+            def finish(*_: Any) -> None:
+                self.after_step()
+
+            self._handles.append(self.optimizer.register_step_post_hook(finish))
+        return self
+
+    def close(self) -> None:
+        """Remove the hooks this object registered and close the guard's sinks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._lr.close()
+        self.guard.close()
+
+
+_StepHook = Callable[[torch.optim.Optimizer, tuple[Any, ...], dict[str, Any]], Any]
+
+
+class GlobalGuard:
+    """Guard every optimizer of the process through global step hooks; a context manager.
+
+    Example::
+
+        with GlobalGuard(log="runs/train.jsonl") as protection:
+            train()                       # any loop calling optimizer.step()
+        print(protection.summary())
+
+    Each optimizer gets its own guard (and its own log: ``<log>``, then ``<log stem>.opt2.jsonl``
+    ...) at its first step. ``optimizer.step(closure)`` is supported: the closure is wrapped so
+    that the guard sees the gradients (and the loss) it produces.
+
+    Args:
+        log: JSONL log of the first optimizer; ``None`` writes none.
+        sinks: further sinks (console, TensorBoard) shared by every optimizer's guard.
+        metadata: stored in each log header, beside the model's description.
+        guard_options: keyword arguments of :class:`~gradguard.guard.Guard`.
+    """
+
+    def __init__(
+        self,
+        *,
+        log: str | os.PathLike[str] | None = None,
+        sinks: Iterable[Sink] = (),
+        metadata: Mapping[str, Any] | None = None,
+        **guard_options: Any,
+    ) -> None:
+        self.log = Path(log) if log is not None else None
+        self.sinks = tuple(sinks)
+        self.metadata = dict(metadata or {})
+        self.guard_options = guard_options
+        self.guards: list[HookedGuard] = []
+        self.logs: list[Path] = []
+        self._by_optimizer: weakref.WeakKeyDictionary[torch.optim.Optimizer, HookedGuard] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._handles: list[Any] = []
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------------------ hooks
+    def install(self) -> GlobalGuard:
+        """Register the global pre- and post-step hooks (idempotent)."""
+        if not self._handles:
+            self._handles = [
+                register_optimizer_step_pre_hook(self._pre_hook),
+                register_optimizer_step_post_hook(self._post_hook),
+            ]
+        return self
+
+    def remove(self) -> None:
+        """Unregister the hooks and close every guard's sinks (the logs are complete)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for hooked in self.guards:
+            hooked.close()
+        for sink in self.sinks:
+            sink.close()
+
+    def __enter__(self) -> GlobalGuard:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def _guard_for(self, optimizer: torch.optim.Optimizer) -> HookedGuard:
+        hooked = self._by_optimizer.get(optimizer)
+        if hooked is not None:
+            return hooked
+        model = find_model(optimizer)
+        sinks = list(self.sinks)
+        if self.log is not None:
+            k = len(self.guards) + 1
+            path = self.log if k == 1 else self.log.with_name(f"{self.log.stem}.opt{k}.jsonl")
+            meta = {
+                **self.metadata,
+                "optimizer": type(optimizer).__name__,
+                "model": describe_model(model) if model is not None else {"recurrent": False},
+            }
+            sinks.insert(0, JsonlSink(path, metadata=meta, if_exists="overwrite"))
+            self.logs.append(path)
+        hooked = HookedGuard(optimizer, model, sinks=sinks, **self.guard_options)
+        self._by_optimizer[optimizer] = hooked
+        self.guards.append(hooked)
+        return hooked
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[bool]:
+        """Whether a hook is already running on this thread (a guard's own step is not hooked)."""
+        busy = getattr(self._local, "busy", False)
+        self._local.busy = True
+        try:
+            yield busy
+        finally:
+            self._local.busy = busy
+
+    def _pre_hook(
+        self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        with self._busy() as busy:
+            if busy:
+                return None
+            hooked = self._guard_for(optimizer)
+            # ``args`` holds the optimizer itself first, then step()'s own arguments.
+            closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+            if closure is None:
+                hooked.before_step()
+                return None
+        calls = [0]
+
+        def guarded_closure() -> Any:
+            loss = closure()
+            calls[0] += 1
+            if calls[0] == 1:  # L-BFGS evaluates the closure many times: judge the first
+                with self._busy():
+                    hooked.before_step(loss if isinstance(loss, (Tensor, float, int)) else None)
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": guarded_closure}
+        return (args[0], guarded_closure, *args[2:]), kwargs
+
+    def _post_hook(
+        self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        with self._busy() as busy:
+            if busy:
+                return
+            hooked = self._by_optimizer.get(optimizer)
+            if hooked is not None:
+                hooked.after_step()
+
+    # ------------------------------------------------------------------------------ results
+    def summary(self) -> list[dict[str, Any]]:
+        """One :meth:`Guard.summary` per optimizer seen, in order of first step."""
+        return [
+            {
+                "optimizer": type(h.optimizer).__name__,
+                "model": type(h.model).__name__,
+                **h.guard.summary(),
+            }
+            for h in self.guards
+        ]

@@ -1,0 +1,173 @@
+"""``gradguard run``: an unmodified script under global hooks; exit codes; one-line errors."""
+
+from __future__ import annotations
+
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gradguard.cli import EXIT_OK, EXIT_USAGE, app
+from gradguard.cli.run_cmd import EXIT_DIVERGED, EXIT_INTERRUPTED
+from gradguard.records import ActionKind
+from gradguard.sinks import read_jsonl
+from tests.cli.test_cli import _assert_one_line_error
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "train_bad_batch.py"
+runner = CliRunner()
+
+SCRIPT = """
+import math, sys
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+model = nn.Linear(3, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range({steps}):
+    optimizer.zero_grad()
+    nn.functional.mse_loss(model(torch.randn(8, 3)), torch.randn(8, 1)).backward()
+    if step >= {nan_from}:
+        model.weight.grad.fill_(math.nan)
+    optimizer.step()
+    if step == {stop_at}:
+        {stop}
+print("args", sys.argv[1:], "finite", bool(torch.isfinite(model.weight).all()))
+"""
+
+
+def _script(
+    tmp_path: Path, steps: int = 6, nan_from: int = 99, stop_at: int = -1, stop: str = "pass"
+) -> Path:
+    path = tmp_path / "train.py"
+    path.write_text(
+        SCRIPT.format(steps=steps, nan_from=nan_from, stop_at=stop_at, stop=stop), encoding="utf-8"
+    )
+    return path
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["run", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_the_example_diverges_without_gradguard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE)])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(EXAMPLE), run_name="__main__")
+    assert exited.value.code == 1
+
+
+def test_the_example_finishes_under_gradguard_run(tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from gradguard.cli import main; main()",
+            "run",
+            "--log",
+            str(log),
+            "--report",
+            str(EXAMPLE),
+            "--steps",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "done: 60 steps" in proc.stdout
+    assert "train_bad_batch.py finished" in proc.stderr
+    records = read_jsonl(log).records
+    assert len(records) == 60
+    assert records[40].action is not ActionKind.PROCEED  # the corrupted batch
+    assert records[40].alerts
+    assert (tmp_path / "run-report" / "report.html").is_file()
+    assert f"report: {tmp_path / 'run-report' / 'report.html'}" in proc.stderr
+
+
+def test_script_arguments_and_summary(tmp_path: Path) -> None:
+    script = _script(tmp_path, nan_from=3)
+    code, out, err = _run("--log", str(tmp_path / "a.jsonl"), "--quiet", str(script), "--x", "1")
+    assert code == EXIT_OK, err
+    assert "args ['--x', '1'] finite True" in out
+    assert "train.py finished" in err
+    assert "Linear" in err
+    assert f"log: {tmp_path / 'a.jsonl'}" in err
+    records = read_jsonl(tmp_path / "a.jsonl").records
+    assert [r.applied for r in records][:3] == [True] * 3
+    assert not any(r.applied for r in records[3:4])
+    assert sys.argv[0] != str(script)  # restored
+
+
+def test_default_log_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run("--quiet", str(_script(tmp_path)))
+    assert code == EXIT_OK, err
+    (log,) = (tmp_path / "runs").glob("gradguard-*.jsonl")
+    assert len(read_jsonl(log).records) == 6
+
+
+@pytest.mark.parametrize(
+    ("stop", "code", "ending"),
+    [
+        ("raise KeyboardInterrupt", EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+        ("raise ValueError('bad data')", 1, "raised ValueError"),
+        ("sys.exit(4)", 4, "exited with code 4"),
+        ("sys.exit('stopping')", 1, "exited with code 1"),
+        ("sys.exit(0)", 0, "finished"),
+    ],
+)
+def test_the_summary_is_printed_however_the_script_ends(
+    tmp_path: Path, stop: str, code: int, ending: str
+) -> None:
+    script = _script(tmp_path, stop_at=2, stop=stop)
+    got, _, err = _run("--log", str(tmp_path / "a.jsonl"), "--quiet", str(script))
+    assert got == code, err
+    assert f"train.py {ending}" in err
+    assert "log:" in err
+    if "ValueError" in stop:
+        assert "Traceback" in err and "ValueError: bad data" in err
+        assert "runpy" not in err and "gradguard" not in err.split("ValueError")[0]
+
+
+def test_a_run_the_guard_cannot_rescue_exits_3(tmp_path: Path) -> None:
+    script = _script(tmp_path, steps=300, nan_from=2)
+    code, _, err = _run("--log", str(tmp_path / "a.jsonl"), "--quiet", str(script))
+    assert code == EXIT_DIVERGED, err
+    assert "stopped by gradguard" in err
+    assert read_jsonl(tmp_path / "a.jsonl").records[-1].action is ActionKind.ABORT
+
+
+def test_a_script_without_optimizer(tmp_path: Path) -> None:
+    script = tmp_path / "hello.py"
+    script.write_text("print('hello')\n", encoding="utf-8")
+    code, out, err = _run(str(script))
+    assert code == EXIT_OK
+    assert "hello" in out
+    assert "no optimizer stepped" in err
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    script = _script(tmp_path)
+    cases = [
+        ((str(tmp_path / "missing.py"),), ("does not exist",)),
+        ((str(tmp_path),), ("is not a file",)),
+        (("--clip", "-1", str(script)), ("--clip must be", "--clip 1.0")),
+        (("--clip", "big", str(script)), ("--clip must be",)),
+        (("--preset", "loud", str(script)), ("--preset must be one of",)),
+        (("--log", str(tmp_path), str(script)), ("is a folder",)),
+        ((), ("Missing argument 'SCRIPT'",)),
+    ]
+    for args, fragments in cases:
+        code, _, err = _run(*args)
+        assert code == EXIT_USAGE, (args, err)
+        _assert_one_line_error(err, *fragments)
