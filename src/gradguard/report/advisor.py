@@ -202,7 +202,8 @@ def _situations(
     out = [
         _nonfinite(records),
         _loss_spikes(records),
-        _gradient_alerts(records),
+        _gradient_alerts(records, recurrent=True),
+        _gradient_alerts(records, recurrent=False),
         _param_growth(records),
         _recurrent(records, summary, facts),
         _deep(facts),
@@ -265,8 +266,11 @@ def _loss_spikes(records: Sequence[StepRecord]) -> _Situation:
     return list(spikes), evidence
 
 
-def _gradient_alerts(records: Sequence[StepRecord]) -> _Situation:
-    """Alerts on the gradient norm; one that names no tensor is blamed on the step's largest."""
+def _gradient_alerts(records: Sequence[StepRecord], *, recurrent: bool) -> _Situation:
+    """Alerts on the gradient norm blamed on recurrent weights (or on others, ``recurrent=False``).
+
+    An alert that names no tensor is blamed on the step's largest one.
+    """
     alerts: list[Alert] = []
     hits: dict[tuple[str, str], list[tuple[int, float | None]]] = {}
     for record in records:
@@ -274,14 +278,14 @@ def _gradient_alerts(records: Sequence[StepRecord]) -> _Situation:
         for alert in record.alerts:
             if alert.kind not in _GRADIENT_ALERTS:
                 continue
-            named = [c for c in alert.culprits if _RECURRENT.search(c)]
-            tensor = named[0] if named else (alert.culprits[0] if alert.culprits else top)
             if not alert.culprits and top:
                 alert = dataclasses.replace(alert, culprits=(top,))
+            named = [c for c in alert.culprits if _RECURRENT.search(c)]
+            if bool(named) != recurrent:
+                continue
+            tensor = named[0] if named else (alert.culprits[0] if alert.culprits else "?")
             alerts.append(alert)
-            hits.setdefault((alert.kind.value, tensor or "?"), []).append((alert.step, alert.value))
-    if not alerts:
-        return [], []
+            hits.setdefault((alert.kind.value, tensor), []).append((alert.step, alert.value))
     evidence = []
     for (kind, tensor), events in list(hits.items())[:_MAX_LISTED]:
         values = [v for _, v in events if v is not None and math.isfinite(v)]
