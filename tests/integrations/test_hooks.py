@@ -201,3 +201,26 @@ def test_unwrap_and_bad_options() -> None:
         unwrap_optimizer(object())
     with pytest.raises(ConfigError, match="scheduler= is not available"):
         HookedGuard(optimizer, scheduler=None)
+
+
+def test_a_backoff_scales_the_step_and_leaves_the_optimizer_settings_alone() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ratios = []
+    with GlobalGuard(clip=None, policy=PolicyConfig(skip_budget=0)) as protection:
+        for step in range(6):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(torch.randn(8, 3)), torch.randn(8, 1)).backward()
+            if step == 3:
+                model.weight.grad.fill_(math.nan)  # the first fault backs off (budget 0)
+            before, grad = model.weight.detach().clone(), model.weight.grad.clone()
+            optimizer.step()
+            record = protection.guards[0].last
+            assert record is not None
+            if record.applied:
+                ratios.append(((before - model.weight.detach()) / (0.1 * grad)).mean().item())
+            else:
+                assert record.action is ActionKind.BACKOFF
+            assert optimizer.param_groups[0]["lr"] == 0.1  # restored after every step
+    assert ratios == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5], rel=1e-5)
