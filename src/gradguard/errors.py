@@ -13,6 +13,8 @@ __all__ = [
     "GradguardError",
     "NoGradientsError",
     "NonFiniteError",
+    "SnapshotError",
+    "TrainingDivergedError",
     "UnsupportedGradientError",
 ]
 
@@ -43,6 +45,22 @@ class NonFiniteError(GradguardError, FloatingPointError):
 
 class DistributedMismatchError(GradguardError, RuntimeError):
     """Ranks of a process group disagree on something that must be identical on all of them."""
+
+
+class TrainingDivergedError(GradguardError, RuntimeError):
+    """The guard spent its rescue budget (rollbacks) and stopped the run; the message says why.
+
+    Attributes:
+        record: the ``StepRecord`` of the aborting step, when the guard raised it.
+    """
+
+    def __init__(self, message: str, record: object = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class SnapshotError(GradguardError, RuntimeError):
+    """A snapshot cannot be written, found or loaded."""
 
 
 def check_positive(name: str, value: float, *, fix: str = "") -> float:

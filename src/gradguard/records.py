@@ -89,6 +89,7 @@ class Reason(str, enum.Enum):
     DIVERGENCE = "divergence"
     RECOVERED = "recovered"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    SCALER_OVERFLOW = "scaler_overflow"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,283 @@
+"""The escalation ladder: each rung, its budget and cool-down, restore, abort, state round-trip."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gradguard.errors import ConfigError
+from gradguard.policy import Decision, EscalationPolicy, PolicyConfig, abort_advice
+from gradguard.records import ActionKind, Alert, AlertKind, Observation, Reason, Severity
+
+
+def _obs(step: int, norm: float = 1.0, loss: float | None = 1.0) -> Observation:
+    return Observation(
+        step=step,
+        loss=loss,
+        total_norm=norm,
+        finite=math.isfinite(norm),
+        top=(("rnn.weight_hh", norm),),
+        num_tensors=3,
+    )
+
+
+def _alert(step: int, kind: AlertKind, severity: Severity = Severity.CRITICAL) -> Alert:
+    return Alert(step=step, severity=severity, kind=kind, message="seen", culprits=("w",))
+
+
+def _run(policy: EscalationPolicy, start: int, stop: int) -> list[Decision]:
+    return [policy.decide(_obs(t)) for t in range(start, stop)]
+
+
+def _one_sentence(message: str) -> bool:
+    return message.endswith(".") and not re.search(r"[.!?]\s+[A-Z]", message)
+
+
+def test_healthy_and_clipped_steps_are_applied() -> None:
+    policy = EscalationPolicy()
+    healthy = policy.decide(_obs(0, norm=0.5))
+    assert (healthy.action.kind, healthy.action.reason, healthy.apply) == (
+        ActionKind.PROCEED,
+        Reason.HEALTHY,
+        True,
+    )
+    clipped = policy.decide(_obs(1, norm=4.0), clip_coef=0.25)
+    assert (clipped.action.kind, clipped.action.reason, clipped.apply) == (
+        ActionKind.CLIP,
+        Reason.NORM_ABOVE_BOUND,
+        True,
+    )
+    assert "0.25" in clipped.action.message
+    assert policy.lr_scale == 1.0 and policy.incident_start is None
+
+
+@pytest.mark.parametrize(
+    ("norm", "loss", "reason"),
+    [
+        (math.nan, 1.0, Reason.NONFINITE_GRAD),
+        (math.inf, 1.0, Reason.NONFINITE_GRAD),
+        (1.0, math.nan, Reason.NONFINITE_LOSS),
+        (math.inf, -math.inf, Reason.NONFINITE_LOSS),
+    ],
+)
+def test_a_nonfinite_step_is_skipped(norm: float, loss: float, reason: Reason) -> None:
+    decision = EscalationPolicy().decide(_obs(7, norm=norm, loss=loss))
+    assert decision.action.kind is ActionKind.SKIP and decision.action.reason is reason
+    assert not decision.apply and decision.lr_scale == 1.0
+    assert _one_sentence(decision.action.message)
+
+
+def test_skip_budget_then_backoff_then_cooldown_then_second_backoff() -> None:
+    policy = EscalationPolicy(PolicyConfig(skip_budget=2, window=50, cooldown=10))
+    kinds = {}
+    for t in range(80):
+        bad = t in (5, 8, 12, 14, 16, 18, 30, 32)
+        d = policy.decide(_obs(t, norm=math.nan if bad else 1.0))
+        kinds[t] = (d.action.kind, d.lr_scale)
+    assert kinds[5] == (ActionKind.SKIP, 1.0)
+    assert kinds[8] == (ActionKind.SKIP, 1.0)
+    assert kinds[12] == (ActionKind.BACKOFF, 0.5)  # third fault within 50 steps, budget 2
+    assert kinds[14][0] is ActionKind.SKIP  # cooling down until 22
+    assert kinds[16][0] is ActionKind.SKIP
+    assert kinds[18][0] is ActionKind.SKIP  # three faults since the backoff, still cooling
+    # After the cool-down, the next fault backs off again: faults since the last backoff exceed 2.
+    assert kinds[30] == (ActionKind.BACKOFF, 0.25)
+    assert kinds[32][0] is ActionKind.SKIP
+
+
+def test_consecutive_faults_roll_back_to_before_the_incident() -> None:
+    policy = EscalationPolicy()
+    _run(policy, 0, 10)
+    warn = policy.decide(_obs(10, norm=5.0), [_alert(10, AlertKind.GROWTH_TREND, Severity.WARNING)])
+    assert warn.apply and warn.action.reason is Reason.GROWTH_TREND
+    assert policy.incident_start == 10
+    _run(policy, 11, 15)
+    first = policy.decide(_obs(15, norm=math.inf))
+    second = policy.decide(_obs(16, norm=math.inf))
+    third = policy.decide(_obs(17, norm=math.nan))
+    assert [first.action.kind, second.action.kind] == [ActionKind.SKIP, ActionKind.SKIP]
+    assert third.action.kind is ActionKind.ROLLBACK
+    assert third.action.reason is Reason.REPEATED_FAULTS
+    assert third.rollback_before == 10 and third.reset_moments and third.lr_scale == 0.5
+    assert "3 faulty steps in a row" in third.action.message
+    assert _one_sentence(third.action.message)
+
+
+def test_divergence_rolls_back_at_once() -> None:
+    policy = EscalationPolicy()
+    _run(policy, 0, 5)
+    d = policy.decide(_obs(5, loss=1e9), [_alert(5, AlertKind.LOSS_THRESHOLD)])
+    assert d.action.kind is ActionKind.ROLLBACK and d.action.reason is Reason.DIVERGENCE
+    assert d.rollback_before == 5
+
+
+def test_backoffs_in_one_incident_then_rollback() -> None:
+    config = PolicyConfig(skip_budget=0, max_backoffs=2, cooldown=0, consecutive_limit=10)
+    policy = EscalationPolicy(config)
+    kinds = [policy.decide(_obs(t, norm=math.nan if t % 2 else 1.0)).action.kind for t in range(7)]
+    assert kinds == [
+        ActionKind.PROCEED,
+        ActionKind.BACKOFF,
+        ActionKind.PROCEED,
+        ActionKind.BACKOFF,
+        ActionKind.PROCEED,
+        ActionKind.ROLLBACK,
+        ActionKind.PROCEED,
+    ]
+    assert policy.lr_scale == 0.125
+
+
+def test_rollback_budget_exhausted_aborts_with_advice() -> None:
+    policy = EscalationPolicy(PolicyConfig(max_rollbacks=2, consecutive_limit=1))
+    kinds = [policy.decide(_obs(t, norm=math.nan)).action.kind for t in range(3)]
+    assert kinds == [ActionKind.ROLLBACK, ActionKind.ROLLBACK, ActionKind.ABORT]
+    abort = policy.decide(_obs(3, norm=math.nan))
+    assert abort.action.reason is Reason.BUDGET_EXHAUSTED
+    text = abort_advice(policy.history(), lr=0.1, culprits=("rnn.weight_hh_l0",))
+    for advice in (
+        "lower the learning rate",
+        "0.1",
+        "orthogonal",
+        "clip",
+        "spectral norm",
+        "truncate backpropagation through time",
+        "rnn.weight_hh_l0",
+    ):
+        assert advice in text
+
+
+def test_without_snapshot_the_rollback_rung_resets_the_optimizer() -> None:
+    policy = EscalationPolicy(PolicyConfig(consecutive_limit=2))
+    policy.decide(_obs(0, norm=math.nan), can_rollback=False)
+    d = policy.decide(_obs(1, norm=math.nan), can_rollback=False)
+    assert d.action.kind is ActionKind.RESET_OPTIMIZER_STATE and d.reset_moments
+    assert d.rollback_before is None and d.lr_scale == 0.5
+
+
+def test_learning_rate_is_restored_gradually_after_healthy_steps() -> None:
+    config = PolicyConfig(skip_budget=0, cooldown=0, restore_after=30, quiet=5)
+    policy = EscalationPolicy(config)
+    policy.decide(_obs(0, norm=math.nan))
+    policy.decide(_obs(1, norm=math.nan))  # budget 0 and no cool-down: each fault backs off
+    assert policy.lr_scale == 0.25
+    recovered = []
+    for t in range(2, 200):
+        d = policy.decide(_obs(t))
+        if d.action.reason is Reason.RECOVERED:
+            recovered.append((t, d.lr_scale))
+    # The incident closes 5 quiet steps after step 1; each rung needs 30 healthy steps.
+    assert recovered == [(31, 0.5), (61, 1.0)]
+    assert policy.lr_scale == 1.0
+
+
+def test_restore_disabled_keeps_the_scale() -> None:
+    policy = EscalationPolicy(PolicyConfig(skip_budget=0, restore_after=None))
+    policy.decide(_obs(0, norm=math.nan))
+    _run(policy, 1, 500)
+    assert policy.lr_scale == 0.5
+
+
+def test_incident_closes_after_quiet_steps() -> None:
+    policy = EscalationPolicy(PolicyConfig(quiet=10))
+    policy.decide(_obs(3, norm=math.nan))
+    assert policy.incident_start == 3 and policy.quiet_steps(8) == 5
+    _run(policy, 4, 13)
+    assert policy.incident_start == 3
+    policy.decide(_obs(13))
+    assert policy.incident_start is None
+
+
+def test_finite_spikes_are_clipped_with_clipping_and_skipped_without() -> None:
+    spike = [_alert(4, AlertKind.GRAD_NORM_SPIKE)]
+    with_clip = EscalationPolicy(clipping=True).decide(_obs(4, norm=80.0), spike, clip_coef=0.01)
+    assert with_clip.apply and with_clip.action.kind is ActionKind.CLIP
+    assert with_clip.action.reason is Reason.SPIKE
+    without = EscalationPolicy(clipping=False).decide(_obs(4, norm=80.0), spike)
+    assert not without.apply and without.action.kind is ActionKind.SKIP
+    forced = EscalationPolicy(PolicyConfig(skip_spikes=True), clipping=True)
+    assert not forced.decide(_obs(4, norm=80.0), spike, clip_coef=0.01).apply
+
+
+def test_info_alerts_change_nothing() -> None:
+    policy = EscalationPolicy()
+    d = policy.decide(_obs(0), [_alert(0, AlertKind.CULPRIT, Severity.INFO)])
+    assert d.action.kind is ActionKind.PROCEED and policy.incident_start is None
+
+
+def test_scaler_overflows_are_skipped_without_climbing_the_ladder() -> None:
+    policy = EscalationPolicy(PolicyConfig(max_scaler_overflows=5, consecutive_limit=3))
+    kinds = [policy.decide(_obs(t, norm=math.inf), scaler_overflow=True).action for t in range(7)]
+    assert [a.reason for a in kinds[:5]] == [Reason.SCALER_OVERFLOW] * 5
+    assert policy.lr_scale == 1.0 or kinds[5].kind is not ActionKind.SKIP
+    # From the sixth overflow in a row on, they are faults like any other.
+    assert kinds[5].reason is Reason.NONFINITE_GRAD and kinds[5].kind is ActionKind.SKIP
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("skip_budget", -1),
+        ("window", 0),
+        ("backoff_factor", 1.0),
+        ("backoff_factor", 0.0),
+        ("min_lr_scale", 2.0),
+        ("restore_after", 0),
+        ("consecutive_limit", 1.5),
+        ("quiet", True),
+    ],
+)
+def test_bad_config_is_rejected_with_the_value(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field) as err:
+        PolicyConfig(**{field: value})  # type: ignore[arg-type]
+    assert repr(value) in str(err.value)
+
+
+def test_bad_state_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="missing"):
+        EscalationPolicy().load_state_dict({"lr_scale": 1.0})
+
+
+_EVENT = st.sampled_from(["ok", "ok", "ok", "clip", "nan", "inf", "loss", "warn", "spike", "div"])
+
+
+def _event(policy: EscalationPolicy, t: int, event: str) -> Decision:
+    if event == "nan":
+        return policy.decide(_obs(t, norm=math.nan))
+    if event == "inf":
+        return policy.decide(_obs(t, norm=math.inf))
+    if event == "loss":
+        return policy.decide(_obs(t, loss=math.nan))
+    if event == "warn":
+        return policy.decide(_obs(t), [_alert(t, AlertKind.GROWTH_TREND, Severity.WARNING)])
+    if event == "spike":
+        return policy.decide(_obs(t, 50.0), [_alert(t, AlertKind.GRAD_NORM_SPIKE)], clip_coef=0.02)
+    if event == "div":
+        return policy.decide(_obs(t, loss=1e12), [_alert(t, AlertKind.LOSS_THRESHOLD)])
+    return policy.decide(_obs(t), clip_coef=0.5 if event == "clip" else 1.0)
+
+
+@given(events=st.lists(_EVENT, min_size=1, max_size=120), cut=st.integers(0, 120))
+def test_properties_and_state_round_trip(events: list[str], cut: int) -> None:
+    config = PolicyConfig(window=20, cooldown=3, restore_after=5, quiet=4, max_rollbacks=1000)
+    a, b = EscalationPolicy(config), EscalationPolicy(config)
+    for t, event in enumerate(events):
+        if t == cut:
+            b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+        da = _event(a, t, event)
+        db = _event(b, t, event) if t >= cut else da
+        assert da == db
+        assert config.min_lr_scale <= da.lr_scale <= 1.0
+        assert _one_sentence(da.action.message), da.action.message
+        if event in ("nan", "inf", "loss", "div"):
+            assert not da.apply
+        if da.apply:
+            assert da.action.kind in (ActionKind.PROCEED, ActionKind.CLIP)
+        else:
+            assert da.action.kind is not ActionKind.PROCEED
+        if da.action.kind is ActionKind.ROLLBACK:
+            assert da.rollback_before is not None and da.rollback_before <= t
