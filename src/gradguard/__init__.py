@@ -7,6 +7,7 @@ tensorboard) and integrations (lightning, transformers) are imported by the modu
 from gradguard import errors, records
 from gradguard.clip import clip_by_global_norm_
 from gradguard.errors import GradguardError
+from gradguard.guard import Guard
 from gradguard.stats import GradStats, measure
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GradStats",
     "GradguardError",
+    "Guard",
     "__version__",
     "clip_by_global_norm_",
     "errors",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -207,9 +208,9 @@ class EscalationPolicy:
         return self._s.incident_start
 
     def quiet_steps(self, step: int) -> int:
-        """How many steps before ``step`` passed without a warning (large when there was none)."""
+        """Steps from the last warning to ``step``; ``sys.maxsize`` when there was none yet."""
         last = self._s.last_alert
-        return step + 1 if last is None else step - last
+        return sys.maxsize if last is None else step - last
 
     def history(self) -> list[str]:
         """The messages of the last escalations (skips excluded), oldest first; for the abort."""

@@ -1,0 +1,503 @@
+"""Guard: replace ``optimizer.step()`` with a step that measures, decides, clips and rescues.
+
+One :meth:`Guard.step` after ``loss.backward()``:
+
+1. ``scaler.unscale_`` (with a GradScaler), then :func:`~gradguard.measure` the gradients
+   (device tensors, no host sync);
+2. clip in place on the device (a clamped coefficient, no host branch), queued *before* the sync
+   so the device never waits for the host;
+3. :meth:`Monitor.observe <gradguard.monitor.Monitor.observe>`: the ONE host transfer of the step,
+   then the detectors;
+4. :class:`~gradguard.policy.EscalationPolicy` turns the alerts into a decision: apply the step
+   (clipped or not), skip it, back off the learning rate, roll back to a snapshot, or abort;
+5. ``optimizer.step()`` and ``scheduler.step()`` only when the step is applied; the
+   ``scaler.update()`` always;
+6. every ``snapshot_every`` healthy steps, a snapshot (model, optimizer, scheduler, scaler, RNG,
+   guard and detector state), and a :class:`~gradguard.records.StepRecord` to the sinks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from gradguard.clip import safe_coefficient, scale_grads_
+from gradguard.errors import ConfigError, SnapshotError, TrainingDivergedError, check_positive
+from gradguard.monitor import Monitor
+from gradguard.policy import Decision, EscalationPolicy, PolicyConfig, abort_advice
+from gradguard.records import ActionKind, Observation, StepRecord
+from gradguard.recover import (
+    DiskSnapshotStore,
+    MemorySnapshotStore,
+    SnapshotStore,
+    capture_rng_state,
+    reset_optimizer_state_,
+    restore_rng_state,
+    scaled_lr,
+)
+from gradguard.sinks import Sink
+from gradguard.stats import GradStats, measure
+
+__all__ = ["Clipper", "Guard"]
+
+_STATE_VERSION = 1
+_COUNTERS = (
+    "steps",
+    "applied",
+    "clipped",
+    "skipped",
+    "backoffs",
+    "rollbacks",
+    "resets",
+    "lr_restores",
+    "steps_lost",
+    "scaler_overflows",
+    "snapshots",
+    "aborted",
+)
+
+
+@runtime_checkable
+class Clipper(Protocol):
+    """A clipping rule the guard can use instead of a fixed global-norm bound.
+
+    Stateful rules (percentile, z-score) also have ``state_dict()`` / ``load_state_dict()``;
+    the guard saves and restores that state with its own when they exist.
+    """
+
+    def clip_(self, stats: GradStats) -> Tensor:
+        """Clip the gradients measured in ``stats`` in place, on the device, without a sync."""
+
+
+class Guard:
+    """Keep a training run alive: ``guard.step(loss)`` replaces ``optimizer.step()``.
+
+    With no configuration it clips by global norm 1.0, skips non-finite steps, backs off the
+    learning rate when faults repeat, rolls back to the last healthy in-memory snapshot when the
+    weights themselves go bad, and stops with advice when nothing helps. A run without incidents
+    is bit-identical to ``clip_grad_norm_(params, clip)`` followed by ``optimizer.step()``.
+
+    Args:
+        model: the module being trained; names the tensors in records and is snapshotted.
+        optimizer: any ``torch.optim`` optimizer over (some of) the model's parameters.
+        scaler: a ``torch.amp.GradScaler`` when training in mixed precision; the guard calls
+            ``unscale_`` before measuring and ``update`` after every step (skipped or not). Use
+            ``scaler.scale(loss).backward()`` and do not call ``scaler.step`` yourself.
+        scheduler: a learning-rate scheduler stepped once per *applied* optimizer step (a
+            skipped step does not advance the schedule). Do not call ``scheduler.step()``
+            yourself.
+        clip: a float is a bound on the global gradient norm; 1.0 (the default) is the value
+            GPT-2/nanoGPT, Hugging Face's Trainer and the RNN literature settle on, and a
+            non-trivial bound is what keeps a spike from moving the weights far before the
+            detectors even see a trend. ``None`` disables clipping (finite spikes are then skipped
+            instead). Any object with ``clip_(stats)`` (an adaptive :class:`Clipper`) is used
+            as is.
+        policy: a :class:`~gradguard.policy.PolicyConfig` or a ready
+            :class:`~gradguard.policy.EscalationPolicy`; ``None`` for the defaults.
+        snapshot_every: take a snapshot after this many healthy applied steps (and only after
+            ``policy.quiet`` steps without a warning); ``None`` disables snapshots and thereby
+            rollback (the guard then resets optimizer moments instead).
+        snapshot_keep: how many snapshots to keep (bounded memory or disk).
+        snapshot_dir: write snapshots atomically into this directory instead of memory.
+        sinks: receive one :class:`~gradguard.records.StepRecord` per step.
+        monitor: a ready :class:`~gradguard.monitor.Monitor` (its sinks get its own records);
+            ``None`` builds one on the guarded parameters from ``preset`` and ``detectors``.
+        preset: detector preset of the monitor built when ``monitor`` is ``None``.
+        detectors: detectors of that monitor (overrides ``preset``).
+        restore_rng: also restore the random generators on rollback. Off by default: replaying
+            the batches that led to the trouble tends to lead to it again.
+        eps: added to the norm in the clip coefficient, as ``clip_grad_norm_`` does.
+
+    Raises:
+        ConfigError: an argument is out of range or of the wrong kind.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        clip: float | Clipper | None = 1.0,
+        policy: PolicyConfig | EscalationPolicy | None = None,
+        snapshot_every: int | None = 100,
+        snapshot_keep: int = 3,
+        snapshot_dir: str | os.PathLike[str] | None = None,
+        sinks: Iterable[Sink] = (),
+        monitor: Monitor | None = None,
+        preset: str = "default",
+        detectors: Any = None,
+        restore_rng: bool = False,
+        eps: float = 1e-6,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"model must be an nn.Module, got {type(model).__name__} {model!r:.80}. Pass the "
+                "module you train: Guard(model, optimizer)."
+            )
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__} "
+                f"{optimizer!r:.80}. Pass the optimizer whose step() the guard replaces."
+            )
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.scheduler = scheduler
+        self.eps = float(eps)
+        self._bound: float | None = None
+        self._clipper: Clipper | None = None
+        if clip is None:
+            pass
+        elif isinstance(clip, (int, float)) and not isinstance(clip, bool):
+            self._bound = check_positive(
+                "clip", clip, fix="Pass the max global gradient norm (1.0 is a safe start), None."
+            )
+        elif isinstance(clip, Clipper):
+            self._clipper = clip
+        else:
+            raise ConfigError(
+                f"clip must be a positive float (max global norm), None, or an object with a "
+                f"clip_(stats) method, got {clip!r:.80}. Guard(clip=1.0) is the default."
+            )
+        clipping = self._bound is not None or self._clipper is not None
+        if isinstance(policy, EscalationPolicy):
+            self.policy = policy
+        elif policy is None or isinstance(policy, PolicyConfig):
+            self.policy = EscalationPolicy(policy, clipping=clipping)
+        else:
+            raise ConfigError(
+                f"policy must be a PolicyConfig, an EscalationPolicy or None, got {policy!r:.80}."
+            )
+        if snapshot_every is not None and (
+            isinstance(snapshot_every, bool)
+            or not isinstance(snapshot_every, int)
+            or snapshot_every < 1
+        ):
+            raise ConfigError(
+                f"snapshot_every must be an integer >= 1 or None, got {snapshot_every!r}. "
+                "100 keeps the snapshot cost near 1% of the step time."
+            )
+        self.snapshot_every = snapshot_every
+        self.store: SnapshotStore = (
+            DiskSnapshotStore(snapshot_dir, keep=snapshot_keep)
+            if snapshot_dir is not None
+            else MemorySnapshotStore(keep=snapshot_keep)
+        )
+        self.restore_rng = bool(restore_rng)
+        self.sinks: tuple[Sink, ...] = tuple(sinks)
+        self._named = _guarded_parameters(model, optimizer)
+        self.monitor = (
+            monitor
+            if monitor is not None
+            else Monitor(self._named, preset=preset, detectors=detectors)
+        )
+        self._step = 0
+        self._progress = 0  # applied steps the weights reflect (rollbacks take some back)
+        self._since_snapshot = 0
+        self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._last_culprits: tuple[str, ...] = ()
+        if snapshot_every is not None and not self.store.steps():
+            self.snapshot()
+
+    # ------------------------------------------------------------------------------ the step
+    def step(self, loss: Tensor | float | None = None) -> StepRecord:
+        """Measure, detect, decide, clip and step (or not); call it instead of ``optimizer.step()``.
+
+        Call it once per optimizer step, after ``backward`` (with gradient accumulation: after
+        the last micro-batch). Zero the gradients yourself as usual.
+
+        Args:
+            loss: the loss of this step (a tensor stays on the device until the one transfer),
+                or ``None``.
+
+        Returns:
+            The :class:`~gradguard.records.StepRecord` of what was done and why.
+
+        Raises:
+            TrainingDivergedError: the policy spent its rescue budget; the message says what
+                happened and what to try. The record is attached as ``err.record``.
+        """
+        t = self._step
+        scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        stats = measure(self._named)
+        self._clip(stats)  # queued on the device before the sync below
+        alerts = self.monitor.observe(loss, stats=stats)  # HOST SYNC: the one transfer, inside.
+        obs = self.monitor.last
+        if obs is None:  # pragma: no cover - Monitor.observe always sets it
+            raise RuntimeError("Monitor.observe() left no observation")
+        coef = self._host_coefficient(obs)
+        overflow = scaler is not None and obs.loss_finite and not obs.finite
+        decision = self.policy.decide(
+            obs,
+            alerts,
+            clip_coef=coef,
+            can_rollback=self.snapshot_every is not None and bool(self.store.steps()),
+            scaler_overflow=overflow,
+        )
+        kind = decision.action.kind
+        if decision.apply:
+            with scaled_lr(self.optimizer, decision.lr_scale):
+                self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self._progress += 1
+        if scaler is not None:
+            scaler.update()
+        rolled_back_to, lost, message = None, 0, decision.action.message
+        if kind is ActionKind.ROLLBACK:
+            rolled_back_to, lost, message = self._rollback(decision)
+        elif kind is ActionKind.RESET_OPTIMIZER_STATE:
+            reset_optimizer_state_(self.optimizer)
+        self._count(decision, coef, overflow, lost)
+        self._last_culprits = tuple(name for name, _ in obs.top[:3])
+        record = StepRecord(
+            step=t,
+            action=kind,
+            reason=decision.action.reason,
+            message=message,
+            applied=decision.apply,
+            loss=obs.loss,
+            total_norm=obs.total_norm,
+            clip_coef=coef,
+            lr=self._effective_lr(decision.lr_scale),
+            alerts=tuple(alerts),
+            top=obs.top,
+            rolled_back_to=rolled_back_to,
+            steps_lost=lost,
+        )
+        self._step += 1
+        for sink in self.sinks:
+            sink.write(record)
+        if kind is ActionKind.ABORT:
+            lr = record.lr
+            advice = abort_advice(self.policy.history(), lr=lr, culprits=self._last_culprits)
+            raise TrainingDivergedError(advice, record)
+        if decision.apply:
+            self._since_snapshot += 1
+            self._maybe_snapshot()
+        return record
+
+    def _clip(self, stats: GradStats) -> None:
+        if not stats.grads:
+            return
+        if self._clipper is not None:
+            self._clipper.clip_(stats)
+        elif self._bound is not None:
+            coef = safe_coefficient(self._bound, stats.total_norm, stats.finite, self.eps)
+            scale_grads_(stats, coef)
+
+    def _host_coefficient(self, obs: Observation) -> float:
+        """The clip factor for the record, from the transferred norm (no extra sync)."""
+        if self._bound is None or not obs.finite:
+            return 1.0
+        return min(1.0, self._bound / (obs.total_norm + self.eps))
+
+    def _effective_lr(self, scale: float) -> float | None:
+        lr = self.optimizer.param_groups[0].get("lr") if self.optimizer.param_groups else None
+        if isinstance(lr, (int, float)):
+            return float(lr) * scale
+        return None  # a tensor learning rate would need a host sync to read
+
+    def _count(self, decision: Decision, coef: float, overflow: bool, lost: int) -> None:
+        c, kind = self.counters, decision.action.kind
+        c["steps"] += 1
+        if decision.apply:
+            c["applied"] += 1
+            c["clipped"] += coef < 1.0
+        else:
+            c["skipped"] += 1
+        c["backoffs"] += kind is ActionKind.BACKOFF
+        c["rollbacks"] += kind is ActionKind.ROLLBACK
+        c["resets"] += kind is ActionKind.RESET_OPTIMIZER_STATE
+        c["lr_restores"] += decision.action.reason.value == "recovered"
+        c["scaler_overflows"] += overflow
+        c["aborted"] += kind is ActionKind.ABORT
+        c["steps_lost"] += lost
+
+    # ------------------------------------------------------------------------------ snapshots
+    def _maybe_snapshot(self) -> None:
+        every = self.snapshot_every
+        if every is None or self._since_snapshot < every:
+            return
+        if self.policy.quiet_steps(self._step - 1) < self.policy.config.quiet:
+            return
+        self.snapshot()
+
+    def snapshot(self) -> int:
+        """Take a snapshot now; returns its key (the number of guard steps taken so far).
+
+        A snapshot holds copies of the model's and optimizer's state dicts, the scheduler's and
+        scaler's, every random generator, and the guard's own state (policy, detectors, clipper).
+        """
+        self.counters["snapshots"] += 1
+        self._since_snapshot = 0
+        # HOST SYNC: copying the state to the CPU (or disk), once every `snapshot_every` steps.
+        state: dict[str, Any] = {
+            "step": self._step,
+            "progress": self._progress,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": capture_rng_state(),
+            "guard": self.state_dict(),
+        }
+        try:
+            self.store.save(self._step, state)
+        except BaseException:
+            self.counters["snapshots"] -= 1
+            raise
+        return self._step
+
+    def _choose_snapshot(self, before: int) -> tuple[int, str]:
+        """The newest snapshot taken at least ``policy.quiet`` steps before ``before``."""
+        steps = self.store.steps()
+        margin = self.policy.config.quiet
+        safe = [s for s in steps if s <= before - margin]
+        if safe:
+            return safe[-1], f"at least {margin} steps before the trouble began at step {before}"
+        earlier = [s for s in steps if s <= before]
+        if earlier:
+            return earlier[-1], f"the newest from before step {before}"
+        return steps[0], f"the oldest kept; none predates step {before}"
+
+    def _rollback(self, decision: Decision) -> tuple[int, int, str]:
+        before = decision.rollback_before if decision.rollback_before is not None else self._step
+        key, why = self._choose_snapshot(before)
+        state = self.store.load(key)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.restore_rng:
+            restore_rng_state(state["rng"])
+        if decision.reset_moments:
+            reset_optimizer_state_(self.optimizer)
+        self.store.discard_after(key)
+        self._since_snapshot = 0
+        lost = max(self._progress - int(state["progress"]), 0)
+        self._progress = int(state["progress"])
+        message = (
+            f"{decision.action.message.rstrip('.')}: restored the snapshot of step {key} ({why}), "
+            f"{lost} applied steps lost."
+        )
+        return key, lost, message
+
+    def resume(self, step: int | None = None) -> int:
+        """Restore a snapshot completely (including RNG and guard state), e.g. after a crash.
+
+        Args:
+            step: key of the snapshot to restore; ``None`` for the newest.
+
+        Returns:
+            The key of the restored snapshot.
+
+        Raises:
+            SnapshotError: no snapshot is stored (or none of that key).
+        """
+        steps = self.store.steps()
+        key = steps[-1] if step is None and steps else step
+        if key is None:
+            raise SnapshotError(
+                "no snapshot to resume from; pass snapshot_dir= to keep snapshots on disk."
+            )
+        state = self.store.load(key)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        self.load_state_dict(state["guard"])
+        return key
+
+    # ------------------------------------------------------------------------------ state
+    @property
+    def lr_scale(self) -> float:
+        """Multiplier the guard currently applies to every parameter group's learning rate."""
+        return self.policy.lr_scale
+
+    def summary(self) -> dict[str, Any]:
+        """Counters of what the guard did, its learning-rate scale, snapshots, and the monitor's."""
+        return {
+            **self.counters,
+            "progress": self._progress,
+            "lr_scale": self.policy.lr_scale,
+            "snapshot_steps": self.store.steps(),
+            "incident_start": self.policy.incident_start,
+            "monitor": self.monitor.summary(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue with the same statistics and budgets."""
+        return {
+            "version": _STATE_VERSION,
+            "step": self._step,
+            "progress": self._progress,
+            "since_snapshot": self._since_snapshot,
+            "counters": dict(self.counters),
+            "policy": self.policy.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "clipper": _state_of(self._clipper),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (model and optimizer are restored by their own)."""
+        if state.get("version") != _STATE_VERSION:
+            raise ConfigError(
+                f"guard state version {state.get('version')!r} is not {_STATE_VERSION}; pass "
+                "what Guard.state_dict() returned."
+            )
+        self._step = int(state["step"])
+        self._progress = int(state["progress"])
+        self._since_snapshot = int(state["since_snapshot"])
+        self.counters = {name: int(state["counters"].get(name, 0)) for name in _COUNTERS}
+        self.policy.load_state_dict(state["policy"])
+        self.monitor.load_state_dict(state["monitor"])
+        load = getattr(self._clipper, "load_state_dict", None)
+        if load is not None and state.get("clipper") is not None:
+            load(state["clipper"])
+
+    def close(self) -> None:
+        """Close the sinks."""
+        for sink in self.sinks:
+            sink.close()
+
+
+def _state_of(clipper: Clipper | None) -> Any:
+    save = getattr(clipper, "state_dict", None)
+    return save() if save is not None else None
+
+
+def _guarded_parameters(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> list[tuple[str, Tensor]]:
+    """The optimizer's parameters named as in the model, in the model's order.
+
+    Model order makes the global norm bit-identical to ``clip_grad_norm_(model.parameters())``;
+    parameters the optimizer holds but the model does not are appended with positional names.
+    """
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    named: list[tuple[str, Tensor]] = [
+        (name, p) for name, p in model.named_parameters() if id(p) in in_optimizer
+    ]
+    seen = {id(p) for _, p in named}
+    for g, group in enumerate(optimizer.param_groups):
+        for i, p in enumerate(group["params"]):
+            if id(p) not in seen:
+                named.append((f"param_groups[{g}][{i}]", p))
+                seen.add(id(p))
+    if not named:
+        raise ConfigError(
+            "the optimizer holds no parameters; build it from model.parameters() before the guard."
+        )
+    return named
