@@ -8,17 +8,23 @@ from gradguard import errors, records
 from gradguard.clip import clip_by_global_norm_
 from gradguard.errors import GradguardError
 from gradguard.guard import Guard
+from gradguard.report import build_report
+from gradguard.sinks import ConsoleSink, JsonlSink, read_jsonl
 from gradguard.stats import GradStats, measure
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConsoleSink",
     "GradStats",
     "GradguardError",
     "Guard",
+    "JsonlSink",
     "__version__",
+    "build_report",
     "clip_by_global_norm_",
     "errors",
     "measure",
+    "read_jsonl",
     "records",
 ]

@@ -11,6 +11,8 @@ __all__ = [
     "DistributedMismatchError",
     "EmptyParametersError",
     "GradguardError",
+    "LogFormatError",
+    "MissingDependencyError",
     "NoGradientsError",
     "NonFiniteError",
     "SnapshotError",
@@ -45,6 +47,14 @@ class NonFiniteError(GradguardError, FloatingPointError):
 
 class DistributedMismatchError(GradguardError, RuntimeError):
     """Ranks of a process group disagree on something that must be identical on all of them."""
+
+
+class LogFormatError(GradguardError, ValueError):
+    """A file is not a gradguard JSONL log, or was written with an unknown schema version."""
+
+
+class MissingDependencyError(GradguardError, ImportError):
+    """An optional package (a pip extra) is needed for a feature but is not installed."""
 
 
 class TrainingDivergedError(GradguardError, RuntimeError):

@@ -92,5 +92,6 @@ def test_properties_bound_direction_dtype_idempotent(max_norm: float, scale: flo
     assert cos.item() == pytest.approx(1.0, abs=1e-9)
     gg.clip_by_global_norm_(model, max_norm)
     again = torch.cat([p.grad.flatten() for p in model.parameters()])  # type: ignore[union-attr]
-    # Idempotent up to the eps in the denominator: a relative change of at most eps / max_norm.
-    torch.testing.assert_close(again, after, rtol=2e-6 / max_norm + 1e-9, atol=1e-12)
+    # Idempotent up to the eps in the denominator (relative change <= eps / max_norm) and the
+    # float32 rounding of the coefficient.
+    torch.testing.assert_close(again, after, rtol=2e-6 / max_norm + 1e-6, atol=1e-12)

@@ -1,5 +1,24 @@
-"""Where step records go: console, JSONL, CSV, TensorBoard."""
+"""Where step records go: console, JSONL, CSV, TensorBoard; and the JSONL reader."""
 
 from gradguard.sinks.base import Sink
+from gradguard.sinks.console import ConsoleSink
+from gradguard.sinks.csvfile import CSV_COLUMNS, CsvSink
+from gradguard.sinks.jsonl import LOG_FORMAT, JsonlSink
+from gradguard.sinks.rank import RankZeroSink, is_rank_zero
+from gradguard.sinks.read import LogHeader, RunLog, read_jsonl
+from gradguard.sinks.tboard import TensorBoardSink
 
-__all__ = ["Sink"]
+__all__ = [
+    "CSV_COLUMNS",
+    "LOG_FORMAT",
+    "ConsoleSink",
+    "CsvSink",
+    "JsonlSink",
+    "LogHeader",
+    "RankZeroSink",
+    "RunLog",
+    "Sink",
+    "TensorBoardSink",
+    "is_rank_zero",
+    "read_jsonl",
+]

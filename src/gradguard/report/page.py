@@ -1,0 +1,279 @@
+"""The report page: one self-contained HTML file (inline CSS, images as data URIs, no script).
+
+Every string that comes from the run (tensor names, messages, metadata, titles, paths) passes
+through :func:`html.escape`; the page also carries a Content-Security-Policy that forbids
+scripts and any outside request, so it opens offline and stays inert even if a string slipped
+through.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import math
+from collections.abc import Sequence
+from html import escape
+
+from gradguard.records import ActionKind, Severity, StepRecord
+from gradguard.report.advisor import Advice
+from gradguard.report.analysis_view import format_value
+from gradguard.report.blocks import Block, Plot, Table
+from gradguard.report.summary import RunSummary, record_nonfinite
+from gradguard.sinks import RunLog
+
+__all__ = ["CSP", "MAX_EVENT_ROWS", "Page", "render_page"]
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+MAX_EVENT_ROWS = 300
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;
+background:#f5f6f8;line-height:1.45}
+main{max-width:1100px;margin:0 auto;padding:24px}
+header{background:#1d2330;color:#fff;padding:20px 24px}
+header h1{margin:0 0 4px;font-size:24px}header p{margin:0;color:#c5cad6;font-size:14px}
+section{background:#fff;border-radius:8px;padding:16px 20px;margin:16px 0;
+box-shadow:0 1px 3px rgba(0,0,0,.08)}
+h2{font-size:19px;margin:0 0 12px}h3{font-size:16px;margin:12px 0 4px}
+.outcome{font-size:17px;font-weight:600;padding:10px 14px;border-radius:6px;margin-bottom:12px}
+.ok{background:#e3f4e6;color:#1b5e20}.rescued{background:#fff4d6;color:#7a4f00}
+.bad{background:#fde2e1;color:#8e1b1b}
+.cards{display:flex;flex-wrap:wrap;gap:10px}
+.card{border:1px solid #e1e4ea;border-radius:6px;padding:8px 12px;min-width:140px}
+.card b{display:block;font-size:18px}.card span{font-size:12px;color:#5b6275}
+figure{margin:0}figure img{max-width:100%;height:auto;border:1px solid #eceef2}
+figcaption{font-size:13px;color:#5b6275}
+table{border-collapse:collapse;min-width:50%;font-size:13px;margin:6px 0 12px}
+th,td{border-bottom:1px solid #e6e8ee;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f0f2f6}td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+.advice{border-left:4px solid #4c9be8;padding:2px 12px;margin:10px 0}
+.advice.warning{border-color:#f0a30a}.advice.critical{border-color:#d62728}
+.sev{font-size:11px;text-transform:uppercase;font-weight:700;padding:1px 6px;border-radius:3px;
+background:#e8ecf3}.sev.warning{background:#fdecc8}.sev.critical{background:#f9d0ce}
+pre{background:#f5f6f8;padding:8px;overflow-x:auto;font-size:12px}
+footer{color:#5b6275;font-size:12px;text-align:center;padding:12px}
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """Everything the page shows, computed beforehand.
+
+    Attributes:
+        title: the page title (plain text).
+        log: the log read back.
+        summary: its summary.
+        advice: the advisor's output.
+        figures: the run's plots, in order.
+        analysis: blocks of the analysis section (empty: section left out).
+    """
+
+    title: str
+    log: RunLog
+    summary: RunSummary
+    advice: Sequence[Advice]
+    figures: Sequence[Plot]
+    analysis: Sequence[Block]
+
+
+def render_page(page: Page) -> str:
+    """Render the report as one HTML string (every user string escaped)."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(page.title)}</title><style>{_STYLE}</style></head><body>",
+        f"<header><h1>{escape(page.title)}</h1><p>{_subtitle(page.log)}</p></header><main>",
+        _summary_section(page),
+    ]
+    figures = [f'<section id="{plot.slug}">{_plot(plot)}</section>' for plot in page.figures]
+    # The norm curve first, right under the outcome: it shows the whole story at a glance.
+    parts += [*figures[:1], _advice_section(page.advice), *figures[1:]]
+    parts.append(_events_section(page.log.records))
+    if page.analysis:
+        body = "".join(_block(b) for b in page.analysis)
+        parts.append(f'<section id="analysis"><h2>Analysis</h2>{body}</section>')
+    parts.append(_run_section(page.log))
+    parts.append(
+        "</main><footer>Written by gradguard from the JSONL log; open offline, no scripts."
+        "</footer></body></html>"
+    )
+    return "\n".join(parts)
+
+
+def _subtitle(log: RunLog) -> str:
+    header = log.header
+    return (
+        f"log <code>{escape(str(log.path))}</code> &middot; started {escape(header.started)} "
+        f"&middot; gradguard {escape(header.gradguard_version)} &middot; schema "
+        f"{header.schema_version}"
+    )
+
+
+def _outcome(page: Page) -> tuple[str, str]:
+    summary = page.summary
+    records = page.log.records
+    if not records:
+        return "bad", "The log holds no steps."
+    last = records[-1]
+    if last.action is ActionKind.ABORT:
+        return "bad", f"The run was aborted at step {last.step}: {last.message}"
+    if record_nonfinite(last) and last.applied:
+        return "bad", (
+            f"The run diverged: NaN/Inf first at step {summary.first_nonfinite_step}, "
+            f"still non-finite at its last step {last.step}."
+        )
+    if summary.interventions:
+        return "rescued", (
+            f"gradguard intervened on {summary.interventions} of {summary.steps} steps; "
+            f"the run ended finite (final loss {_num(summary.final_loss)})."
+        )
+    if summary.alerts_by_severity:
+        return "rescued", (
+            f"The run ended finite with {sum(summary.alerts_by_severity.values())} alert(s)."
+        )
+    return "ok", f"Healthy run: {summary.steps} steps without alerts or interventions."
+
+
+def _summary_section(page: Page) -> str:
+    summary = page.summary
+    css, sentence = _outcome(page)
+    warning = summary.first_warning
+    cards = [
+        (str(summary.steps), "steps logged"),
+        (str(summary.interventions), "interventions"),
+        (str(sum(summary.alerts_by_severity.values())), "alerts"),
+        (
+            "-" if warning is None else str(warning.step),
+            "first warning" + ("" if warning is None else f" ({warning.kind.value})"),
+        ),
+        (_opt(summary.first_nonfinite_step), "first NaN/Inf step"),
+        (_num(summary.final_loss), "final loss"),
+        (
+            "-" if summary.max_norm is None else _num(summary.max_norm[1]),
+            "largest gradient norm"
+            + ("" if summary.max_norm is None else f" (step {summary.max_norm[0]})"),
+        ),
+        (str(summary.steps_lost), "steps lost to rollbacks"),
+    ]
+    card_html = "".join(
+        f'<div class="card"><b>{escape(v)}</b><span>{escape(k)}</span></div>' for v, k in cards
+    )
+    rows = [(kind.value, str(n)) for kind, n in sorted(summary.actions.items())]
+    rows += [(f"{s.value} alerts", str(n)) for s, n in summary.alerts_by_severity.items()]
+    table = _table(Table("Counts", ("what", "steps"), tuple(rows))) if rows else ""
+    note = ""
+    if page.log.skipped_last_line is not None:
+        note = (
+            f"<p>Line {page.log.skipped_last_line} of the log was cut off (the run stopped "
+            "while writing it) and was skipped.</p>"
+        )
+    return (
+        f'<section id="summary"><h2>Outcome</h2><div class="outcome {css}">'
+        f'{escape(sentence)}</div><div class="cards">{card_html}</div>{table}{note}</section>'
+    )
+
+
+def _advice_section(advice: Sequence[Advice]) -> str:
+    items = []
+    for item in advice:
+        evidence = "".join(f"<li>{escape(e)}</li>" for e in item.evidence)
+        items.append(
+            f'<div class="advice {item.severity.value}"><h3>'
+            f'<span class="sev {item.severity.value}">{item.severity.value}</span> '
+            f"{escape(item.title)}</h3><p>{escape(item.action)}</p>"
+            f"<ul>{evidence}</ul></div>"
+        )
+    return f'<section id="advice"><h2>Advisor</h2>{"".join(items)}</section>'
+
+
+def _events_section(records: Sequence[StepRecord]) -> str:
+    rows: list[tuple[str, ...]] = []
+    total = 0
+    for record in records:
+        events: list[tuple[str, str]] = []
+        if record.action not in (ActionKind.PROCEED, ActionKind.CLIP):
+            detail = record.message
+            if record.rolled_back_to is not None:
+                detail = (
+                    f"back to step {record.rolled_back_to}, {record.steps_lost} steps lost. "
+                    + detail
+                )
+            events.append((f"{record.action.value} ({record.reason.value})", detail))
+        for alert in record.alerts:
+            if alert.severity.rank >= Severity.WARNING.rank:
+                culprits = f" [{', '.join(alert.culprits)}]" if alert.culprits else ""
+                events.append(
+                    (f"{alert.severity.value} {alert.kind.value}", alert.message + culprits)
+                )
+        for event, detail in events:
+            total += 1
+            if len(rows) < MAX_EVENT_ROWS:
+                rows.append(
+                    (str(record.step), event, detail, _num(record.total_norm), _num(record.loss))
+                )
+    if not rows:
+        return (
+            '<section id="events"><h2>Events</h2><p>No warnings and no interventions other '
+            "than clipping.</p></section>"
+        )
+    table = Table(
+        "Warnings and interventions (clipping is counted above, not listed)",
+        ("step", "event", "detail", "grad norm", "loss"),
+        tuple(rows),
+        omitted=total - len(rows),
+    )
+    return f'<section id="events"><h2>Events</h2>{_table(table)}</section>'
+
+
+def _run_section(log: RunLog) -> str:
+    metadata = {k: v for k, v in log.header.metadata.items() if k != "analysis"}
+    rows = tuple((str(k), format_value(v)) for k, v in metadata.items())
+    body = (
+        _table(Table("Run metadata", ("key", "value"), rows))
+        if rows
+        else "<p>No run metadata in the log header.</p>"
+    )
+    return f'<section id="run"><h2>Run</h2>{body}</section>'
+
+
+def _block(block: Block) -> str:
+    if isinstance(block, Table):
+        return _table(block)
+    if isinstance(block, Plot):
+        return _plot(block)
+    if block.pre:
+        return f"<pre>{escape(block.text)}</pre>"
+    return f"<p>{escape(block.text)}</p>"
+
+
+def _plot(plot: Plot) -> str:
+    data = base64.b64encode(plot.png).decode("ascii")
+    return (
+        f"<h2>{escape(plot.title)}</h2><figure>"
+        f'<img src="data:image/png;base64,{data}" alt="{escape(plot.title)}">'
+        f"<figcaption>{escape(plot.slug)}.png</figcaption></figure>"
+    )
+
+
+def _table(table: Table) -> str:
+    head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in table.rows
+    )
+    more = f"<p>{table.omitted} more rows not shown.</p>" if table.omitted else ""
+    return (
+        f"<h3>{escape(table.title)}</h3><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>{more}"
+    )
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if math.isfinite(value) else repr(value)
+
+
+def _opt(value: int | None) -> str:
+    return "-" if value is None else str(value)

@@ -1,0 +1,244 @@
+"""The gradguard command line through typer's CliRunner (and one real subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gradguard.cli import EXIT_NONFINITE, EXIT_OK, EXIT_USAGE, app
+from gradguard.cli.checkpoint import gate_radii, spectral_radius
+from tests.report.synthetic import write_synthetic_log
+
+runner = CliRunner()
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _assert_one_line_error(stderr: str, *fragments: str) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 2, stderr
+    assert lines[0].startswith("error: ")
+    assert lines[1].startswith("hint: ")
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in stderr
+
+
+def test_help_lists_the_commands() -> None:
+    code, out, _ = _invoke("--help")
+    assert code == EXIT_OK
+    assert "inspect" in out
+    assert "report" in out
+    assert "Exit codes" in out
+
+
+def test_entry_point_runs_in_a_subprocess() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", "from gradguard.cli import main; main()", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "report" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ((), None),
+        (("bogus",), "No such command 'bogus'"),
+        (("report",), "Missing argument 'LOG.jsonl'"),
+        (("inspect",), "Missing argument 'CHECKPOINT'"),
+        (("report", "--xx", "a"), "No such option: --xx"),
+        (("report", "a", "b"), "unexpected extra argument"),
+    ],
+)
+def test_usage_errors(args: tuple[str, ...], fragment: str | None) -> None:
+    code, out, err = _invoke(*args)
+    assert code == EXIT_USAGE
+    if fragment is None:  # no arguments at all: the help
+        assert "Usage" in out
+    else:
+        _assert_one_line_error(err, fragment, "--help")
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+
+
+def test_report_writes_the_page(tmp_path: Path) -> None:
+    log = write_synthetic_log(tmp_path / "run.jsonl")
+    code, out, err = _invoke("report", str(log), "-o", str(tmp_path / "out"))
+    assert code == EXIT_OK, err
+    page = tmp_path / "out" / "report.html"
+    assert page.is_file()
+    assert out.strip() == f"report: {page} (60 steps, 14 interventions, 9 alerts)"
+
+
+def test_report_default_folder(tmp_path: Path) -> None:
+    log = write_synthetic_log(tmp_path / "run.jsonl", metadata={})
+    code, _, err = _invoke("report", str(log))
+    assert code == EXIT_OK, err
+    assert (tmp_path / "run-report" / "report.html").is_file()
+
+
+def test_report_bad_paths(tmp_path: Path) -> None:
+    code, _, err = _invoke("report", str(tmp_path / "missing.jsonl"))
+    assert code == EXIT_USAGE
+    _assert_one_line_error(err, "does not exist")
+
+    code, _, err = _invoke("report", str(tmp_path))
+    assert code == EXIT_USAGE
+    _assert_one_line_error(err, "is a folder")
+
+    foreign = tmp_path / "notes.jsonl"
+    foreign.write_text('{"hello": 1}\n', encoding="utf-8")
+    code, _, err = _invoke("report", str(foreign))
+    assert code == EXIT_USAGE
+    _assert_one_line_error(err, "is not a gradguard log", "JsonlSink")
+
+    log = write_synthetic_log(tmp_path / "run.jsonl", metadata={})
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("", encoding="utf-8")
+    code, _, err = _invoke("report", str(log), "-o", str(blocker))
+    assert code == EXIT_USAGE
+    _assert_one_line_error(err, "is not a folder", "-o DIR")
+
+
+# ------------------------------------------------------------------------------------------------
+# inspect
+
+
+@pytest.fixture
+def lstm_state() -> dict[str, torch.Tensor]:
+    return torch.nn.LSTM(3, 5, num_layers=2).state_dict()
+
+
+def test_inspect_healthy_checkpoint(tmp_path: Path, lstm_state: dict[str, torch.Tensor]) -> None:
+    path = tmp_path / "ok.pt"
+    torch.save(lstm_state, path)
+    code, out, _ = _invoke("inspect", str(path))
+    assert code == EXIT_OK
+    assert "ok.pt: 8 tensors" in out
+    assert "OK: all 8 tensors are finite" in out
+    norm = torch.linalg.vector_norm(lstm_state["weight_hh_l1"].double()).item()
+    assert f"{norm:.4g}" in out
+    for gate, block in zip(
+        "ifgo", lstm_state["weight_hh_l0"].double().reshape(4, 5, 5), strict=True
+    ):
+        rho = torch.linalg.eigvals(block).abs().max().item()
+        assert f"{rho:.4g}" in out, gate
+
+
+def test_inspect_nested_checkpoint(tmp_path: Path) -> None:
+    model = torch.nn.GRU(2, 3)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 1, 2))[0].sum().backward()
+    optimizer.step()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 3}, path)
+    code, out, _ = _invoke("inspect", str(path), "--all")
+    assert code == EXIT_OK
+    assert "model.weight_hh_l0" in out
+    assert "optimizer.state.0.exp_avg" in out
+    # GRU gate blocks r, z, n.
+    spectral = out[out.index("spectral radius") :]
+    assert [
+        line.split("│")[2].strip() for line in spectral.splitlines() if "weight_hh" in line
+    ] == [
+        "r",
+        "z",
+        "n",
+    ]
+
+
+def test_inspect_finds_nan_and_inf(tmp_path: Path, lstm_state: dict[str, torch.Tensor]) -> None:
+    lstm_state["weight_hh_l1"][0, 0] = float("nan")
+    lstm_state["bias_ih_l0"][2] = float("-inf")
+    path = tmp_path / "bad.pt"
+    torch.save({"model": lstm_state}, path)
+    code, out, _ = _invoke("inspect", str(path))
+    assert code == EXIT_NONFINITE
+    assert "FAIL: 2 of 8 tensors hold NaN/Inf" in " ".join(out.split())
+    assert "model.bias_ih_l0 (0 NaN, 1 Inf)" in " ".join(out.split())
+    assert "non-finite" in out  # the NaN gate block has no radius
+
+
+def test_inspect_lists_at_most_40_rows_unless_all(tmp_path: Path) -> None:
+    state = {f"t{i}": torch.ones(2) for i in range(45)}
+    state["t44"][0] = float("nan")
+    path = tmp_path / "many.pt"
+    torch.save(state, path)
+    code, out, _ = _invoke("inspect", str(path))
+    assert code == EXIT_NONFINITE
+    assert "... 5 more tensors (use --all to list them)" in out
+    assert "t44" in out  # non-finite tensors are listed first
+    code, out, _ = _invoke("inspect", str(path), "--all")
+    assert "more tensors" not in out
+
+
+class Opaque:
+    """A Python object that weights_only loading refuses."""
+
+
+def test_inspect_bad_files(tmp_path: Path) -> None:
+    code, _, err = _invoke("inspect", str(tmp_path / "missing.pt"))
+    assert code == EXIT_USAGE
+    _assert_one_line_error(err, "does not exist")
+
+    code, _, err = _invoke("inspect", str(tmp_path))
+    assert code == EXIT_USAGE
+    _assert_one_line_error(err, "is a folder")
+
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello", encoding="utf-8")
+    code, _, err = _invoke("inspect", str(junk))
+    assert code == EXIT_USAGE
+    _assert_one_line_error(err, "is not a readable PyTorch checkpoint", "torch.save")
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"obj": Opaque()}, pickled)
+    code, _, err = _invoke("inspect", str(pickled))
+    assert code == EXIT_USAGE
+    _assert_one_line_error(err, "weights_only=True", "state_dict()")
+
+    empty = tmp_path / "empty.pt"
+    torch.save({"epoch": 1}, empty)
+    code, _, err = _invoke("inspect", str(empty))
+    assert code == EXIT_USAGE
+    _assert_one_line_error(err, "holds no tensors")
+
+
+def test_spectral_radius_helper() -> None:
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    assert spectral_radius(1.5 * q) == pytest.approx(1.5)
+    rotation = torch.tensor([[0.0, -2.0], [2.0, 0.0]])  # eigenvalues +-2i
+    assert spectral_radius(rotation) == pytest.approx(2.0)
+    assert torch.isnan(torch.tensor(spectral_radius(torch.tensor([[float("inf")]]))))
+    with pytest.raises(ValueError, match="square matrix"):
+        spectral_radius(torch.ones(2, 3))
+
+
+def test_gate_radii_shapes() -> None:
+    assert [g.gate for g in gate_radii("rnn.weight_hh_l0", torch.eye(4))] == ["-"]
+    assert gate_radii("rnn.weight_ih_l0", torch.eye(4)) == []
+    proj = torch.nn.LSTM(3, 6, proj_size=2).state_dict()["weight_hh_l0"]  # (24, 2)
+    (odd,) = gate_radii("weight_hh_l0", proj)
+    assert odd.radius is None
+    blocks = gate_radii("weight_hh_l0", torch.cat([k * torch.eye(3) for k in (1, 2, 3, 4)]))
+    assert [(g.gate, round(g.radius or 0, 6)) for g in blocks] == [
+        ("i", 1.0),
+        ("f", 2.0),
+        ("g", 3.0),
+        ("o", 4.0),
+    ]
