@@ -18,9 +18,10 @@ One :meth:`Guard.step` after ``loss.backward()``:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from gradguard.clip import safe_coefficient, scale_grads_
 from gradguard.errors import ConfigError, SnapshotError, TrainingDivergedError, check_positive
 from gradguard.monitor import Monitor
-from gradguard.policy import Decision, EscalationPolicy, PolicyConfig, abort_advice
+from gradguard.policy import EPS, ClipMode, Decision, EscalationPolicy, PolicyConfig, abort_advice
 from gradguard.records import ActionKind, Observation, StepRecord
 from gradguard.recover import (
     DiskSnapshotStore,
@@ -76,10 +77,12 @@ class Clipper(Protocol):
 class Guard:
     """Keep a training run alive: ``guard.step(loss)`` replaces ``optimizer.step()``.
 
-    With no configuration it clips by global norm 1.0, skips non-finite steps, backs off the
-    learning rate when faults repeat, rolls back to the last healthy in-memory snapshot when the
-    weights themselves go bad, and stops with advice when nothing helps. A run without incidents
-    is bit-identical to ``clip_grad_norm_(params, clip)`` followed by ``optimizer.step()``.
+    With no configuration it leaves healthy steps alone, skips non-finite or wildly off steps,
+    clips to the run's healthy scale while in trouble, backs off the learning rate when faults
+    repeat or the norm grows geometrically, rolls back to the last healthy in-memory snapshot
+    when the weights themselves go bad, and stops with advice when nothing helps. A run without
+    incidents is bit-identical to the same run without the guard (with ``clip=1.0``: to
+    ``clip_grad_norm_(params, 1.0)`` followed by ``optimizer.step()``).
 
     Args:
         model: the module being trained; names the tensors in records and is snapshotted.
@@ -90,12 +93,15 @@ class Guard:
         scheduler: a learning-rate scheduler stepped once per *applied* optimizer step (a
             skipped step does not advance the schedule). Do not call ``scheduler.step()``
             yourself.
-        clip: a float is a bound on the global gradient norm; 1.0 (the default) is the value
-            GPT-2/nanoGPT, Hugging Face's Trainer and the RNN literature settle on, and a
-            non-trivial bound is what keeps a spike from moving the weights far before the
-            detectors even see a trend. ``None`` disables clipping (finite spikes are then skipped
-            instead). Any object with ``clip_(stats)`` (an adaptive :class:`Clipper`) is used
-            as is.
+        clip: ``"auto"`` (the default) never clips a healthy step, and while an incident is
+            open (and for ``policy.restore_after`` steps after an escalation) clips to the run's
+            own healthy scale, the median of recent healthy norms (1.0 before any was seen). A
+            fixed bound such as the common 1.0 changes healthy runs whose natural norms are
+            larger (a summed loss, a large batch): measured in ``benchmarks/rescue.py``, it
+            ends such a run 80x worse. A float is a fixed bound on the global norm (as
+            ``clip_grad_norm_``); ``None`` disables clipping (finite spikes are then skipped
+            instead); any object with ``clip_(stats)`` (an adaptive :class:`Clipper`) clips
+            every step before the guard decides.
         policy: a :class:`~gradguard.policy.PolicyConfig` or a ready
             :class:`~gradguard.policy.EscalationPolicy`; ``None`` for the defaults.
         snapshot_every: take a snapshot after this many healthy applied steps (and only after
@@ -110,7 +116,6 @@ class Guard:
         detectors: detectors of that monitor (overrides ``preset``).
         restore_rng: also restore the random generators on rollback. Off by default: replaying
             the batches that led to the trouble tends to lead to it again.
-        eps: added to the norm in the clip coefficient, as ``clip_grad_norm_`` does.
 
     Raises:
         ConfigError: an argument is out of range or of the wrong kind.
@@ -123,7 +128,7 @@ class Guard:
         *,
         scaler: torch.amp.GradScaler | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-        clip: float | Clipper | None = 1.0,
+        clip: float | Literal["auto"] | Clipper | None = "auto",
         policy: PolicyConfig | EscalationPolicy | None = None,
         snapshot_every: int | None = 100,
         snapshot_keep: int = 3,
@@ -133,7 +138,6 @@ class Guard:
         preset: str = "default",
         detectors: Any = None,
         restore_rng: bool = False,
-        eps: float = 1e-6,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(
@@ -149,27 +153,25 @@ class Guard:
         self.optimizer = optimizer
         self.scaler = scaler
         self.scheduler = scheduler
-        self.eps = float(eps)
-        self._bound: float | None = None
         self._clipper: Clipper | None = None
-        if clip is None:
-            pass
+        mode: ClipMode
+        if clip is None or clip == "auto":
+            mode = clip
         elif isinstance(clip, (int, float)) and not isinstance(clip, bool):
-            self._bound = check_positive(
-                "clip", clip, fix="Pass the max global gradient norm (1.0 is a safe start), None."
+            mode = check_positive(
+                "clip", clip, fix="Pass the max global gradient norm, 'auto' or None."
             )
         elif isinstance(clip, Clipper):
-            self._clipper = clip
+            self._clipper, mode = clip, "external"
         else:
             raise ConfigError(
-                f"clip must be a positive float (max global norm), None, or an object with a "
-                f"clip_(stats) method, got {clip!r:.80}. Guard(clip=1.0) is the default."
+                f"clip must be 'auto', a positive float (max global norm), None, or an object "
+                f"with a clip_(stats) method, got {clip!r:.80}. Guard(clip='auto') is the default."
             )
-        clipping = self._bound is not None or self._clipper is not None
         if isinstance(policy, EscalationPolicy):
             self.policy = policy
         elif policy is None or isinstance(policy, PolicyConfig):
-            self.policy = EscalationPolicy(policy, clipping=clipping)
+            self.policy = EscalationPolicy(policy, clip=mode)
         else:
             raise ConfigError(
                 f"policy must be a PolicyConfig, an EscalationPolicy or None, got {policy!r:.80}."
@@ -228,22 +230,22 @@ class Guard:
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         stats = measure(self._named)
-        self._clip(stats)  # queued on the device before the sync below
+        if self._clipper is not None and stats.grads:
+            self._clipper.clip_(stats)  # queued on the device before the sync below
         alerts = self.monitor.observe(loss, stats=stats)  # HOST SYNC: the one transfer, inside.
         obs = self.monitor.last
         if obs is None:  # pragma: no cover - Monitor.observe always sets it
             raise RuntimeError("Monitor.observe() left no observation")
-        coef = self._host_coefficient(obs)
         overflow = scaler is not None and obs.loss_finite and not obs.finite
         decision = self.policy.decide(
             obs,
             alerts,
-            clip_coef=coef,
             can_rollback=self.snapshot_every is not None and bool(self.store.steps()),
             scaler_overflow=overflow,
         )
         kind = decision.action.kind
         if decision.apply:
+            self._clip(stats, obs, decision.clip_bound)
             with scaled_lr(self.optimizer, decision.lr_scale):
                 self.optimizer.step()
             if self.scheduler is not None:
@@ -256,7 +258,8 @@ class Guard:
             rolled_back_to, lost, message = self._rollback(decision)
         elif kind is ActionKind.RESET_OPTIMIZER_STATE:
             reset_optimizer_state_(self.optimizer)
-        self._count(decision, coef, overflow, lost)
+        coef = math.nan if self._clipper is not None else decision.clip_coef
+        self._count(decision, overflow, lost)
         self._last_culprits = tuple(name for name, _ in obs.top[:3])
         record = StepRecord(
             step=t,
@@ -285,20 +288,17 @@ class Guard:
             self._maybe_snapshot()
         return record
 
-    def _clip(self, stats: GradStats) -> None:
-        if not stats.grads:
-            return
-        if self._clipper is not None:
-            self._clipper.clip_(stats)
-        elif self._bound is not None:
-            coef = safe_coefficient(self._bound, stats.total_norm, stats.finite, self.eps)
-            scale_grads_(stats, coef)
+    @staticmethod
+    def _clip(stats: GradStats, obs: Observation, bound: float | None) -> None:
+        """Scale the gradients to ``bound`` in place: a device coefficient, no host sync.
 
-    def _host_coefficient(self, obs: Observation) -> float:
-        """The clip factor for the record, from the transferred norm (no extra sync)."""
-        if self._bound is None or not obs.finite:
-            return 1.0
-        return min(1.0, self._bound / (obs.total_norm + self.eps))
+        The host already knows the norm (transferred once), so the multiply is skipped when the
+        coefficient is certainly 1; near the bound the device decides, exactly as
+        ``clip_grad_norm_`` does, which keeps a guarded run bit-identical to it.
+        """
+        if bound is None or not stats.grads or bound / (obs.total_norm + EPS) > 1.0 + 1e-6:
+            return
+        scale_grads_(stats, safe_coefficient(bound, stats.total_norm, stats.finite, EPS))
 
     def _effective_lr(self, scale: float) -> float | None:
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer.param_groups else None
@@ -306,12 +306,12 @@ class Guard:
             return float(lr) * scale
         return None  # a tensor learning rate would need a host sync to read
 
-    def _count(self, decision: Decision, coef: float, overflow: bool, lost: int) -> None:
+    def _count(self, decision: Decision, overflow: bool, lost: int) -> None:
         c, kind = self.counters, decision.action.kind
         c["steps"] += 1
         if decision.apply:
             c["applied"] += 1
-            c["clipped"] += coef < 1.0
+            c["clipped"] += decision.clip_coef < 1.0
         else:
             c["skipped"] += 1
         c["backoffs"] += kind is ActionKind.BACKOFF

@@ -1,22 +1,29 @@
 """The escalation ladder: from what one step looked like to what the guard does about it, and why.
 
 Pure Python on host floats (no torch). The guard hands :meth:`EscalationPolicy.decide` the
-:class:`~gradguard.records.Observation` of the step, the alerts the detectors raised and the clip
-coefficient it applied; the policy answers with a :class:`Decision`: an
-:class:`~gradguard.records.Action` (kind, reason, one sentence) plus what the guard must do.
+:class:`~gradguard.records.Observation` of the step (the result of its one host transfer) and the
+alerts the detectors raised; the policy answers with a :class:`Decision`: an
+:class:`~gradguard.records.Action` (kind, reason, one sentence) plus what the guard must do,
+including the clip bound for this step.
 
-The ladder, climbed only while faults keep coming and each rung guarded by a budget and a
+The ladder, climbed only while trouble keeps coming, each rung guarded by a budget and a
 cool-down:
 
-1. **clip**: finite steps are applied, clipped when the norm is above the bound. Warnings open an
-   *incident* (its first step is remembered, so that a rollback returns to a state from before it).
-2. **skip**: a non-finite gradient or loss, a critical loss spike (and, without clipping, a
-   critical gradient spike) skips the step: weights, optimizer state and schedule stay untouched.
-3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps halve the learning
-   rate (all parameter groups); ``restore_after`` healthy steps raise it back one rung at a time.
-4. **roll back**: ``consecutive_limit`` faulty steps in a row (the weights themselves are bad), a
-   fault after ``max_backoffs`` backoffs in one incident, or a divergence, restore the newest
-   snapshot taken before the incident began, reset the optimizer moments and halve the rate.
+1. **clip**: finite steps are applied. With the automatic bound (``clip="auto"``) a healthy run
+   is never clipped; a warning opens an *incident* (its first step is remembered so that a
+   rollback returns to a state from before it), and while an incident is open, and for a while
+   after any escalation, the gradients are clipped to the run's own healthy scale (the median
+   of recent healthy norms; ``fallback_bound`` before there is any).
+2. **skip**: a non-finite gradient or loss, a loss ``loss_jump`` times its healthy median or a
+   critical loss spike (and, without clipping, a critical gradient spike) skips the step:
+   weights, optimizer state and schedule stay untouched.
+3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps, or a critical
+   growth trend, scale the learning rate of every parameter group by ``backoff_factor``;
+   ``restore_after`` healthy steps raise it back one rung at a time.
+4. **roll back**: ``consecutive_limit`` faulty steps in a row (the same weights failed on
+   different batches, so the weights are bad), a fault after ``max_backoffs`` backoffs in one
+   incident, or a divergence, restore the newest snapshot taken before the incident began, reset
+   the optimizer moments and back off.
 5. **abort**: more than ``max_rollbacks`` rollbacks within ``rollback_window`` steps; the guard
    raises :class:`~gradguard.errors.TrainingDivergedError` with :func:`abort_advice`.
 """
@@ -25,50 +32,72 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
-from gradguard.errors import ConfigError
+from gradguard.errors import ConfigError, check_positive
 from gradguard.records import Action, ActionKind, Alert, AlertKind, Observation, Reason, Severity
 
-__all__ = ["Decision", "EscalationPolicy", "PolicyConfig", "abort_advice"]
+__all__ = ["ClipMode", "Decision", "EscalationPolicy", "PolicyConfig", "abort_advice"]
+
+ClipMode: TypeAlias = float | Literal["auto", "external"] | None
+"""How the guard clips: a fixed bound, the policy's automatic bound, a clipper object
+(``"external"``: clipped before the policy sees the step) or not at all (``None``)."""
+
+EPS = 1e-6
+"""Added to the norm in the clip coefficient, as ``torch.nn.utils.clip_grad_norm_`` does."""
 
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
     """Budgets, cool-downs and switches of the escalation ladder.
 
-    The defaults suit a run that takes thousands of optimizer steps: a few isolated faults are
-    skipped silently, a burst of them slows the run down, a stuck run is rolled back, and a run
-    that keeps failing after three rollbacks stops with advice instead of burning compute.
+    The defaults aim at "first do no harm": a healthy run is never touched; an isolated bad step
+    is skipped; a burst of them slows the run down; a run whose weights went bad is rolled back;
+    a run that keeps failing after three rollbacks stops with advice instead of burning compute.
 
     Attributes:
         skip_nonfinite: skip steps whose gradient or loss is NaN/Inf. Turning this off lets
             non-finite values reach the weights; it exists for experiments only.
         skip_spikes: also skip steps with a critical *finite* gradient spike or threshold alert.
             ``None`` (automatic) means "only when the guard does not clip": with clipping, a
-            finite spike is already tamed by the clip and skipping would waste data.
+            finite spike is already tamed and skipping would waste the batch.
         skip_budget: faulty steps tolerated within ``window`` steps before backing off.
         window: length, in steps, of the window in which faults are counted.
         backoff_factor: learning-rate multiplier of one backoff (0 < factor < 1).
         max_backoffs: backoffs within one incident before the next fault rolls back instead.
         min_lr_scale: the learning-rate scale never goes below this.
-        restore_after: healthy steps (no alert) before the scale is raised by one rung
-            (divided by ``backoff_factor``, capped at 1); ``None`` never restores it.
+        restore_after: healthy steps (no alert, no incident) before the scale is raised by one
+            rung (divided by ``backoff_factor``, capped at 1), and for which the automatic clip
+            stays on after an escalation; ``None`` never restores the scale.
         consecutive_limit: faulty steps in a row that prove the weights themselves are bad
-            (skipping cannot help when the weights do not change), triggering a rollback.
+            (skipping cannot help when the weights do not change), triggering a rollback. Two:
+            the same weights failed on two different batches.
         max_rollbacks: rollbacks allowed within ``rollback_window`` steps; one more aborts.
         rollback_window: window, in steps, in which rollbacks are counted.
         cooldown: steps after a backoff or rollback during which faults are skipped without
             climbing the ladder, so the remedy has time to show its effect.
         quiet: steps without any warning that close an incident; the guard also takes snapshots
-            only after this many quiet steps, so no snapshot holds a run already in trouble.
+            only after this many quiet steps, and rolls back only to snapshots at least this many
+            steps older than the incident, so no snapshot holds a run already in trouble.
         reset_moments: reset the optimizer's moments (Adam's m and v, momentum buffers) when
             rolling back, so the momentum of the failed trajectory does not push it down again.
+        backoff_on_rollback: also back off the learning rate when rolling back, so the run does
+            not walk the same path into the same cliff.
+        backoff_on_trend: back off the learning rate on a critical growth-trend alert (the
+            gradient norm grows geometrically: the step size is past the stability limit).
         max_scaler_overflows: with a GradScaler, a non-finite gradient under a finite loss is
             the scaler's overflow, which it fixes itself by lowering its scale: such steps are
             skipped without climbing the ladder, up to this many in a row.
+        fallback_bound: the automatic clip bound while no healthy norm has been seen yet (an
+            incident in the first steps); 1.0 is the usual global-norm bound of the literature.
+        baseline: how many recent healthy steps form the baselines (norm and loss medians).
+        min_history: healthy norms needed before their median replaces ``fallback_bound``.
+        loss_jump: a finite loss this many times the median of recent healthy losses is a
+            fault (skipped), from the second step on: a safety net while the detectors are
+            still warming up. Heavy-tailed healthy runs reach ~10-1000x; 100 is a compromise.
     """
 
     skip_nonfinite: bool = True
@@ -79,13 +108,19 @@ class PolicyConfig:
     max_backoffs: int = 2
     min_lr_scale: float = 2.0**-10
     restore_after: int | None = 100
-    consecutive_limit: int = 3
+    consecutive_limit: int = 2
     max_rollbacks: int = 3
     rollback_window: int = 1000
     cooldown: int = 10
     quiet: int = 20
     reset_moments: bool = True
+    backoff_on_rollback: bool = True
+    backoff_on_trend: bool = True
     max_scaler_overflows: int = 20
+    fallback_bound: float = 1.0
+    baseline: int = 32
+    min_history: int = 5
+    loss_jump: float = 100.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -97,7 +132,7 @@ class PolicyConfig:
             "max_scaler_overflows",
         ):
             _check_int(name, getattr(self, name), minimum=0)
-        for name in ("window", "consecutive_limit", "rollback_window"):
+        for name in ("window", "consecutive_limit", "rollback_window", "baseline", "min_history"):
             _check_int(name, getattr(self, name), minimum=1)
         if self.restore_after is not None:
             _check_int("restore_after", self.restore_after, minimum=1)
@@ -110,6 +145,11 @@ class PolicyConfig:
             raise ConfigError(
                 f"min_lr_scale must lie in (0, 1], got {self.min_lr_scale!r}. The default "
                 "2**-10 lets ten backoffs happen before the scale stops shrinking."
+            )
+        check_positive("fallback_bound", self.fallback_bound, fix="1.0 is the usual bound.")
+        if not self.loss_jump > 1.0 or math.isnan(self.loss_jump):
+            raise ConfigError(
+                f"loss_jump must be a number > 1 (or inf to disable), got {self.loss_jump!r}."
             )
 
 
@@ -129,6 +169,8 @@ class Decision:
         action: kind, reason and the one-sentence explanation.
         apply: whether the optimizer step is applied to the weights.
         lr_scale: multiplier of every parameter group's learning rate from now on.
+        clip_bound: bound on the global gradient norm for this step (``None``: do not clip).
+        clip_coef: the coefficient that bound gives, computed from the transferred norm.
         rollback_before: for a rollback, restore the newest snapshot taken before this step.
         reset_moments: whether to reset the optimizer's moments (after restoring, if rolling back).
     """
@@ -136,6 +178,8 @@ class Decision:
     action: Action
     apply: bool
     lr_scale: float = 1.0
+    clip_bound: float | None = None
+    clip_coef: float = 1.0
     rollback_before: int | None = None
     reset_moments: bool = False
 
@@ -167,9 +211,12 @@ class _State:
     backoffs_in_incident: int = 0
     rollbacks: list[int] = dataclasses.field(default_factory=list)
     cooldown_until: int = -1
+    protect_until: int = -1
     lr_scale: float = 1.0
     healthy_streak: int = 0
     overflow_streak: int = 0
+    norms: list[float] = dataclasses.field(default_factory=list)
+    losses: list[float] = dataclasses.field(default_factory=list)
     last_step: int | None = None
     history: list[str] = dataclasses.field(default_factory=list)
 
@@ -178,22 +225,37 @@ class EscalationPolicy:
     """Turn alerts into actions along the clip → skip → backoff → rollback → abort ladder.
 
     Stateful but pure: all its state is host numbers behind :meth:`state_dict`, so a resumed run
-    continues mid-incident with the same budgets spent.
+    continues mid-incident with the same budgets spent and the same baselines.
 
     Args:
         config: budgets and switches; ``None`` uses :class:`PolicyConfig` defaults.
-        clipping: whether the guard clips gradients; decides ``skip_spikes=None``.
+        clip: a float is a fixed global-norm bound; ``"auto"`` lets the policy choose the bound
+            (none on healthy steps, the healthy scale during incidents); ``"external"`` means a
+            clipper object clips before the policy decides; ``None`` means no clipping.
+
+    Raises:
+        ConfigError: ``config`` or ``clip`` is not one of those.
     """
 
-    def __init__(self, config: PolicyConfig | None = None, *, clipping: bool = True) -> None:
+    def __init__(self, config: PolicyConfig | None = None, *, clip: ClipMode = "auto") -> None:
         self.config = config if config is not None else PolicyConfig()
         if not isinstance(self.config, PolicyConfig):
             raise ConfigError(
                 f"config must be a PolicyConfig, got {type(self.config).__name__} "
                 f"{self.config!r:.80}. Build one with gradguard.PolicyConfig(skip_budget=...)."
             )
+        if isinstance(clip, (int, float)) and not isinstance(clip, bool):
+            self.clip: ClipMode = check_positive(
+                "clip", clip, fix="Pass the max global norm, 'auto' or None."
+            )
+        elif clip in ("auto", "external", None):
+            self.clip = clip
+        else:
+            raise ConfigError(
+                f"clip must be a positive number, 'auto', 'external' or None, got {clip!r}."
+            )
         skip_spikes = self.config.skip_spikes
-        self._skip_spikes = (not clipping) if skip_spikes is None else skip_spikes
+        self._skip_spikes = (clip is None) if skip_spikes is None else skip_spikes
         self._s = _State()
 
     # ---------------------------------------------------------------- queries
@@ -212,6 +274,15 @@ class EscalationPolicy:
         last = self._s.last_alert
         return sys.maxsize if last is None else step - last
 
+    def protected(self, step: int) -> bool:
+        """Whether ``step`` falls in an incident or in the protection window after an escalation."""
+        return self._s.incident_start is not None or step < self._s.protect_until
+
+    def healthy_norm(self) -> float | None:
+        """Median of the recent healthy gradient norms, or ``None`` before enough were seen."""
+        norms = self._s.norms
+        return statistics.median(norms) if len(norms) >= self.config.min_history else None
+
     def history(self) -> list[str]:
         """The messages of the last escalations (skips excluded), oldest first; for the abort."""
         return list(self._s.history)
@@ -222,7 +293,6 @@ class EscalationPolicy:
         observation: Observation,
         alerts: Sequence[Alert] = (),
         *,
-        clip_coef: float = 1.0,
         can_rollback: bool = True,
         scaler_overflow: bool = False,
     ) -> Decision:
@@ -231,7 +301,6 @@ class EscalationPolicy:
         Args:
             observation: the host values of this step (norm, finiteness, loss).
             alerts: the alerts the detectors raised at this step.
-            clip_coef: the factor the guard already multiplied the gradients by (1.0: no clip).
             can_rollback: whether a snapshot exists to roll back to; when not, the rollback rung
                 resets the optimizer state and backs off instead.
             scaler_overflow: the guard's GradScaler found non-finite gradients under a finite
@@ -251,7 +320,9 @@ class EscalationPolicy:
             )
             action = Action(ActionKind.SKIP, Reason.SCALER_OVERFLOW, message)
             return Decision(action, apply=False, lr_scale=s.lr_scale)
-        fault, warn, culprits = self._classify(observation, alerts)
+        fault, warn, trend, culprits = self._classify(observation, alerts)
+        if fault is None and self._loss_jumped(observation):
+            fault = Reason.LOSS_SPIKE
         if fault is not None or warn is not None:
             if s.incident_start is None:
                 s.incident_start = t
@@ -265,13 +336,13 @@ class EscalationPolicy:
             s.backoffs_in_incident = 0
 
         if fault is None:
-            return self._healthy(observation, warn, culprits, clip_coef)
+            return self._proceed(observation, warn, trend, culprits)
 
         s.consecutive += 1
         s.healthy_streak = 0
         s.faults = [f for f in s.faults if f > t - cfg.window] + [t]
         s.rollbacks = [r for r in s.rollbacks if r > t - cfg.rollback_window]
-        what = _describe_fault(fault, observation, culprits)
+        what = self._describe_fault(fault, observation, culprits)
         if s.consecutive >= cfg.consecutive_limit:
             why = f"{s.consecutive} faulty steps in a row show the weights themselves are bad"
             return self._rollback(t, Reason.REPEATED_FAULTS, what, why, can_rollback)
@@ -283,7 +354,7 @@ class EscalationPolicy:
             if s.backoffs_in_incident >= cfg.max_backoffs:
                 why = f"{count} after {s.backoffs_in_incident} backoffs in this incident"
                 return self._rollback(t, Reason.REPEATED_FAULTS, what, why, can_rollback)
-            return self._backoff(t, what, count)
+            return self._backoff(t, fault, f"{what}, and {count}", apply=False)
         left = max(cfg.skip_budget - len(s.faults), 0)
         note = (
             f"cooling down until step {s.cooldown_until}"
@@ -295,9 +366,10 @@ class EscalationPolicy:
 
     def _classify(
         self, obs: Observation, alerts: Sequence[Alert]
-    ) -> tuple[Reason | None, Reason | None, tuple[str, ...]]:
+    ) -> tuple[Reason | None, Reason | None, bool, tuple[str, ...]]:
         fault: Reason | None = None
         warn: Reason | None = None
+        trend = False
         culprits: tuple[str, ...] = tuple(name for name, _ in obs.top[:1])
         if self.config.skip_nonfinite:
             if not obs.loss_finite:
@@ -322,20 +394,56 @@ class EscalationPolicy:
                 fault = fault or reason
             else:
                 warn = warn or reason
-        return fault, warn, culprits
+            trend = trend or (critical and alert.kind is AlertKind.GROWTH_TREND)
+        return fault, warn, trend, culprits
 
-    def _healthy(
-        self, obs: Observation, warn: Reason | None, culprits: tuple[str, ...], clip_coef: float
+    def _loss_jumped(self, obs: Observation) -> bool:
+        losses, loss = self._s.losses, obs.loss
+        if not losses or loss is None or not math.isfinite(loss) or loss <= 0.0:
+            return False
+        typical = statistics.median(losses)
+        return typical > 0.0 and loss >= self.config.loss_jump * typical
+
+    def _bound(self, protected: bool) -> float | None:
+        if isinstance(self.clip, float):
+            return self.clip
+        if self.clip != "auto" or not protected:
+            return None
+        typical = self.healthy_norm()
+        return typical if typical is not None else self.config.fallback_bound
+
+    def _proceed(
+        self, obs: Observation, warn: Reason | None, trend: bool, culprits: tuple[str, ...]
     ) -> Decision:
-        s, cfg = self._s, self.config
+        s, cfg, t = self._s, self.config, obs.step
         s.consecutive = 0
-        clipped = clip_coef < 1.0
-        kind = ActionKind.CLIP if clipped else ActionKind.PROCEED
+        protected = self.protected(t)
+        bound = self._bound(protected)
+        coef = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
+        kind = ActionKind.CLIP if coef < 1.0 else ActionKind.PROCEED
         done = (
-            f"gradients scaled by {clip_coef:.3g} and the step applied"
-            if clipped
+            f"gradients scaled by {coef:.3g} (bound {bound:.3g}) and the step applied"
+            if coef < 1.0 and bound is not None
             else "step applied"
         )
+
+        def decision(action: Action) -> Decision:
+            return Decision(action, True, s.lr_scale, bound, coef)
+
+        if (
+            trend
+            and cfg.backoff_on_trend
+            and t >= s.cooldown_until
+            and s.backoffs_in_incident < cfg.max_backoffs
+        ):
+            return self._backoff(
+                t,
+                Reason.GROWTH_TREND,
+                f"Critical growth trend of the gradient norm ({obs.total_norm:.3g})",
+                apply=True,
+                bound=bound,
+                coef=coef,
+            )
         if warn is not None:
             where = f" in {culprits[0]}" if culprits else ""
             message = (
@@ -343,13 +451,17 @@ class EscalationPolicy:
                 f"{obs.total_norm:.3g}) noted: {done}; the incident began at step "
                 f"{s.incident_start}."
             )
-            return Decision(Action(kind, warn, message), apply=True, lr_scale=s.lr_scale)
+            return decision(Action(kind, warn, message))
         s.healthy_streak += 1
+        if not protected:
+            s.norms = [*s.norms[-(cfg.baseline - 1) :], obs.total_norm]
+            if obs.loss is not None and math.isfinite(obs.loss):
+                s.losses = [*s.losses[-(cfg.baseline - 1) :], obs.loss]
         if (
             s.lr_scale < 1.0
             and cfg.restore_after is not None
             and s.healthy_streak >= cfg.restore_after
-            and s.incident_start is None
+            and not protected
         ):
             old = s.lr_scale
             s.lr_scale = min(1.0, old / cfg.backoff_factor)
@@ -359,28 +471,52 @@ class EscalationPolicy:
                 f"raised from {old:.3g} to {s.lr_scale:.3g}, {done}."
             )
             self._remember(message)
-            return Decision(Action(kind, Reason.RECOVERED, message), True, s.lr_scale)
-        if clipped:
-            message = f"Gradient norm {obs.total_norm:.3g} is above the bound: {done}."
-            return Decision(Action(kind, Reason.NORM_ABOVE_BOUND, message), True, s.lr_scale)
+            return decision(Action(kind, Reason.RECOVERED, message))
+        if kind is ActionKind.CLIP:
+            why = "recovering from an incident" if protected else "above the bound"
+            message = f"Gradient norm {obs.total_norm:.3g} while {why}: {done}."
+            if not protected:
+                message = f"Gradient norm {obs.total_norm:.3g} is above the bound: {done}."
+            return decision(Action(kind, Reason.NORM_ABOVE_BOUND, message))
         message = f"Gradient norm {obs.total_norm:.3g} is within bounds: step applied."
-        return Decision(Action(kind, Reason.HEALTHY, message), True, s.lr_scale)
+        return decision(Action(kind, Reason.HEALTHY, message))
 
-    def _backoff(self, t: int, what: str, count: str) -> Decision:
+    def _escalated(self, t: int) -> None:
+        s, cfg = self._s, self.config
+        s.cooldown_until = t + cfg.cooldown
+        s.protect_until = t + (cfg.restore_after if cfg.restore_after is not None else cfg.quiet)
+        s.healthy_streak = 0
+
+    def _backoff(
+        self,
+        t: int,
+        reason: Reason,
+        what: str,
+        *,
+        apply: bool,
+        bound: float | None = None,
+        coef: float = 1.0,
+    ) -> Decision:
         s, cfg = self._s, self.config
         old = s.lr_scale
         s.lr_scale = max(old * cfg.backoff_factor, cfg.min_lr_scale)
         s.backoffs_in_incident += 1
-        s.faults = []
-        s.cooldown_until = t + cfg.cooldown
+        if not apply:
+            s.faults = []
+        self._escalated(t)
+        done = (
+            "step applied" + (f" with gradients scaled by {coef:.3g}" if coef < 1.0 else "")
+            if apply
+            else "step skipped"
+        )
         message = (
-            f"{what}, and {count}: step skipped and the learning rate of every parameter group "
-            f"scaled from {old:.3g} to {s.lr_scale:.3g} of its schedule (backoff "
-            f"{s.backoffs_in_incident} of {cfg.max_backoffs} in this incident)."
+            f"{what}: {done} and the learning rate of every parameter group scaled from "
+            f"{old:.3g} to {s.lr_scale:.3g} of its schedule (backoff {s.backoffs_in_incident} of "
+            f"{cfg.max_backoffs} in this incident)."
         )
         self._remember(message)
-        action = Action(ActionKind.BACKOFF, Reason.REPEATED_FAULTS, message)
-        return Decision(action, apply=False, lr_scale=s.lr_scale)
+        action = Action(ActionKind.BACKOFF, reason, message)
+        return Decision(action, apply, s.lr_scale, bound if apply else None, coef)
 
     def _rollback(
         self, t: int, reason: Reason, what: str, why: str, can_rollback: bool
@@ -395,19 +531,20 @@ class EscalationPolicy:
             action = Action(ActionKind.ABORT, Reason.BUDGET_EXHAUSTED, message)
             return Decision(action, apply=False, lr_scale=s.lr_scale)
         old = s.lr_scale
-        s.lr_scale = max(old * cfg.backoff_factor, cfg.min_lr_scale)
+        if cfg.backoff_on_rollback:
+            s.lr_scale = max(old * cfg.backoff_factor, cfg.min_lr_scale)
         s.rollbacks.append(t)
         s.faults = []
         s.consecutive = 0
         s.backoffs_in_incident = 0
-        s.healthy_streak = 0
-        s.cooldown_until = t + cfg.cooldown
+        self._escalated(t)
         before = s.incident_start if s.incident_start is not None else t
+        rate = f"learning-rate scale {old:.3g} -> {s.lr_scale:.3g}"
         if can_rollback:
             moments = ", optimizer moments reset" if cfg.reset_moments else ""
             message = (
                 f"{what}, and {why}: rolling back to the newest snapshot from before step "
-                f"{before}{moments} and learning-rate scale {old:.3g} -> {s.lr_scale:.3g}."
+                f"{before}{moments} and {rate}."
             )
             self._remember(message)
             return Decision(
@@ -419,7 +556,7 @@ class EscalationPolicy:
             )
         message = (
             f"{what}, and {why}, but no snapshot exists to roll back to: step skipped, optimizer "
-            f"state reset and learning-rate scale {old:.3g} -> {s.lr_scale:.3g}."
+            f"state reset and {rate}."
         )
         self._remember(message)
         action = Action(ActionKind.RESET_OPTIMIZER_STATE, reason, message)
@@ -427,6 +564,20 @@ class EscalationPolicy:
 
     def _remember(self, message: str) -> None:
         self._s.history = [*self._s.history[-7:], message]
+
+    def _describe_fault(self, reason: Reason, obs: Observation, culprits: tuple[str, ...]) -> str:
+        where = f" (largest in {culprits[0]})" if culprits else ""
+        if reason is Reason.NONFINITE_LOSS:
+            return f"Non-finite loss {obs.loss!r}"
+        if reason is Reason.NONFINITE_GRAD:
+            return f"Non-finite gradient norm {obs.total_norm!r}{where}"
+        if reason is Reason.LOSS_SPIKE:
+            typical = statistics.median(self._s.losses) if self._s.losses else math.nan
+            return f"Loss spike to {obs.loss:.4g} (healthy median {typical:.3g})"
+        if reason is Reason.DIVERGENCE:
+            return f"Loss {obs.loss!r} beyond its divergence threshold"
+        kind = reason.value.replace("_", " ")
+        return f"Critical gradient {kind} at norm {obs.total_norm:.3g}{where}"
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -451,24 +602,13 @@ class EscalationPolicy:
         fresh = _State(**{n: state[n] for n in names})
         fresh.faults = [int(f) for f in fresh.faults]
         fresh.rollbacks = [int(r) for r in fresh.rollbacks]
+        fresh.norms = [float(v) for v in fresh.norms]
+        fresh.losses = [float(v) for v in fresh.losses]
         fresh.history = [str(h) for h in fresh.history]
         fresh.lr_scale = float(fresh.lr_scale)
         self._s = fresh
         if "skip_spikes" in state:
             self._skip_spikes = bool(state["skip_spikes"])
-
-
-def _describe_fault(reason: Reason, obs: Observation, culprits: tuple[str, ...]) -> str:
-    where = f" (largest in {culprits[0]})" if culprits else ""
-    if reason is Reason.NONFINITE_LOSS:
-        return f"Non-finite loss {obs.loss!r}"
-    if reason is Reason.NONFINITE_GRAD:
-        return f"Non-finite gradient norm {obs.total_norm!r}{where}"
-    if reason is Reason.LOSS_SPIKE:
-        return f"Critical loss spike to {obs.loss:.4g}" if obs.loss is not None else "Loss spike"
-    if reason is Reason.DIVERGENCE:
-        return f"Loss {obs.loss!r} beyond its divergence threshold"
-    return f"Critical gradient {reason.value.replace('_', ' ')} at norm {obs.total_norm:.3g}{where}"
 
 
 def abort_advice(
