@@ -5,7 +5,12 @@ tensorboard) and integrations (lightning, transformers) are imported by the modu
 """
 
 from gradguard import errors, records
-from gradguard.clip import clip_by_global_norm_
+from gradguard.clip import (
+    Clipper,
+    clip_by_global_norm_,
+    clip_by_value_,
+    clip_per_tensor_norm_,
+)
 from gradguard.errors import GradguardError
 from gradguard.guard import Guard
 from gradguard.report import build_report
@@ -15,6 +20,7 @@ from gradguard.stats import GradStats, measure
 __version__ = "0.1.0"
 
 __all__ = [
+    "Clipper",
     "ConsoleSink",
     "GradStats",
     "GradguardError",
@@ -23,6 +29,8 @@ __all__ = [
     "__version__",
     "build_report",
     "clip_by_global_norm_",
+    "clip_by_value_",
+    "clip_per_tensor_norm_",
     "errors",
     "measure",
     "read_jsonl",

@@ -1,13 +1,25 @@
-"""Multiply gradients by a precomputed coefficient, in place, with foreach kernels."""
+"""Multiply gradients by precomputed coefficients, in place, with foreach kernels.
+
+Every clipping rule ends here: it computes a bound on the device, turns it into a coefficient
+``clamp(bound / (norm + eps), max=1)`` and multiplies. Nothing branches on the host.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from gradguard.stats import GradStats
 
-__all__ = ["safe_coefficient", "scale_grads_"]
+__all__ = [
+    "apply_global_bound_",
+    "apply_per_tensor_bound_",
+    "safe_coefficient",
+    "scale_each_grad_",
+    "scale_grads_",
+]
 
 
 def safe_coefficient(bound: Tensor | float, norm: Tensor, finite: Tensor, eps: float) -> Tensor:
@@ -15,14 +27,50 @@ def safe_coefficient(bound: Tensor | float, norm: Tensor, finite: Tensor, eps: f
 
     A non-finite norm leaves the gradients untouched (unlike ``clip_grad_norm_``, which turns
     them all into NaN or zeros) so the caller can skip the step and name the culprit. No host
-    branch: ``torch.where`` picks the value on the device.
+    branch: ``torch.where`` picks the value on the device. For a float ``bound`` the quotient is
+    computed as ``clip_grad_norm_`` does (reciprocal, then multiply), so results match it bit
+    for bit.
     """
-    coef = torch.clamp(bound / (norm + eps), max=1.0)
-    return torch.where(finite, coef, torch.ones_like(coef))
+    if isinstance(bound, Tensor):
+        coef = torch.div(bound, norm + eps)
+    else:
+        coef = torch.reciprocal(norm + eps).mul_(bound)
+    return torch.where(finite, coef.clamp_(max=1.0), 1.0)
 
 
 def scale_grads_(stats: GradStats, coef: Tensor) -> None:
     """Multiply every gradient measured in ``stats`` by the 0-d tensor ``coef``, in place."""
-    for group in stats.groups():
+    for group in stats.grad_groups():
         # Async copy of a 0-d tensor when the group lives on another device; no host sync.
-        torch._foreach_mul_(group, coef.to(group[0].device))
+        torch._foreach_mul_(group.grads, coef.to(group.grads[0].device))
+
+
+def scale_each_grad_(stats: GradStats, coefs: Tensor) -> None:
+    """Multiply gradient ``i`` of ``stats`` by ``coefs[i]`` (1-d, aligned with ``norms``)."""
+    for group in stats.grad_groups():
+        mine = group.take(coefs).to(group.grads[0].device)
+        torch._foreach_mul_(group.grads, list(mine.unbind(0)))
+
+
+def apply_global_bound_(stats: GradStats, bound: Tensor | float, eps: float) -> Tensor:
+    """Scale all gradients so their global norm is at most ``bound``; return the coefficient.
+
+    The coefficient is a 0-d float32 tensor, exactly 1 when ``stats.finite`` is False.
+    """
+    coef = safe_coefficient(bound, stats.total_norm, stats.finite, eps)
+    if stats.grads:
+        scale_grads_(stats, coef)
+    return coef
+
+
+def apply_per_tensor_bound_(stats: GradStats, bound: Tensor | float, eps: float) -> Tensor:
+    """Scale each gradient so its own norm is at most ``bound``; return the coefficients.
+
+    The coefficients are a 1-d float32 tensor aligned with ``stats.norms``; a tensor whose norm
+    is non-finite gets exactly 1 (it is left untouched).
+    """
+    # ``norm < inf`` is False for NaN and +Inf (norms are never negative): one cheap kernel.
+    coefs = safe_coefficient(bound, stats.norms, stats.norms < math.inf, eps)
+    if stats.grads:
+        scale_each_grad_(stats, coefs)
+    return coefs

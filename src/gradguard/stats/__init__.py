@@ -1,6 +1,14 @@
 """Measure gradients on the device: the only hot path of gradguard."""
 
-from gradguard.stats.measure import GradStats, check_norm_type, measure
-from gradguard.stats.params import Parameters, named_tensors
+from gradguard.stats.measure import GradGroup, GradStats, check_norm_type, measure
+from gradguard.stats.params import Parameters, named_grads, named_tensors
 
-__all__ = ["GradStats", "Parameters", "check_norm_type", "measure", "named_tensors"]
+__all__ = [
+    "GradGroup",
+    "GradStats",
+    "Parameters",
+    "check_norm_type",
+    "measure",
+    "named_grads",
+    "named_tensors",
+]

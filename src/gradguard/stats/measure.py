@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from gradguard.errors import ConfigError, NoGradientsError, UnsupportedGradientError
-from gradguard.stats.params import Parameters, named_tensors
+from gradguard.errors import ConfigError
+from gradguard.stats.params import Parameters, named_grads
 
-__all__ = ["GradStats", "check_norm_type", "measure"]
+__all__ = ["GradGroup", "GradStats", "check_norm_type", "measure"]
 
 _REDUCED_IN_FLOAT32 = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -47,6 +47,8 @@ class GradStats:
     norm_type: float
     grads: tuple[Tensor, ...]
     params: tuple[Tensor, ...]
+    # Filled by measure() or on the first call to groups(); never copied by dataclasses.replace.
+    _groups: tuple[GradGroup, ...] | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -55,8 +57,53 @@ class GradStats:
 
     def groups(self) -> list[list[Tensor]]:
         """``grads`` split into lists that share device and dtype, for foreach kernels."""
-        grouped = _group_tensors_by_device_and_dtype([list(self.grads)])
-        return [tensors[0] for tensors, _ in grouped.values()]  # type: ignore[misc]
+        return [group.grads for group in self.grad_groups()]
+
+    def grad_groups(self) -> tuple[GradGroup, ...]:
+        """``grads`` grouped by (device, dtype), with the positions of each group in ``norms``.
+
+        Computed once per ``GradStats`` (``measure`` hands over the grouping it already did), so
+        every clipper applied to the same measurement reuses it.
+        """
+        if self._groups is None:
+            if not self.grads:  # torch's grouping rejects an empty list
+                object.__setattr__(self, "_groups", ())
+                return ()
+            grouped = _group_tensors_by_device_and_dtype([list(self.grads)], with_indices=True)
+            groups = tuple(
+                GradGroup(tensors[0], _positions(indices))  # type: ignore[arg-type]
+                for tensors, indices in grouped.values()
+            )
+            object.__setattr__(self, "_groups", groups)
+            return groups
+        return self._groups
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GradGroup:
+    """Gradients that share device and dtype, and where their norms sit in ``GradStats.norms``.
+
+    Attributes:
+        grads: the gradients of the group, a list as foreach kernels take it.
+        positions: their indices in ``GradStats.norms``: a ``slice`` when contiguous (always so
+            for a ``GradStats`` made by :func:`measure`), else a list of indices.
+    """
+
+    grads: list[Tensor]
+    positions: slice | list[int]
+
+    def take(self, values: Tensor) -> Tensor:
+        """The entries of the 1-d ``values`` (aligned with ``norms``) that belong to this group."""
+        if isinstance(self.positions, slice):
+            return values[self.positions]
+        return values[torch.tensor(self.positions, device=values.device)]
+
+
+def _positions(indices: list[int]) -> slice | list[int]:
+    start = indices[0] if indices else 0
+    if indices == list(range(start, start + len(indices))):
+        return slice(start, start + len(indices))
+    return list(indices)
 
 
 def check_norm_type(norm_type: float | str) -> float:
@@ -92,31 +139,27 @@ def measure(parameters: Parameters, norm_type: float | str = 2.0) -> GradStats:
         ConfigError: ``norm_type`` is not a number > 0.
     """
     p = check_norm_type(norm_type)
-    named = named_tensors(parameters)
-    with_grad = [(name, t) for name, t in named if t.grad is not None]
+    with_grad = named_grads(parameters)
     if not with_grad:
-        if named:
-            shown = ", ".join(name for name, _ in named[:3]) + (", ..." if len(named) > 3 else "")
-            raise NoGradientsError(
-                f"none of the {len(named)} tensors given ({shown}) "
-                "has a gradient. Call loss.backward() before measuring, and check that the "
-                "parameters require grad."
-            )
         zero = torch.zeros((), dtype=torch.float32)
-        return GradStats(zero, torch.zeros(0), torch.ones((), dtype=torch.bool), (), p, (), ())
-    names = [name for name, _ in with_grad]
-    params = [t for _, t in with_grad]
-    grads = [_dense_grad(name, t) for name, t in with_grad]
+        empty = torch.zeros(0, dtype=torch.float32)
+        return GradStats(zero, empty, torch.ones((), dtype=torch.bool), (), p, (), ())
+    names = [name for name, _, _ in with_grad]
+    params = [t for _, t, _ in with_grad]
+    grads = [g for _, _, g in with_grad]
 
     grouped = _group_tensors_by_device_and_dtype([grads], with_indices=True)  # type: ignore[list-item]
     first_device = grads[0].device
     order: list[int] = []
     group_norms: list[Tensor] = []
+    groups: list[GradGroup] = []
     for (_device, dtype), ([group], indices) in grouped.items():
         accumulate = torch.float32 if dtype in _REDUCED_IN_FLOAT32 else None
         norms = torch._foreach_norm(group, p, dtype=accumulate)  # type: ignore[arg-type]
         # Async device-to-device copy when gradients live on several devices; no host sync.
         group_norms.append(torch.stack(norms).to(first_device))
+        span = slice(len(order), len(order) + len(group))
+        groups.append(GradGroup(group, span))  # type: ignore[arg-type]
         order.extend(indices)
     stacked = group_norms[0] if len(group_norms) == 1 else torch.cat(group_norms)
     total = torch.linalg.vector_norm(stacked, p).to(torch.float32)
@@ -124,25 +167,16 @@ def measure(parameters: Parameters, norm_type: float | str = 2.0) -> GradStats:
         names = [names[i] for i in order]
         params = [params[i] for i in order]
         grads = [grads[i] for i in order]
-    return GradStats(
+    stats = GradStats(
         total_norm=total,
         norms=stacked.to(torch.float32),
-        finite=torch.isfinite(total),
+        # ``total < inf`` is False for NaN and +Inf (a norm is never negative); it is one
+        # kernel where isfinite is several.
+        finite=total < math.inf,
         names=tuple(names),
         norm_type=p,
         grads=tuple(grads),
         params=tuple(params),
     )
-
-
-def _dense_grad(name: str, tensor: Tensor) -> Tensor:
-    grad = tensor.grad
-    if grad is None:  # pragma: no cover - filtered by the caller
-        raise NoGradientsError(f"{name} has no gradient")
-    if grad.layout == torch.strided:
-        return grad
-    raise UnsupportedGradientError(
-        f"the gradient of {name!r} has layout {grad.layout}; gradguard measures and clips dense "
-        "(strided) gradients only. Use nn.Embedding(sparse=False), or convert with "
-        "grad.to_dense() before measuring."
-    )
+    object.__setattr__(stats, "_groups", tuple(groups))
+    return stats

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TypeAlias
 
+import torch
 from torch import Tensor, nn
 
-from gradguard.errors import EmptyParametersError
+from gradguard.errors import EmptyParametersError, NoGradientsError, UnsupportedGradientError
 
-__all__ = ["Parameters", "named_tensors"]
+__all__ = ["Parameters", "named_grads", "named_tensors"]
 
 Parameters: TypeAlias = nn.Module | Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Tensor
 """An ``nn.Module``, one tensor, an iterable of tensors, or an iterable of ``(name, tensor)``."""
@@ -56,3 +57,40 @@ def named_tensors(parameters: Parameters) -> list[tuple[str, Tensor]]:
             "or list(model.parameters())."
         )
     return out
+
+
+def named_grads(parameters: Parameters) -> list[tuple[str, Tensor, Tensor]]:
+    """Return ``(name, tensor, gradient)`` for every tensor of ``parameters`` that has a gradient.
+
+    Tensors without a gradient are skipped; an empty list gives ``[]``.
+
+    Raises:
+        EmptyParametersError: ``parameters`` is an iterator that was already consumed.
+        NoGradientsError: tensors were given but none has a gradient (call ``backward`` first).
+        UnsupportedGradientError: a gradient is sparse (or of another non-strided layout).
+    """
+    named = named_tensors(parameters)
+    out: list[tuple[str, Tensor, Tensor]] = []
+    strided = torch.strided
+    for name, tensor in named:  # one attribute read per tensor: this loop is on the hot path
+        grad = tensor.grad
+        if grad is not None:
+            if grad.layout != strided:
+                raise _unsupported_layout(name, grad)
+            out.append((name, tensor, grad))
+    if named and not out:
+        shown = ", ".join(name for name, _ in named[:3]) + (", ..." if len(named) > 3 else "")
+        raise NoGradientsError(
+            f"none of the {len(named)} tensors given ({shown}) "
+            "has a gradient. Call loss.backward() before measuring, and check that the "
+            "parameters require grad."
+        )
+    return out
+
+
+def _unsupported_layout(name: str, grad: Tensor) -> UnsupportedGradientError:
+    return UnsupportedGradientError(
+        f"the gradient of {name!r} has layout {grad.layout}; gradguard measures and clips dense "
+        "(strided) gradients only. Use nn.Embedding(sparse=False), or convert with "
+        "grad.to_dense() before measuring."
+    )

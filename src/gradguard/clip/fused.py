@@ -1,0 +1,80 @@
+"""Fold the clip coefficient and the skip into a fused optimizer step: no separate clip pass.
+
+``torch.optim.Adam``, ``AdamW`` and ``SGD`` built with ``fused=True`` divide every gradient by
+an optional ``grad_scale`` tensor and skip the whole step when an optional ``found_inf`` tensor
+is 1, inside their one fused kernel; ``torch.amp.GradScaler`` drives them through these two
+attributes. Setting ``grad_scale = 1 / coef`` applies a clip coefficient on the fly, and
+``found_inf = not finite`` skips a non-finite step on the device, without a host branch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gradguard.errors import ConfigError
+
+__all__ = ["fused_clipped_step"]
+
+_HOOKS = ("grad_scale", "found_inf")
+
+
+def fused_clipped_step(
+    optimizer: torch.optim.Optimizer, coef: Tensor, *, skip: Tensor | None = None
+) -> None:
+    """Take one fused optimizer step on gradients scaled by ``coef``, skipped where ``skip``.
+
+    Equivalent to multiplying every gradient by ``coef`` and then calling
+    ``optimizer.step()`` unless ``skip`` is True, but the multiplication happens inside the
+    optimizer's fused kernel, which saves one read and write of every gradient, and the skip
+    needs no host sync. Parameters match the two-pass version to rounding (the kernel divides
+    by ``1 / coef`` instead of multiplying). On a skipped step the kernel restores Adam's step
+    counters. As a side effect the gradients may be left scaled (the CPU kernels write them
+    back), as after clipping.
+
+    Typical use, with a 0-d coefficient from a global rule::
+
+        stats = gg.measure(model)
+        coef = gg.clip.safe_coefficient(1.0, stats.total_norm, stats.finite, 1e-6)
+        fused_clipped_step(optimizer, coef, skip=~stats.finite)
+
+    Args:
+        optimizer: a ``torch.optim.Adam``, ``AdamW`` or ``SGD`` built with ``fused=True``.
+        coef: the 0-d clip coefficient, > 0 (per-tensor coefficients cannot be folded).
+        skip: optional 0-d bool tensor; True skips the step on the device.
+
+    Raises:
+        ConfigError: the optimizer is not fused, a ``GradScaler`` already drives it, or ``coef``
+            is not a 0-d tensor.
+    """
+    groups = optimizer.param_groups
+    if not groups or not all(group.get("fused") for group in groups):
+        fused = [group.get("fused") for group in groups]
+        raise ConfigError(
+            f"fused_clipped_step needs an optimizer built with fused=True, got "
+            f"{type(optimizer).__name__} with fused={fused!r} (per param group). "
+            "Build torch.optim.Adam/AdamW/SGD(..., fused=True), or clip with a clipper's "
+            "clip_(stats) and call optimizer.step()."
+        )
+    taken = [name for name in _HOOKS if getattr(optimizer, name, None) is not None]
+    if taken:
+        raise ConfigError(
+            f"the optimizer already has {taken!r} set, probably by torch.amp.GradScaler; "
+            "fused_clipped_step cannot share them. Clip with a clipper's clip_(stats) instead."
+        )
+    if not isinstance(coef, Tensor) or coef.ndim != 0:
+        shape = tuple(coef.shape) if isinstance(coef, Tensor) else type(coef).__name__
+        raise ConfigError(
+            f"coef must be a 0-d tensor (one coefficient for all gradients), got {shape!r}. "
+            "Per-tensor coefficients cannot be folded into the step; apply them with clip_()."
+        )
+    scale = torch.reciprocal(coef.to(torch.float32))
+    optimizer.grad_scale = scale  # type: ignore[attr-defined]
+    optimizer.found_inf = (  # type: ignore[attr-defined]
+        torch.zeros_like(scale) if skip is None else skip.to(torch.float32)
+    )
+    try:
+        optimizer.step()
+    finally:
+        for name in _HOOKS:
+            delattr(optimizer, name)
