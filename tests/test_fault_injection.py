@@ -109,7 +109,7 @@ def _run(seed: int) -> None:
     use_scaler = seed % 5 == 0 and "fused" not in opt_name
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0) if use_scaler else None
     scheduler = torch.optim.lr_scheduler.StepLR(opt, 7, 0.5) if seed % 3 == 0 else None
-    clip = rng.choice([1.0, 0.1, None])
+    clip = rng.choice(["auto", "auto", 1.0, 0.1, None])
     guard = Guard(model, opt, scaler=scaler, scheduler=scheduler, clip=clip, snapshot_every=4)
     schedule = _schedule(rng, fault)
     where = f"seed {seed}: {model_name}/{opt_name} clip={clip} scaler={use_scaler} {schedule}"
@@ -143,12 +143,12 @@ def _run(seed: int) -> None:
     assert c["aborted"] == 0, where
     if fault != "lr_x100":  # every skip is an injected fault, every injected fault a skip
         assert c["skipped"] == faulty, f"{c} vs {faulty} faults, {where}"
-        in_a_row = max(
-            sum(1 for _ in group) for group in _runs_of_consecutive(sorted(schedule))
-        )
-        if in_a_row >= 3 and scaler is None:  # with a scaler, inf gradients are its overflows
+        in_a_row = max(sum(1 for _ in group) for group in _runs_of_consecutive(sorted(schedule)))
+        # Two faults in a row: the same weights failed twice, so the guard rolls back (with a
+        # scaler, non-finite gradients under a finite loss are the scaler's overflows instead).
+        if in_a_row >= 2 and scaler is None:
             assert c["rollbacks"] + c["resets"] >= 1, f"{c}, {where}"
-        if len(schedule) <= 3 and in_a_row < 3:
+        if len(schedule) <= 3 and in_a_row < 2:
             assert c["rollbacks"] == c["backoffs"] == 0, f"{c}, {where}"
 
 
@@ -167,7 +167,9 @@ def test_randomized_fault_injection(seed: int) -> None:
     _run(seed)
 
 
-def _bit_identity(model_name: str, opt_name: str, *, scaler: bool, clip: float | None) -> None:
+def _bit_identity(
+    model_name: str, opt_name: str, *, scaler: bool, clip: float | str | None
+) -> None:
     torch.manual_seed(11)
     guarded = MODELS[model_name]()
     plain = MODELS[model_name]()
@@ -191,7 +193,7 @@ def _bit_identity(model_name: str, opt_name: str, *, scaler: bool, clip: float |
         p_opt.zero_grad()
         p_scaler.scale(nn.functional.mse_loss(plain(x), y)).backward()
         p_scaler.unscale_(p_opt)
-        if clip is not None:
+        if isinstance(clip, float):
             torch.nn.utils.clip_grad_norm_(plain.parameters(), clip)
         p_scaler.step(p_opt)
         p_scaler.update()
@@ -201,7 +203,7 @@ def _bit_identity(model_name: str, opt_name: str, *, scaler: bool, clip: float |
         for sa, sb in zip(g_opt.state.values(), p_opt.state.values(), strict=True):
             for key in sa:
                 assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), key
-    assert guard.counters["clipped"] > 0 or clip is None
+    assert (guard.counters["clipped"] > 0) == isinstance(clip, float)
     assert guard.counters["snapshots"] >= 4
 
 
@@ -214,5 +216,7 @@ def test_fault_free_run_is_bit_identical_to_clip_grad_norm_and_step(
 
 
 @pytest.mark.parametrize(("opt_name", "clip"), [("adam", 1.0), ("sgd", None), ("rmsprop", 0.3)])
-def test_fault_free_run_with_grad_scaler_is_bit_identical(opt_name: str, clip: float | None) -> None:
+def test_fault_free_run_with_grad_scaler_is_bit_identical(
+    opt_name: str, clip: float | None
+) -> None:
     _bit_identity("mlp", opt_name, scaler=True, clip=clip)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ def test_gradient_accumulation_acts_on_optimizer_steps() -> None:
     model, ref = _mlp(), _mlp()
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=0.01)
-    guard = Guard(model, opt)
+    guard = Guard(model, opt, clip=1.0)
     for _ in range(3):
         for m, o in ((model, opt), (ref, ref_opt)):
             o.zero_grad()
@@ -161,7 +162,7 @@ def test_grad_scaler_unscales_before_measuring_and_updates_on_skips() -> None:
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     ref_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    guard = Guard(model, opt, scaler=scaler)
+    guard = Guard(model, opt, scaler=scaler, clip=1.0)
     opt.zero_grad()
     loss = _loss(model)
     scaler.scale(loss).backward()
@@ -200,9 +201,9 @@ def test_rollback_restores_the_snapshot_resets_moments_and_reports_the_loss_of_s
         if guard.counters["snapshots"] > len(saved):
             saved[guard.store.steps()[-1]] = _params(model)
     assert guard.store.steps() == [0, 5, 10]
-    records = [guard.step(_backward(model, opt, poison=math.nan)) for _ in range(3)]
+    records = [guard.step(_backward(model, opt, poison=math.nan)) for _ in range(2)]
     rollback = records[-1]
-    assert [r.action for r in records] == [ActionKind.SKIP, ActionKind.SKIP, ActionKind.ROLLBACK]
+    assert [r.action for r in records] == [ActionKind.SKIP, ActionKind.ROLLBACK]
     # The incident began at step 12; snapshot 10 is too close (quiet=3), so 5 is restored.
     assert rollback.rolled_back_to == 5 and rollback.steps_lost == 7
     assert f"restored the snapshot of step 5" in rollback.message
@@ -210,7 +211,7 @@ def test_rollback_restores_the_snapshot_resets_moments_and_reports_the_loss_of_s
     assert len(opt.state) == 0 and sched.last_epoch == 5
     assert guard.store.steps() == [0, 5] and guard.lr_scale == 0.5
     summary = guard.summary()
-    assert (summary["rollbacks"], summary["steps_lost"], summary["skipped"]) == (1, 7, 3)
+    assert (summary["rollbacks"], summary["steps_lost"], summary["skipped"]) == (1, 7, 2)
     assert summary["progress"] == 5
 
 
@@ -219,8 +220,8 @@ def test_without_snapshots_the_guard_resets_the_optimizer_instead() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     guard = Guard(model, opt, snapshot_every=None)
     guard.step(_backward(model, opt))
-    kinds = [guard.step(_backward(model, opt, poison=math.nan)).action for _ in range(3)]
-    assert kinds[-1] is ActionKind.RESET_OPTIMIZER_STATE and len(opt.state) == 0
+    kinds = [guard.step(_backward(model, opt, poison=math.nan)).action for _ in range(2)]
+    assert kinds == [ActionKind.SKIP, ActionKind.RESET_OPTIMIZER_STATE] and len(opt.state) == 0
     assert guard.store.steps() == []
 
 
@@ -362,3 +363,35 @@ def test_model_and_optimizer_are_checked() -> None:
         Guard("model", torch.optim.SGD(model.parameters(), lr=0.1))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="torch.optim.Optimizer"):
         Guard(model, "sgd")  # type: ignore[arg-type]
+
+
+def test_a_second_rollback_in_one_incident_looks_further_back() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = Guard(model, opt, snapshot_every=2, policy=PolicyConfig(quiet=1, cooldown=0))
+    for _ in range(7):
+        guard.step(_backward(model, opt))
+    assert guard.store.steps() == [2, 4, 6]  # keep=3
+    first = [guard.step(_backward(model, opt, poison=math.nan)) for _ in range(2)][-1]
+    assert first.action is ActionKind.ROLLBACK and first.rolled_back_to == 6
+    second = [guard.step(_backward(model, opt, poison=math.nan)) for _ in range(2)][-1]
+    assert second.action is ActionKind.ROLLBACK and second.rolled_back_to == 4
+    assert "older than the one restored before" in second.message
+    assert guard.lr_scale == 0.5 * 0.25  # the second rollback backs off twice
+
+
+def test_default_guard_clips_to_the_healthy_scale_after_a_fault() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = Guard(model, opt)
+    norms = [guard.step(_backward(model, opt)).total_norm for _ in range(6)]
+    assert guard.counters["clipped"] == 0
+    guard.step(_backward(model, opt, poison=math.inf))
+    opt.zero_grad()
+    (_loss(model) * 100).backward()  # a 100x gradient right after the fault
+    record = guard.step()
+    typical = statistics.median(n for n in norms if n is not None)
+    assert record.action is ActionKind.CLIP and record.total_norm is not None
+    assert record.clip_coef == pytest.approx(typical / (record.total_norm + 1e-6), rel=1e-5)
+    after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    assert after == pytest.approx(typical, rel=1e-4)

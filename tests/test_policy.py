@@ -38,22 +38,72 @@ def _one_sentence(message: str) -> bool:
     return message.endswith(".") and not re.search(r"[.!?]\s+[A-Z]", message)
 
 
-def test_healthy_and_clipped_steps_are_applied() -> None:
-    policy = EscalationPolicy()
+def test_healthy_and_clipped_steps_are_applied_with_a_fixed_bound() -> None:
+    policy = EscalationPolicy(clip=1.0)
     healthy = policy.decide(_obs(0, norm=0.5))
     assert (healthy.action.kind, healthy.action.reason, healthy.apply) == (
         ActionKind.PROCEED,
         Reason.HEALTHY,
         True,
     )
-    clipped = policy.decide(_obs(1, norm=4.0), clip_coef=0.25)
+    assert healthy.clip_bound == 1.0 and healthy.clip_coef == 1.0
+    clipped = policy.decide(_obs(1, norm=4.0))
     assert (clipped.action.kind, clipped.action.reason, clipped.apply) == (
         ActionKind.CLIP,
         Reason.NORM_ABOVE_BOUND,
         True,
     )
+    assert clipped.clip_coef == pytest.approx(1.0 / (4.0 + 1e-6))
     assert "0.25" in clipped.action.message
     assert policy.lr_scale == 1.0 and policy.incident_start is None
+
+
+def test_auto_bound_leaves_healthy_steps_alone_and_clips_to_the_healthy_scale_in_incidents() -> (
+    None
+):
+    policy = EscalationPolicy()  # clip="auto"
+    for t, norm in enumerate([2.0, 4.0, 3.0, 5.0, 1.0, 300.0]):
+        d = policy.decide(_obs(t, norm=norm))
+        assert d.apply and d.clip_bound is None and d.action.kind is ActionKind.PROCEED
+    assert policy.healthy_norm() == 3.5  # median of the six healthy norms
+    skipped = policy.decide(_obs(6, norm=math.nan))
+    assert skipped.action.kind is ActionKind.SKIP and policy.protected(7)
+    clipped = policy.decide(_obs(7, norm=35.0))
+    assert clipped.action.kind is ActionKind.CLIP and clipped.clip_bound == 3.5
+    assert clipped.clip_coef == pytest.approx(0.1, rel=1e-6)
+    # Steps inside an incident do not move the baseline.
+    assert policy.healthy_norm() == 3.5
+
+
+def test_auto_bound_falls_back_before_any_healthy_norm() -> None:
+    policy = EscalationPolicy(PolicyConfig(fallback_bound=2.0))
+    policy.decide(_obs(0, norm=math.inf))
+    d = policy.decide(_obs(1, norm=8.0))
+    assert d.clip_bound == 2.0 and d.clip_coef == pytest.approx(0.25, rel=1e-6)
+
+
+def test_a_loss_jump_is_a_fault_even_before_the_detectors_warm_up() -> None:
+    policy = EscalationPolicy(PolicyConfig(loss_jump=100.0))
+    policy.decide(_obs(0, loss=0.5))
+    assert policy.decide(_obs(1, loss=49.0)).apply  # 98x: below the jump ratio
+    jump = policy.decide(_obs(2, loss=2480.0))  # 100x the median 24.75
+    assert jump.action.kind is ActionKind.SKIP and jump.action.reason is Reason.LOSS_SPIKE
+    assert "2480" in jump.action.message
+    again = policy.decide(_obs(3, loss=2500.0))
+    assert again.action.kind is ActionKind.ROLLBACK and again.rollback_before == 2
+
+
+def test_critical_growth_trend_backs_off_and_applies_the_step() -> None:
+    policy = EscalationPolicy(PolicyConfig(cooldown=5, max_backoffs=2))
+    _run(policy, 0, 10)
+    trend = [_alert(10, AlertKind.GROWTH_TREND)]
+    first = policy.decide(_obs(10, norm=9.0), trend)
+    assert first.action.kind is ActionKind.BACKOFF and first.apply and first.lr_scale == 0.5
+    assert first.action.reason is Reason.GROWTH_TREND and first.clip_bound == 1.0
+    cooling = policy.decide(_obs(11, norm=12.0), [_alert(11, AlertKind.GROWTH_TREND)])
+    assert cooling.action.kind is ActionKind.CLIP and cooling.lr_scale == 0.5
+    later = policy.decide(_obs(15, norm=20.0), [_alert(15, AlertKind.GROWTH_TREND)])
+    assert later.action.kind is ActionKind.BACKOFF and later.lr_scale == 0.25
 
 
 @pytest.mark.parametrize(
@@ -73,7 +123,8 @@ def test_a_nonfinite_step_is_skipped(norm: float, loss: float, reason: Reason) -
 
 
 def test_skip_budget_then_backoff_then_cooldown_then_second_backoff() -> None:
-    policy = EscalationPolicy(PolicyConfig(skip_budget=2, window=50, cooldown=10))
+    config = PolicyConfig(skip_budget=2, window=50, cooldown=10, consecutive_limit=3)
+    policy = EscalationPolicy(config)
     kinds = {}
     for t in range(80):
         bad = t in (5, 8, 12, 14, 16, 18, 30, 32)
@@ -91,7 +142,7 @@ def test_skip_budget_then_backoff_then_cooldown_then_second_backoff() -> None:
 
 
 def test_consecutive_faults_roll_back_to_before_the_incident() -> None:
-    policy = EscalationPolicy()
+    policy = EscalationPolicy(PolicyConfig(consecutive_limit=3))
     _run(policy, 0, 10)
     warn = policy.decide(_obs(10, norm=5.0), [_alert(10, AlertKind.GROWTH_TREND, Severity.WARNING)])
     assert warn.apply and warn.action.reason is Reason.GROWTH_TREND
@@ -160,7 +211,7 @@ def test_without_snapshot_the_rollback_rung_resets_the_optimizer() -> None:
 
 
 def test_learning_rate_is_restored_gradually_after_healthy_steps() -> None:
-    config = PolicyConfig(skip_budget=0, cooldown=0, restore_after=30, quiet=5)
+    config = PolicyConfig(skip_budget=0, cooldown=0, restore_after=30, quiet=5, consecutive_limit=3)
     policy = EscalationPolicy(config)
     policy.decide(_obs(0, norm=math.nan))
     policy.decide(_obs(1, norm=math.nan))  # budget 0 and no cool-down: each fault backs off
@@ -176,7 +227,7 @@ def test_learning_rate_is_restored_gradually_after_healthy_steps() -> None:
 
 
 def test_restore_disabled_keeps_the_scale() -> None:
-    policy = EscalationPolicy(PolicyConfig(skip_budget=0, restore_after=None))
+    policy = EscalationPolicy(PolicyConfig(skip_budget=0, restore_after=None, quiet=5))
     policy.decide(_obs(0, norm=math.nan))
     _run(policy, 1, 500)
     assert policy.lr_scale == 0.5
@@ -194,13 +245,15 @@ def test_incident_closes_after_quiet_steps() -> None:
 
 def test_finite_spikes_are_clipped_with_clipping_and_skipped_without() -> None:
     spike = [_alert(4, AlertKind.GRAD_NORM_SPIKE)]
-    with_clip = EscalationPolicy(clipping=True).decide(_obs(4, norm=80.0), spike, clip_coef=0.01)
+    with_clip = EscalationPolicy(clip="auto").decide(_obs(4, norm=80.0), spike)
     assert with_clip.apply and with_clip.action.kind is ActionKind.CLIP
-    assert with_clip.action.reason is Reason.SPIKE
-    without = EscalationPolicy(clipping=False).decide(_obs(4, norm=80.0), spike)
+    assert with_clip.action.reason is Reason.SPIKE and with_clip.clip_bound == 1.0
+    external = EscalationPolicy(clip="external").decide(_obs(4, norm=80.0), spike)
+    assert external.apply and external.clip_bound is None
+    without = EscalationPolicy(clip=None).decide(_obs(4, norm=80.0), spike)
     assert not without.apply and without.action.kind is ActionKind.SKIP
-    forced = EscalationPolicy(PolicyConfig(skip_spikes=True), clipping=True)
-    assert not forced.decide(_obs(4, norm=80.0), spike, clip_coef=0.01).apply
+    forced = EscalationPolicy(PolicyConfig(skip_spikes=True), clip="auto")
+    assert not forced.decide(_obs(4, norm=80.0), spike).apply
 
 
 def test_info_alerts_change_nothing() -> None:
@@ -229,6 +282,9 @@ def test_scaler_overflows_are_skipped_without_climbing_the_ladder() -> None:
         ("restore_after", 0),
         ("consecutive_limit", 1.5),
         ("quiet", True),
+        ("fallback_bound", 0.0),
+        ("loss_jump", 1.0),
+        ("baseline", 0),
     ],
 )
 def test_bad_config_is_rejected_with_the_value(field: str, value: object) -> None:
@@ -237,12 +293,21 @@ def test_bad_config_is_rejected_with_the_value(field: str, value: object) -> Non
     assert repr(value) in str(err.value)
 
 
+def test_bad_clip_mode_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="'often'"):
+        EscalationPolicy(clip="often")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="clip"):
+        EscalationPolicy(clip=-1.0)
+
+
 def test_bad_state_is_rejected() -> None:
     with pytest.raises(ConfigError, match="missing"):
         EscalationPolicy().load_state_dict({"lr_scale": 1.0})
 
 
-_EVENT = st.sampled_from(["ok", "ok", "ok", "clip", "nan", "inf", "loss", "warn", "spike", "div"])
+_EVENT = st.sampled_from(
+    ["ok", "ok", "ok", "clip", "nan", "inf", "loss", "warn", "spike", "div", "trend"]
+)
 
 
 def _event(policy: EscalationPolicy, t: int, event: str) -> Decision:
@@ -255,10 +320,12 @@ def _event(policy: EscalationPolicy, t: int, event: str) -> Decision:
     if event == "warn":
         return policy.decide(_obs(t), [_alert(t, AlertKind.GROWTH_TREND, Severity.WARNING)])
     if event == "spike":
-        return policy.decide(_obs(t, 50.0), [_alert(t, AlertKind.GRAD_NORM_SPIKE)], clip_coef=0.02)
+        return policy.decide(_obs(t, 50.0), [_alert(t, AlertKind.GRAD_NORM_SPIKE)])
     if event == "div":
         return policy.decide(_obs(t, loss=1e12), [_alert(t, AlertKind.LOSS_THRESHOLD)])
-    return policy.decide(_obs(t), clip_coef=0.5 if event == "clip" else 1.0)
+    if event == "trend":
+        return policy.decide(_obs(t, 9.0), [_alert(t, AlertKind.GROWTH_TREND)])
+    return policy.decide(_obs(t, norm=3.0 if event == "clip" else 1.0))
 
 
 @given(events=st.lists(_EVENT, min_size=1, max_size=120), cut=st.integers(0, 120))
@@ -276,7 +343,8 @@ def test_properties_and_state_round_trip(events: list[str], cut: int) -> None:
         if event in ("nan", "inf", "loss", "div"):
             assert not da.apply
         if da.apply:
-            assert da.action.kind in (ActionKind.PROCEED, ActionKind.CLIP)
+            assert da.action.kind in (ActionKind.PROCEED, ActionKind.CLIP, ActionKind.BACKOFF)
+            assert da.clip_coef <= 1.0
         else:
             assert da.action.kind is not ActionKind.PROCEED
         if da.action.kind is ActionKind.ROLLBACK:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from gradguard.clip import safe_coefficient, scale_grads_
+from gradguard.clip import Clipper, apply_global_bound_
 from gradguard.errors import ConfigError, SnapshotError, TrainingDivergedError, check_positive
 from gradguard.monitor import Monitor
 from gradguard.policy import EPS, ClipMode, Decision, EscalationPolicy, PolicyConfig, abort_advice
@@ -43,7 +43,7 @@ from gradguard.recover import (
 from gradguard.sinks import Sink
 from gradguard.stats import GradStats, measure
 
-__all__ = ["Clipper", "Guard"]
+__all__ = ["Guard"]
 
 _STATE_VERSION = 1
 _COUNTERS = (
@@ -60,18 +60,6 @@ _COUNTERS = (
     "snapshots",
     "aborted",
 )
-
-
-@runtime_checkable
-class Clipper(Protocol):
-    """A clipping rule the guard can use instead of a fixed global-norm bound.
-
-    Stateful rules (percentile, z-score) also have ``state_dict()`` / ``load_state_dict()``;
-    the guard saves and restores that state with its own when they exist.
-    """
-
-    def clip_(self, stats: GradStats) -> Tensor:
-        """Clip the gradients measured in ``stats`` in place, on the device, without a sync."""
 
 
 class Guard:
@@ -161,7 +149,7 @@ class Guard:
             mode = check_positive(
                 "clip", clip, fix="Pass the max global gradient norm, 'auto' or None."
             )
-        elif isinstance(clip, Clipper):
+        elif not isinstance(clip, (str, bool)) and callable(getattr(clip, "clip_", None)):
             self._clipper, mode = clip, "external"
         else:
             raise ConfigError(
@@ -204,6 +192,7 @@ class Guard:
         self._since_snapshot = 0
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._last_culprits: tuple[str, ...] = ()
+        self._restored: tuple[int, int] | None = None  # (incident start, key) of the last rollback
         if snapshot_every is not None and not self.store.steps():
             self.snapshot()
 
@@ -298,7 +287,7 @@ class Guard:
         """
         if bound is None or not stats.grads or bound / (obs.total_norm + EPS) > 1.0 + 1e-6:
             return
-        scale_grads_(stats, safe_coefficient(bound, stats.total_norm, stats.finite, EPS))
+        apply_global_bound_(stats, bound, EPS)
 
     def _effective_lr(self, scale: float) -> float | None:
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer.param_groups else None
@@ -311,7 +300,9 @@ class Guard:
         c["steps"] += 1
         if decision.apply:
             c["applied"] += 1
-            c["clipped"] += decision.clip_coef < 1.0
+            c["clipped"] += decision.action.kind is ActionKind.CLIP or (
+                decision.clip_bound is not None and decision.clip_coef < 1.0 - 1e-5
+            )
         else:
             c["skipped"] += 1
         c["backoffs"] += kind is ActionKind.BACKOFF
@@ -358,20 +349,32 @@ class Guard:
         return self._step
 
     def _choose_snapshot(self, before: int) -> tuple[int, str]:
-        """The newest snapshot taken at least ``policy.quiet`` steps before ``before``."""
+        """The newest snapshot taken at least ``policy.quiet`` steps before ``before``.
+
+        A second rollback in the same incident means the snapshot restored first was already
+        poisoned (the trouble began before the detectors saw it): it only looks further back.
+        """
         steps = self.store.steps()
+        again = self._restored is not None and self._restored[0] == before
+        if again and self._restored is not None:
+            older = [s for s in steps if s < self._restored[1]]
+            if older:
+                steps = older
         margin = self.policy.config.quiet
+        note = ", older than the one restored before" if again else ""
         safe = [s for s in steps if s <= before - margin]
         if safe:
-            return safe[-1], f"at least {margin} steps before the trouble began at step {before}"
+            why = f"at least {margin} steps before the trouble began at step {before}{note}"
+            return safe[-1], why
         earlier = [s for s in steps if s <= before]
         if earlier:
-            return earlier[-1], f"the newest from before step {before}"
+            return earlier[-1], f"the newest from before step {before}{note}"
         return steps[0], f"the oldest kept; none predates step {before}"
 
     def _rollback(self, decision: Decision) -> tuple[int, int, str]:
         before = decision.rollback_before if decision.rollback_before is not None else self._step
         key, why = self._choose_snapshot(before)
+        self._restored = (before, key)
         state = self.store.load(key)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -444,6 +447,7 @@ class Guard:
             "step": self._step,
             "progress": self._progress,
             "since_snapshot": self._since_snapshot,
+            "restored": list(self._restored) if self._restored is not None else None,
             "counters": dict(self.counters),
             "policy": self.policy.state_dict(),
             "monitor": self.monitor.state_dict(),
@@ -460,6 +464,8 @@ class Guard:
         self._step = int(state["step"])
         self._progress = int(state["progress"])
         self._since_snapshot = int(state["since_snapshot"])
+        restored = state.get("restored")
+        self._restored = (int(restored[0]), int(restored[1])) if restored is not None else None
         self.counters = {name: int(state["counters"].get(name, 0)) for name in _COUNTERS}
         self.policy.load_state_dict(state["policy"])
         self.monitor.load_state_dict(state["monitor"])

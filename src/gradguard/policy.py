@@ -85,7 +85,8 @@ class PolicyConfig:
         reset_moments: reset the optimizer's moments (Adam's m and v, momentum buffers) when
             rolling back, so the momentum of the failed trajectory does not push it down again.
         backoff_on_rollback: also back off the learning rate when rolling back, so the run does
-            not walk the same path into the same cliff.
+            not walk the same path into the same cliff; the k-th rollback within
+            ``rollback_window`` applies ``backoff_factor`` k times.
         backoff_on_trend: back off the learning rate on a critical growth-trend alert (the
             gradient norm grows geometrically: the step size is past the stability limit).
         max_scaler_overflows: with a GradScaler, a non-finite gradient under a finite loss is
@@ -420,10 +421,11 @@ class EscalationPolicy:
         protected = self.protected(t)
         bound = self._bound(protected)
         coef = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
-        kind = ActionKind.CLIP if coef < 1.0 else ActionKind.PROCEED
+        clipped = bound is not None and obs.total_norm > bound
+        kind = ActionKind.CLIP if clipped else ActionKind.PROCEED
         done = (
             f"gradients scaled by {coef:.3g} (bound {bound:.3g}) and the step applied"
-            if coef < 1.0 and bound is not None
+            if clipped and bound is not None
             else "step applied"
         )
 
@@ -505,7 +507,7 @@ class EscalationPolicy:
             s.faults = []
         self._escalated(t)
         done = (
-            "step applied" + (f" with gradients scaled by {coef:.3g}" if coef < 1.0 else "")
+            "step applied" + (f" with gradients scaled by {coef:.3g}" if coef < 1.0 - 1e-5 else "")
             if apply
             else "step skipped"
         )
@@ -532,7 +534,10 @@ class EscalationPolicy:
             return Decision(action, apply=False, lr_scale=s.lr_scale)
         old = s.lr_scale
         if cfg.backoff_on_rollback:
-            s.lr_scale = max(old * cfg.backoff_factor, cfg.min_lr_scale)
+            # The k-th rollback in the window backs off k times: a rate 100x too high is found
+            # in three rollbacks (x1/64) instead of seven.
+            factor = cfg.backoff_factor ** (len(s.rollbacks) + 1)
+            s.lr_scale = max(old * factor, cfg.min_lr_scale)
         s.rollbacks.append(t)
         s.faults = []
         s.consecutive = 0
