@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 import gradguard as gg
 from gradguard.clip import fused_clipped_step, safe_coefficient
+from gradguard.stats import observe
 
 MAX_NORM = 1.0
 T = TypeVar("T")
@@ -150,6 +151,38 @@ def flat_lower_bound(gs: GradSet) -> object:
     return norm
 
 
+_MONITORS: dict[str, gg.Monitor] = {}
+
+
+def gg_monitor_observe(gs: GradSet) -> object:
+    """Monitor.observe, default preset: measure, 1 transfer, detectors; weights' norm every 10th."""
+    monitor = _MONITORS.get(gs.name)
+    if monitor is None:
+        weights = []
+        for p in gs.params:
+            # Real weight memory, so the scheduled parameter-norm pass costs what it would.
+            weight = torch.randn(p.shape, device=gs.flat.device)
+            weight.grad = p.grad
+            weights.append(weight)
+        monitor = _MONITORS[gs.name] = gg.Monitor(weights)
+    return monitor.observe(1.0)
+
+
+def detector_cost_us(gs: GradSet, steps: int) -> float:
+    """Microseconds per step spent in the default detectors alone (no measuring, no transfer)."""
+    monitor = gg.Monitor(gs.params)
+    stats = gg.measure(gs.params)
+    weights = torch.ones((), device=gs.flat.device)
+    observations = [
+        observe(stats, 1.0, i, param_norm=weights, want_tensor_norms=i % 10 == 0) for i in range(10)
+    ]
+    start = time.perf_counter()
+    for i in range(steps):
+        for detector in monitor.detectors:
+            detector.update(observations[i % 10])
+    return (time.perf_counter() - start) / steps * 1e6
+
+
 VARIANTS: list[Variant] = [
     ("torch clip_grad_norm_(foreach=True)", torch_clip),
     ("seed monitor (per-tensor isnan/isinf/.item())", seed_monitor),
@@ -160,6 +193,7 @@ VARIANTS: list[Variant] = [
         "gg.measure + 1 transfer, clip only if over the bound (all steps here are under it)",
         gg_guard_flow,
     ),
+    ("Monitor.observe (default preset: measure + 1 transfer + detectors)", gg_monitor_observe),
 ]
 """The rows of the main table; the first is the reference (= 1.00). Append rows here."""
 
@@ -337,8 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, (vname, _) in enumerate(FUSED_VARIANTS):
             print(f"| {vname} | " + " | ".join(_cell(fused[f.label][i]) for f in fsets) + " |")
 
+    detectors = detector_cost_us(sets[0], 2000 if args.quick else 20000)
+    print(f"\nDefault detectors' Python cost per step ({sets[0].label}): {detectors:.1f} µs")
     print()
-    print(summary_line(sets, results, fused))
+    print(summary_line(sets, results, fused) + f"; detectors {detectors:.0f} µs/step")
     return 0
 
 
@@ -359,7 +395,10 @@ def summary_line(
         )
         for s in sets
     ]
+    monitor_row = names.index("Monitor.observe (default preset: measure + 1 transfer + detectors)")
+    observed = [f"{median_iqr(results[s.name][monitor_row])[0]:.2f}" for s in sets]
     line = f"overhead: measure+clip / torch clip = {' '.join(parts)}"
+    line += f"; Monitor.observe / torch clip = {' '.join(observed)}"
     line += f"; seed monitor / gradguard = {min(seed):.1f} (min over sets)"
     if fused:
         folded = [

@@ -13,6 +13,7 @@ from gradguard.clip import (
 )
 from gradguard.errors import GradguardError
 from gradguard.guard import Guard
+from gradguard.monitor import Monitor
 from gradguard.report import build_report
 from gradguard.sinks import ConsoleSink, JsonlSink, read_jsonl
 from gradguard.stats import GradStats, measure
@@ -26,6 +27,7 @@ __all__ = [
     "GradguardError",
     "Guard",
     "JsonlSink",
+    "Monitor",
     "__version__",
     "build_report",
     "clip_by_global_norm_",

@@ -12,7 +12,7 @@ import enum
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "Severity",
     "StepRecord",
     "from_json_dict",
+    "most_severe",
+    "reason_for",
     "to_json_dict",
 ]
 
@@ -89,7 +91,28 @@ class Reason(str, enum.Enum):
     DIVERGENCE = "divergence"
     RECOVERED = "recovered"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    LOSS_ABOVE_BOUND = "loss_above_bound"
+    PARAM_NORM_GROWTH = "param_norm_growth"
+    CULPRIT = "culprit"
     SCALER_OVERFLOW = "scaler_overflow"
+
+
+_REASON_OF_KIND = {
+    AlertKind.NONFINITE_GRAD: Reason.NONFINITE_GRAD,
+    AlertKind.NONFINITE_LOSS: Reason.NONFINITE_LOSS,
+    AlertKind.GRAD_NORM_THRESHOLD: Reason.NORM_ABOVE_BOUND,
+    AlertKind.GRAD_NORM_SPIKE: Reason.SPIKE,
+    AlertKind.GROWTH_TREND: Reason.GROWTH_TREND,
+    AlertKind.LOSS_SPIKE: Reason.LOSS_SPIKE,
+    AlertKind.LOSS_THRESHOLD: Reason.LOSS_ABOVE_BOUND,
+    AlertKind.PARAM_NORM_GROWTH: Reason.PARAM_NORM_GROWTH,
+    AlertKind.CULPRIT: Reason.CULPRIT,
+}
+
+
+def reason_for(kind: AlertKind) -> Reason:
+    """The :class:`Reason` a record gives when an alert of ``kind`` decided it."""
+    return _REASON_OF_KIND[kind]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +171,15 @@ class Alert:
     value: float | None = None
     threshold: float | None = None
     steps_to_overflow: float | None = None
+
+
+def most_severe(alerts: Sequence[Alert]) -> Alert | None:
+    """The first alert of the highest severity in ``alerts``, or ``None`` when there is none."""
+    best: Alert | None = None
+    for alert in alerts:
+        if best is None or alert.severity.rank > best.severity.rank:
+            best = alert
+    return best
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Measure gradients on the device: the only hot path of gradguard."""
 
 from gradguard.stats.measure import GradGroup, GradStats, check_norm_type, measure
+from gradguard.stats.observe import observe, param_norm
 from gradguard.stats.params import Parameters, named_grads, named_tensors
 
 __all__ = [
@@ -11,4 +12,6 @@ __all__ = [
     "measure",
     "named_grads",
     "named_tensors",
+    "observe",
+    "param_norm",
 ]

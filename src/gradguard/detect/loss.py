@@ -1,0 +1,134 @@
+"""Loss spikes against a robust baseline of recent losses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from gradguard.detect.base import check_int, check_ratio, culprit_names, fmt
+from gradguard.detect.robust import RobustWindow
+from gradguard.errors import check_positive
+from gradguard.records import Alert, AlertKind, Observation, Severity
+
+__all__ = ["LossSpikeDetector"]
+
+
+class LossSpikeDetector:
+    """Alert when the loss jumps far above its recent typical value.
+
+    While every loss is positive the rule works on ``log(loss)`` like
+    :class:`~gradguard.detect.SpikeDetector`: the robust z-score against recent losses must reach
+    ``z_threshold`` *and* the loss must be at least ``min_ratio`` times the recent median. Once a
+    loss <= 0 is seen (log-likelihoods of densities, regularised objectives), the rule switches
+    for good to the same test on the loss itself, the jump measured in units of ``|median|`` or
+    of the robust spread, whichever is larger.
+    During the first ``warmup`` optimizer steps only a jump of ``warmup_ratio`` times the median
+    so far alerts. A missing or non-finite loss never enters the window (non-finite losses are
+    :class:`NonFiniteDetector` 's job).
+
+    Args:
+        window: recent steps forming the baseline.
+        warmup: optimizer steps before the z-score rule applies.
+        z_threshold: robust z-score needed for an alert.
+        min_ratio: loss / median ratio needed for an alert (> 1).
+        critical_ratio: ratio from which the alert is critical.
+        warmup_ratio: ratio to the median so far that alerts during the warm-up.
+        min_spread: floor of the log-space spread.
+    """
+
+    name = "loss_spike"
+
+    def __init__(
+        self,
+        *,
+        window: int = 64,
+        warmup: int = 20,
+        z_threshold: float = 6.0,
+        min_ratio: float = 10.0,
+        critical_ratio: float = 1000.0,
+        warmup_ratio: float = 100.0,
+        min_spread: float = 0.1,
+    ) -> None:
+        size = check_int("window", window, minimum=3, fix="Use 32-128 steps.")
+        self.warmup = check_int("warmup", warmup, minimum=0)
+        self.z_threshold = check_positive("z_threshold", z_threshold)
+        self.min_ratio = check_ratio("min_ratio", min_ratio)
+        self.critical_ratio = check_ratio("critical_ratio", critical_ratio)
+        self.warmup_ratio = check_ratio("warmup_ratio", warmup_ratio)
+        self.min_spread = check_positive("min_spread", min_spread)
+        self.baseline = RobustWindow(size, self.min_spread)
+        self.log_space = True
+        self.seen = 0
+
+    def update(self, obs: Observation) -> list[Alert]:
+        """Score this step's loss against the baseline, then add it to the baseline."""
+        self.seen += 1
+        loss = obs.loss
+        if loss is None or not math.isfinite(loss):
+            return []
+        if self.log_space and loss <= 0.0:
+            self._leave_log_space()
+        value = math.log(loss) if self.log_space else loss
+        alerts: list[Alert] = []
+        if len(self.baseline):
+            center, spread = self.baseline.center_spread()
+            if self.log_space:
+                typical = math.exp(center)
+                ratio = math.exp(min(value - center, 700.0))
+                z = (value - center) / spread
+            else:
+                # Around a median near 0 a ratio means little: measure the jump in units of
+                # |median| or of the spread, whichever is larger.
+                typical = center
+                scale = max(abs(center), spread, 1e-12)
+                ratio = 1.0 + (value - center) / scale
+                z = (value - center) / max(spread, self.min_spread * scale)
+            if self.seen > self.warmup and len(self.baseline) >= 3:
+                hit = z >= self.z_threshold and ratio >= self.min_ratio
+            else:
+                hit = ratio >= self.warmup_ratio
+            if hit:
+                alerts.append(
+                    Alert(
+                        step=obs.step,
+                        severity=(
+                            Severity.CRITICAL if ratio >= self.critical_ratio else Severity.WARNING
+                        ),
+                        kind=AlertKind.LOSS_SPIKE,
+                        message=(
+                            f"Loss {fmt(loss)} is {fmt(ratio)}x its recent median {fmt(typical)} "
+                            f"at step {obs.step}: inspect this batch and lower the learning rate "
+                            "if it repeats."
+                        ),
+                        detector=self.name,
+                        culprits=culprit_names(obs),
+                        value=loss,
+                        threshold=self.min_ratio * typical,
+                    )
+                )
+        self.baseline.add(value)
+        return alerts
+
+    def _leave_log_space(self) -> None:
+        values = [math.exp(v) for v in self.baseline.ring.values()]
+        self.baseline.ring.clear()
+        for v in values:
+            self.baseline.add(v)
+        self.log_space = False
+        self.baseline.min_spread = 0.0  # floored relative to |median| in update()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Steps seen, the space the rule works in, and the baseline window."""
+        return {
+            "seen": self.seen,
+            "log_space": self.log_space,
+            "baseline": self.baseline.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.seen = int(state["seen"])
+        self.log_space = bool(state["log_space"])
+        self.baseline.min_spread = self.min_spread if self.log_space else 0.0
+        self.baseline.load_state_dict(state["baseline"])

@@ -1,0 +1,160 @@
+"""Sustained exponential growth of the gradient norm, with a forecast of the steps left."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from gradguard._ring import Ring
+from gradguard.detect.base import check_int, culprit_names, fmt
+from gradguard.errors import check_positive
+from gradguard.records import Alert, AlertKind, Observation, Severity
+
+__all__ = ["FLOAT32_MAX", "GrowthTrendDetector", "LogLinearFit", "fit_log_linear"]
+
+FLOAT32_MAX = 3.4028234663852886e38
+"""Largest finite float32: a gradient norm beyond it is ``inf``."""
+
+
+class LogLinearFit:
+    """Least-squares line through ``(step, log norm)`` points.
+
+    Attributes:
+        slope: growth of ``log(norm)`` per step (``exp(slope)`` is the growth factor per step).
+        level: fitted ``log(norm)`` at the last step.
+        r2: coefficient of determination of the fit, in ``[0, 1]``.
+    """
+
+    __slots__ = ("level", "r2", "slope")
+
+    def __init__(self, slope: float, level: float, r2: float) -> None:
+        self.slope = slope
+        self.level = level
+        self.r2 = r2
+
+    def steps_to(self, limit: float) -> float:
+        """Steps until the fitted line reaches ``log(limit)``; ``inf`` when it is not rising."""
+        if not self.slope > 0.0:
+            return math.inf
+        return max(0.0, (math.log(limit) - self.level) / self.slope)
+
+
+def fit_log_linear(steps: list[float], logs: list[float]) -> LogLinearFit:
+    """Fit ``logs ≈ a + b * steps`` by ordinary least squares (needs two distinct steps)."""
+    n = len(steps)
+    mean_x = sum(steps) / n
+    mean_y = sum(logs) / n
+    sxx = sxy = syy = 0.0
+    for x, y in zip(steps, logs, strict=True):
+        dx, dy = x - mean_x, y - mean_y
+        sxx += dx * dx
+        sxy += dx * dy
+        syy += dy * dy
+    slope = sxy / sxx if sxx > 0.0 else 0.0
+    r2 = (sxy * sxy) / (sxx * syy) if sxx > 0.0 and syy > 0.0 else 0.0
+    return LogLinearFit(slope, mean_y + slope * (steps[-1] - mean_x), min(1.0, r2))
+
+
+class GrowthTrendDetector:
+    """Alert when the gradient norm grows exponentially and would reach its limit soon.
+
+    Fits a line to ``log(norm)`` over the last ``window`` finite steps. The slope is the growth
+    rate; extrapolating it gives ``steps_to_overflow``, the steps left before the norm reaches
+    ``limit`` (float32 overflow by default). A step is *rising* when the slope is positive, the
+    fit explains at least ``min_r2`` of the variance (a trend, not noise), and the forecast is at
+    most ``horizon`` steps. The alert needs ``persistence`` rising steps in a row and comes after
+    ``warmup`` optimizer steps; it is critical when the forecast is within ``critical_horizon``.
+
+    Args:
+        window: finite steps in the fit.
+        warmup: optimizer steps observed before the first alert can be raised.
+        horizon: forecast (steps) at or below which the growth is alarming.
+        critical_horizon: forecast at or below which the alert is critical.
+        limit: the norm that counts as catastrophic; ``None`` for float32 overflow.
+        min_r2: smallest coefficient of determination of the fit.
+        persistence: consecutive rising steps needed.
+
+    References:
+        R. Pascanu, T. Mikolov, Y. Bengio, "On the difficulty of training recurrent neural
+        networks", ICML 2013 (exponential growth of gradient norms).
+    """
+
+    name = "trend"
+
+    def __init__(
+        self,
+        *,
+        window: int = 24,
+        warmup: int = 20,
+        horizon: float = 2000.0,
+        critical_horizon: float = 100.0,
+        limit: float | None = None,
+        min_r2: float = 0.6,
+        persistence: int = 3,
+    ) -> None:
+        size = check_int("window", window, minimum=3, fix="Use 16-64 steps.")
+        self.steps = Ring(size)
+        self.logs = Ring(size)
+        self.warmup = check_int("warmup", warmup, minimum=0)
+        self.horizon = check_positive("horizon", horizon)
+        self.critical_horizon = check_positive("critical_horizon", critical_horizon)
+        self.limit = FLOAT32_MAX if limit is None else check_positive("limit", limit)
+        self.min_r2 = float(min_r2)
+        self.persistence = check_int("persistence", persistence, minimum=1)
+        self.seen = 0
+        self.streak = 0
+
+    def update(self, obs: Observation) -> list[Alert]:
+        """Add this step's norm to the fit and alert when the growth is sustained and fast."""
+        self.seen += 1
+        norm = obs.total_norm
+        if not (obs.finite and math.isfinite(norm) and norm > 0.0):
+            return []
+        self.steps.append(float(obs.step))
+        self.logs.append(math.log(norm))
+        if self.seen <= self.warmup or not self.logs.full:
+            return []
+        fit = fit_log_linear(self.steps.values(), self.logs.values())
+        forecast = fit.steps_to(self.limit)
+        rising = fit.slope > 0.0 and fit.r2 >= self.min_r2 and forecast <= self.horizon
+        self.streak = self.streak + 1 if rising else 0
+        if self.streak < self.persistence:
+            return []
+        per_10 = math.exp(min(10.0 * fit.slope, 700.0))
+        limit = "float32 overflow" if self.limit == FLOAT32_MAX else f"the limit {fmt(self.limit)}"
+        return [
+            Alert(
+                step=obs.step,
+                severity=(
+                    Severity.CRITICAL if forecast <= self.critical_horizon else Severity.WARNING
+                ),
+                kind=AlertKind.GROWTH_TREND,
+                message=(
+                    f"Gradient norm has grown {fmt(per_10)}x per 10 steps for {self.streak} steps "
+                    f"(now {fmt(norm)}); at this rate it reaches {limit} in about "
+                    f"{forecast:.0f} steps: lower the learning rate or enable clipping now."
+                ),
+                detector=self.name,
+                culprits=culprit_names(obs),
+                value=fit.slope,
+                threshold=(math.log(self.limit) - fit.level) / self.horizon,
+                steps_to_overflow=forecast,
+            )
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Steps seen, the rising streak and the fitted window."""
+        return {
+            "seen": self.seen,
+            "streak": self.streak,
+            "steps": self.steps.state_dict(),
+            "logs": self.logs.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.seen = int(state["seen"])
+        self.streak = int(state["streak"])
+        self.steps.load_state_dict(state["steps"])
+        self.logs.load_state_dict(state["logs"])

@@ -1,0 +1,149 @@
+"""Turn one step's device measurements into an :class:`Observation`: the ONE host transfer per step.
+
+Everything the detectors need (global norm, finite flag, loss, parameter norm, the top-k
+per-tensor norms and their indices, optionally every per-tensor norm) is packed into one device
+tensor and copied to the host once. Nothing else in a monitored step reads a device value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+from gradguard.errors import ConfigError
+from gradguard.records import Observation
+from gradguard.stats.measure import GradStats, check_norm_type
+from gradguard.stats.params import Parameters, named_tensors
+
+__all__ = ["observe", "param_norm"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def observe(
+    stats: GradStats,
+    loss: Tensor | float | None,
+    step: int,
+    *,
+    top_k: int = 5,
+    param_norm: Tensor | None = None,
+    want_tensor_norms: bool = False,
+) -> Observation:
+    """Copy what one step's detectors need to the host in a single transfer.
+
+    Args:
+        stats: the step's gradient measurement (device tensors), from :func:`gradguard.measure`.
+        loss: the step's loss as a 0-d (or one-element) tensor on any device, a Python number,
+            or ``None``. A tensor is detached; it is not kept.
+        step: optimizer step index written into the observation.
+        top_k: how many of the largest per-tensor norms to transfer, with their names (>= 0).
+        param_norm: a 0-d device tensor from :func:`param_norm`, or ``None`` when not measured
+            this step.
+        want_tensor_norms: also transfer every per-tensor norm (for detectors that keep a
+            baseline per tensor). It is still one copy; only its size grows.
+
+    Returns:
+        An :class:`Observation` of host floats.
+
+    Raises:
+        ConfigError: ``top_k`` is negative, or ``loss`` is not a single number.
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ConfigError(f"top_k must be an integer >= 0, got {top_k!r}. The default is 5.")
+    device = stats.total_norm.device
+    # float64 keeps a float64 loss and tensor indices exact; MPS has no float64.
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    host_loss: float | None = None
+    parts = [stats.total_norm.reshape(1), stats.finite.reshape(1)]
+    if isinstance(loss, Tensor):
+        if loss.numel() != 1:
+            raise ConfigError(
+                f"loss must be a single number, got a tensor of shape {tuple(loss.shape)}. "
+                "Reduce it first (loss.mean()) or pass the scalar you called backward() on."
+            )
+        parts.append(loss.detach().reshape(1).to(device))
+    elif loss is not None:
+        host_loss = _host_number(loss)
+    if param_norm is not None:
+        parts.append(param_norm.detach().reshape(1).to(device))
+    count = stats.norms.numel()
+    k = min(top_k, count)
+    if k:
+        top_values, top_indices = torch.topk(stats.norms, k)
+        parts += [top_values, top_indices]
+    if want_tensor_norms:
+        parts.append(stats.norms)
+    packed = torch.cat([p.to(dtype) for p in parts])
+    values: list[float] = packed.tolist()  # HOST SYNC: the one transfer of this step.
+
+    total_norm, finite = values[0], values[1] != 0.0
+    i = 2
+    if isinstance(loss, Tensor):
+        host_loss, i = values[i], i + 1
+    host_param_norm: float | None = None
+    if param_norm is not None:
+        host_param_norm, i = values[i], i + 1
+    names = stats.names
+    top = tuple(
+        (names[int(index)], value)
+        for value, index in zip(values[i : i + k], values[i + k : i + 2 * k], strict=True)
+    )
+    i += 2 * k
+    tensor_norms = (
+        tuple(zip(names, values[i : i + count], strict=True)) if want_tensor_norms else None
+    )
+    return Observation(
+        step=step,
+        loss=host_loss,
+        total_norm=total_norm,
+        finite=finite and math.isfinite(total_norm),
+        top=top,
+        num_tensors=count,
+        param_norm=host_param_norm,
+        tensor_norms=tensor_norms,
+    )
+
+
+def param_norm(parameters: Parameters, norm_type: float | str = 2.0) -> Tensor:
+    """Measure the global norm of the parameters themselves on the device, without a host sync.
+
+    Cost tier: one fused ``torch._foreach_norm`` pass over the weights per (device, dtype) group,
+    about as much as measuring the gradients, so detectors that want it ask for it every N steps.
+
+    Args:
+        parameters: an ``nn.Module``, a tensor, or an iterable of tensors or ``(name, tensor)``.
+        norm_type: p of the p-norm; ``inf`` for the largest absolute value.
+
+    Returns:
+        A 0-d float32 tensor on the device of the first parameter (0 for no parameters).
+
+    Raises:
+        ConfigError: ``norm_type`` is not a number > 0.
+    """
+    p = check_norm_type(norm_type)
+    tensors = [t for _, t in named_tensors(parameters)]
+    if not tensors:
+        return torch.zeros((), dtype=torch.float32)
+    first_device = tensors[0].device
+    norms: list[Tensor] = []
+    with torch.no_grad():
+        grouped = _group_tensors_by_device_and_dtype([tensors])  # type: ignore[list-item]
+        for (_device, dtype), ([group], _) in grouped.items():
+            accumulate = torch.float32 if dtype in (*_HALF, torch.float32) else None
+            group_norms = torch._foreach_norm(group, p, dtype=accumulate)  # type: ignore[arg-type]
+            norms.append(torch.stack(group_norms).to(first_device))
+        stacked = norms[0] if len(norms) == 1 else torch.cat(norms)
+        total: Tensor = torch.linalg.vector_norm(stacked, p).to(torch.float32)
+    return total
+
+
+def _host_number(loss: float) -> float:
+    try:
+        return float(loss)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"loss must be a tensor, a number or None, got {type(loss).__name__} {loss!r:.80}."
+        ) from None
