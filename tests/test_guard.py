@@ -206,7 +206,7 @@ def test_rollback_restores_the_snapshot_resets_moments_and_reports_the_loss_of_s
     assert [r.action for r in records] == [ActionKind.SKIP, ActionKind.ROLLBACK]
     # The incident began at step 12; snapshot 10 is too close (quiet=3), so 5 is restored.
     assert rollback.rolled_back_to == 5 and rollback.steps_lost == 7
-    assert f"restored the snapshot of step 5" in rollback.message
+    assert "restored the snapshot of step 5" in rollback.message
     assert _same(_params(model), saved[5])
     assert len(opt.state) == 0 and sched.last_epoch == 5
     assert guard.store.steps() == [0, 5] and guard.lr_scale == 0.5
@@ -359,9 +359,9 @@ def test_bad_arguments_are_rejected(kwargs: dict[str, Any], match: str) -> None:
 
 def test_model_and_optimizer_are_checked() -> None:
     model = _mlp()
-    with pytest.raises(ConfigError, match="nn.Module"):
+    with pytest.raises(ConfigError, match=r"nn\.Module"):
         Guard("model", torch.optim.SGD(model.parameters(), lr=0.1))  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="torch.optim.Optimizer"):
+    with pytest.raises(ConfigError, match=r"torch\.optim\.Optimizer"):
         Guard(model, "sgd")  # type: ignore[arg-type]
 
 

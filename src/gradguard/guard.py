@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from gradguard.clip import Clipper, apply_global_bound_
+from gradguard.detect import Detector, Preset
 from gradguard.errors import ConfigError, SnapshotError, TrainingDivergedError, check_positive
 from gradguard.monitor import Monitor
 from gradguard.policy import EPS, ClipMode, Decision, EscalationPolicy, PolicyConfig, abort_advice
@@ -123,8 +124,8 @@ class Guard:
         snapshot_dir: str | os.PathLike[str] | None = None,
         sinks: Iterable[Sink] = (),
         monitor: Monitor | None = None,
-        preset: str = "default",
-        detectors: Any = None,
+        preset: Preset = "default",
+        detectors: Sequence[Detector] | None = None,
         restore_rng: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
