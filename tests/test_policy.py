@@ -75,10 +75,11 @@ def test_auto_bound_leaves_healthy_steps_alone_and_clips_to_the_healthy_scale_in
     assert policy.healthy_norm() == 3.5
 
 
-def test_auto_bound_falls_back_before_any_healthy_norm() -> None:
-    policy = EscalationPolicy(PolicyConfig(fallback_bound=2.0))
-    policy.decide(_obs(0, norm=math.inf))
-    d = policy.decide(_obs(1, norm=8.0))
+def test_auto_bound_restarts_at_a_fraction_of_the_first_norm_without_history() -> None:
+    policy = EscalationPolicy(PolicyConfig(restart_fraction=0.25))
+    policy.decide(_obs(0, norm=math.inf))  # non-finite: not a scale
+    policy.decide(_obs(1, norm=math.nan))
+    d = policy.decide(_obs(2, norm=8.0))
     assert d.clip_bound == 2.0 and d.clip_coef == pytest.approx(0.25, rel=1e-6)
 
 
@@ -144,7 +145,8 @@ def test_skip_budget_then_backoff_then_cooldown_then_second_backoff() -> None:
 def test_consecutive_faults_roll_back_to_before_the_incident() -> None:
     policy = EscalationPolicy(PolicyConfig(consecutive_limit=3))
     _run(policy, 0, 10)
-    warn = policy.decide(_obs(10, norm=5.0), [_alert(10, AlertKind.GROWTH_TREND, Severity.WARNING)])
+    growth = [_alert(10, AlertKind.PARAM_NORM_GROWTH, Severity.WARNING)]
+    warn = policy.decide(_obs(10, norm=5.0), growth)
     assert warn.apply and warn.action.reason is Reason.GROWTH_TREND
     assert policy.incident_start == 10
     _run(policy, 11, 15)
@@ -174,11 +176,11 @@ def test_backoffs_in_one_incident_then_rollback() -> None:
     assert kinds == [
         ActionKind.PROCEED,
         ActionKind.BACKOFF,
-        ActionKind.PROCEED,
+        ActionKind.CLIP,  # protected after an escalation: clipped to 1/50 of the first norm
         ActionKind.BACKOFF,
-        ActionKind.PROCEED,
+        ActionKind.CLIP,
         ActionKind.ROLLBACK,
-        ActionKind.PROCEED,
+        ActionKind.CLIP,
     ]
     assert policy.lr_scale == 0.125
 
@@ -247,7 +249,8 @@ def test_finite_spikes_are_clipped_with_clipping_and_skipped_without() -> None:
     spike = [_alert(4, AlertKind.GRAD_NORM_SPIKE)]
     with_clip = EscalationPolicy(clip="auto").decide(_obs(4, norm=80.0), spike)
     assert with_clip.apply and with_clip.action.kind is ActionKind.CLIP
-    assert with_clip.action.reason is Reason.SPIKE and with_clip.clip_bound == 1.0
+    assert with_clip.action.reason is Reason.SPIKE
+    assert with_clip.clip_bound == pytest.approx(80.0 * 0.02)  # no healthy history yet
     external = EscalationPolicy(clip="external").decide(_obs(4, norm=80.0), spike)
     assert external.apply and external.clip_bound is None
     without = EscalationPolicy(clip=None).decide(_obs(4, norm=80.0), spike)
@@ -349,3 +352,42 @@ def test_properties_and_state_round_trip(events: list[str], cut: int) -> None:
             assert da.action.kind is not ActionKind.PROCEED
         if da.action.kind is ActionKind.ROLLBACK:
             assert da.rollback_before is not None and da.rollback_before <= t
+
+
+def test_the_loss_jump_rule_only_covers_the_detectors_warm_up() -> None:
+    policy = EscalationPolicy(PolicyConfig(baseline=8))
+    for t in range(8):
+        policy.decide(_obs(t, loss=1.0))
+    late = policy.decide(_obs(8, loss=500.0))  # heavy tails: the detectors judge from now on
+    assert late.apply and late.action.kind is ActionKind.PROCEED
+
+
+def test_a_loss_spike_warning_backs_off_like_a_trend() -> None:
+    policy = EscalationPolicy()
+    _run(policy, 0, 30)
+    d = policy.decide(_obs(30, loss=20.0), [_alert(30, AlertKind.LOSS_SPIKE, Severity.WARNING)])
+    assert d.action.kind is ActionKind.BACKOFF and d.apply
+    assert d.action.reason is Reason.LOSS_SPIKE and "Unstable step" in d.action.message
+
+
+def test_a_run_stuck_far_above_its_healthy_loss_rolls_back() -> None:
+    config = PolicyConfig(stuck_after=10, stuck_ratio=10.0, cooldown=100)
+    policy = EscalationPolicy(config)
+    _run(policy, 0, 20)  # healthy loss 1.0
+    trend = [_alert(20, AlertKind.GROWTH_TREND, Severity.WARNING)]
+    assert policy.decide(_obs(20, loss=5.0), trend).action.kind is ActionKind.BACKOFF
+    kinds = [policy.decide(_obs(t, norm=2.0, loss=12.0)).action.kind for t in range(21, 31)]
+    assert kinds[:-1] == [ActionKind.CLIP] * 9  # protected: clipped, not yet stuck
+    assert kinds[-1] is ActionKind.ROLLBACK  # 10 steps after the backoff, still 12x
+    assert policy.incident_start == 20
+
+
+def test_the_incident_stays_open_during_the_protection_window() -> None:
+    policy = EscalationPolicy(PolicyConfig(quiet=5, restore_after=30, stuck_after=None))
+    _run(policy, 0, 10)
+    trend = [_alert(10, AlertKind.GROWTH_TREND, Severity.WARNING)]
+    assert policy.decide(_obs(10), trend).action.kind is ActionKind.BACKOFF
+    _run(policy, 11, 30)
+    assert policy.incident_start == 10 and policy.protected(29)
+    _run(policy, 30, 41)  # the window ends at step 40
+    assert policy.incident_start is None and not policy.protected(41)

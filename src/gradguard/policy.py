@@ -17,8 +17,8 @@ cool-down:
 2. **skip**: a non-finite gradient or loss, a loss ``loss_jump`` times its healthy median or a
    critical loss spike (and, without clipping, a critical gradient spike) skips the step:
    weights, optimizer state and schedule stay untouched.
-3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps, or a critical
-   growth trend, scale the learning rate of every parameter group by ``backoff_factor``;
+3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps, or a growth
+   trend of the gradient norm, scale the learning rate of every parameter group by ``backoff_factor``;
    ``restore_after`` healthy steps raise it back one rung at a time.
 4. **roll back**: ``consecutive_limit`` faulty steps in a row (the same weights failed on
    different batches, so the weights are bad), a fault after ``max_backoffs`` backoffs in one
@@ -79,26 +79,39 @@ class PolicyConfig:
         rollback_window: window, in steps, in which rollbacks are counted.
         cooldown: steps after a backoff or rollback during which faults are skipped without
             climbing the ladder, so the remedy has time to show its effect.
-        quiet: steps without any warning that close an incident; the guard also takes snapshots
-            only after this many quiet steps, and rolls back only to snapshots at least this many
+        quiet: steps without any warning that close an incident (not before the protection
+            window of an escalation ends); the guard takes snapshots only outside incidents and
+            after this many quiet steps, and rolls back only to snapshots at least this many
             steps older than the incident, so no snapshot holds a run already in trouble.
         reset_moments: reset the optimizer's moments (Adam's m and v, momentum buffers) when
             rolling back, so the momentum of the failed trajectory does not push it down again.
         backoff_on_rollback: also back off the learning rate when rolling back, so the run does
             not walk the same path into the same cliff; the k-th rollback within
             ``rollback_window`` applies ``backoff_factor`` k times.
-        backoff_on_trend: back off the learning rate on a critical growth-trend alert (the
-            gradient norm grows geometrically: the step size is past the stability limit).
+        backoff_on_trend: back off the learning rate on a growth-trend alert (the gradient norm
+            grows geometrically) or a loss-spike warning (the loss jumped tenfold): the step
+            size is past the stability limit, and clipping alone leaves the run oscillating at
+            the edge; once per ``cooldown``, at most ``max_backoffs`` times per incident.
         max_scaler_overflows: with a GradScaler, a non-finite gradient under a finite loss is
             the scaler's overflow, which it fixes itself by lowering its scale: such steps are
             skipped without climbing the ladder, up to this many in a row.
-        fallback_bound: the automatic clip bound while no healthy norm has been seen yet (an
-            incident in the first steps); 1.0 is the usual global-norm bound of the literature.
+        restart_fraction: while fewer than ``min_history`` healthy norms exist (the run went
+            wrong in its first steps), the automatic bound is this fraction of the first finite
+            norm of the run: that scale proved too large to take, and cutting the step by about
+            two orders of magnitude (1/50) restarts runs whose first norms range from 1 to 1e3.
+        fallback_bound: the automatic bound when not even one finite norm was seen; 1.0 is the
+            usual global-norm bound of the literature.
         baseline: how many recent healthy steps form the baselines (norm and loss medians).
         min_history: healthy norms needed before their median replaces ``fallback_bound``.
-        loss_jump: a finite loss this many times the median of recent healthy losses is a
-            fault (skipped), from the second step on: a safety net while the detectors are
-            still warming up. Heavy-tailed healthy runs reach ~10-1000x; 100 is a compromise.
+        loss_jump: during the first ``baseline`` steps, while the detectors warm up, a finite
+            loss this many times the median of the healthy losses so far is a fault (skipped).
+            Later the detectors' loss-spike rule, calibrated on a robust spread, takes over:
+            heavy-tailed healthy runs reach 10-1000x now and then.
+        stuck_after: an incident that has lasted this many steps since it began (or since the
+            last escalation) while the loss is ``stuck_ratio`` times its healthy median is a
+            divergence: clipping and backoffs kept the run finite but not on track, so it rolls
+            back. ``None`` never does.
+        stuck_ratio: see ``stuck_after``.
     """
 
     skip_nonfinite: bool = True
@@ -119,9 +132,12 @@ class PolicyConfig:
     backoff_on_trend: bool = True
     max_scaler_overflows: int = 20
     fallback_bound: float = 1.0
+    restart_fraction: float = 0.02
     baseline: int = 32
     min_history: int = 5
     loss_jump: float = 100.0
+    stuck_after: int | None = 10
+    stuck_ratio: float = 10.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -137,6 +153,10 @@ class PolicyConfig:
             _check_int(name, getattr(self, name), minimum=1)
         if self.restore_after is not None:
             _check_int("restore_after", self.restore_after, minimum=1)
+        if self.stuck_after is not None:
+            _check_int("stuck_after", self.stuck_after, minimum=1)
+        if not self.stuck_ratio > 1.0:
+            raise ConfigError(f"stuck_ratio must be a number > 1, got {self.stuck_ratio!r}.")
         if not 0.0 < self.backoff_factor < 1.0:
             raise ConfigError(
                 f"backoff_factor must lie strictly between 0 and 1, got {self.backoff_factor!r}. "
@@ -148,6 +168,11 @@ class PolicyConfig:
                 "2**-10 lets ten backoffs happen before the scale stops shrinking."
             )
         check_positive("fallback_bound", self.fallback_bound, fix="1.0 is the usual bound.")
+        if not 0.0 < self.restart_fraction <= 1.0:
+            raise ConfigError(
+                f"restart_fraction must lie in (0, 1], got {self.restart_fraction!r}. The "
+                "default 0.02 restarts at 1/50 of the first gradient norm."
+            )
         if not self.loss_jump > 1.0 or math.isnan(self.loss_jump):
             raise ConfigError(
                 f"loss_jump must be a number > 1 (or inf to disable), got {self.loss_jump!r}."
@@ -203,6 +228,10 @@ _WARNING_REASONS = {
 }
 
 
+_UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE)
+"""Alerts that say the step size is past the stability limit: the learning rate backs off."""
+
+
 @dataclasses.dataclass
 class _State:
     incident_start: int | None = None
@@ -213,11 +242,13 @@ class _State:
     rollbacks: list[int] = dataclasses.field(default_factory=list)
     cooldown_until: int = -1
     protect_until: int = -1
+    last_escalation: int = -1
     lr_scale: float = 1.0
     healthy_streak: int = 0
     overflow_streak: int = 0
     norms: list[float] = dataclasses.field(default_factory=list)
     losses: list[float] = dataclasses.field(default_factory=list)
+    first_norm: float | None = None
     last_step: int | None = None
     history: list[str] = dataclasses.field(default_factory=list)
 
@@ -312,6 +343,8 @@ class EscalationPolicy:
         """
         s, cfg, t = self._s, self.config, observation.step
         s.last_step = t
+        if s.first_norm is None and observation.finite and observation.total_norm > 0.0:
+            s.first_norm = observation.total_norm
         s.overflow_streak = s.overflow_streak + 1 if scaler_overflow else 0
         if scaler_overflow and s.overflow_streak <= cfg.max_scaler_overflows:
             message = (
@@ -332,10 +365,18 @@ class EscalationPolicy:
             s.incident_start is not None
             and s.last_alert is not None
             and t - s.last_alert >= cfg.quiet
+            and t >= s.protect_until
         ):
             s.incident_start = None
             s.backoffs_in_incident = 0
 
+        if fault is None and self._stuck(observation):
+            what = (
+                f"Loss {observation.loss:.4g} at least {cfg.stuck_ratio:g}x its healthy median "
+                f"{cfg.stuck_after} or more steps into the incident"
+            )
+            why = "clipping and backoffs kept the run finite but not on track"
+            return self._rollback(t, Reason.DIVERGENCE, what, why, can_rollback)
         if fault is None:
             return self._proceed(observation, warn, trend, culprits)
 
@@ -395,15 +436,28 @@ class EscalationPolicy:
                 fault = fault or reason
             else:
                 warn = warn or reason
-            trend = trend or (critical and alert.kind is AlertKind.GROWTH_TREND)
+            trend = trend or alert.kind in _UNSTABLE_KINDS
         return fault, warn, trend, culprits
 
     def _loss_jumped(self, obs: Observation) -> bool:
         losses, loss = self._s.losses, obs.loss
-        if not losses or loss is None or not math.isfinite(loss) or loss <= 0.0:
+        if obs.step >= self.config.baseline or not losses:
+            return False  # from then on the detectors' calibrated loss-spike rule decides
+        if loss is None or not math.isfinite(loss) or loss <= 0.0:
             return False
         typical = statistics.median(losses)
         return typical > 0.0 and loss >= self.config.loss_jump * typical
+
+    def _stuck(self, obs: Observation) -> bool:
+        s, cfg = self._s, self.config
+        if cfg.stuck_after is None or not s.losses or s.incident_start is None:
+            return False
+        since = max(s.incident_start, s.last_escalation)
+        loss = obs.loss
+        if obs.step - since < cfg.stuck_after or loss is None or not math.isfinite(loss):
+            return False
+        typical = statistics.median(s.losses)
+        return typical > 0.0 and loss >= cfg.stuck_ratio * typical
 
     def _bound(self, protected: bool) -> float | None:
         if isinstance(self.clip, float):
@@ -411,7 +465,12 @@ class EscalationPolicy:
         if self.clip != "auto" or not protected:
             return None
         typical = self.healthy_norm()
-        return typical if typical is not None else self.config.fallback_bound
+        if typical is not None:
+            return typical
+        first = self._s.first_norm
+        if first is not None:
+            return first * self.config.restart_fraction
+        return self.config.fallback_bound
 
     def _proceed(
         self, obs: Observation, warn: Reason | None, trend: bool, culprits: tuple[str, ...]
@@ -438,10 +497,16 @@ class EscalationPolicy:
             and t >= s.cooldown_until
             and s.backoffs_in_incident < cfg.max_backoffs
         ):
+            what = (
+                f"Growth trend of the gradient norm ({obs.total_norm:.3g})"
+                if warn is Reason.GROWTH_TREND
+                else f"Unstable step ({(warn or Reason.LOSS_SPIKE).value.replace('_', ' ')}, "
+                f"loss {obs.loss!r}, gradient norm {obs.total_norm:.3g})"
+            )
             return self._backoff(
                 t,
-                Reason.GROWTH_TREND,
-                f"Critical growth trend of the gradient norm ({obs.total_norm:.3g})",
+                warn or Reason.GROWTH_TREND,
+                what,
                 apply=True,
                 bound=bound,
                 coef=coef,
@@ -488,6 +553,7 @@ class EscalationPolicy:
         s.cooldown_until = t + cfg.cooldown
         s.protect_until = t + (cfg.restore_after if cfg.restore_after is not None else cfg.quiet)
         s.healthy_streak = 0
+        s.last_escalation = t
 
     def _backoff(
         self,
@@ -611,6 +677,7 @@ class EscalationPolicy:
         fresh.losses = [float(v) for v in fresh.losses]
         fresh.history = [str(h) for h in fresh.history]
         fresh.lr_scale = float(fresh.lr_scale)
+        fresh.first_norm = None if fresh.first_norm is None else float(fresh.first_norm)
         self._s = fresh
         if "skip_spikes" in state:
             self._skip_spikes = bool(state["skip_spikes"])
