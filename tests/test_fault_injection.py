@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from gradguard import Guard
+from gradguard import clip as gg_clip
 from gradguard.records import ActionKind
 
 BATCH, FEATURES, TIME = 6, 3, 5
@@ -109,8 +110,9 @@ def _run(seed: int) -> None:
     use_scaler = seed % 5 == 0 and "fused" not in opt_name
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0) if use_scaler else None
     scheduler = torch.optim.lr_scheduler.StepLR(opt, 7, 0.5) if seed % 3 == 0 else None
-    clip = rng.choice(["auto", "auto", 1.0, 0.1, None])
-    guard = Guard(model, opt, scaler=scaler, scheduler=scheduler, clip=clip, snapshot_every=4)
+    clip = rng.choice(["auto", "auto", 1.0, 0.1, None, "zscore"])
+    clipper = gg_clip.ZScoreClipper(warmup_steps=3) if clip == "zscore" else clip
+    guard = Guard(model, opt, scaler=scaler, scheduler=scheduler, clip=clipper, snapshot_every=4)
     schedule = _schedule(rng, fault)
     where = f"seed {seed}: {model_name}/{opt_name} clip={clip} scaler={use_scaler} {schedule}"
     faulty = 0

@@ -107,15 +107,17 @@ def test_record_carries_norms_coefficient_lr_and_culprits() -> None:
     assert sink.closed
 
 
-def test_one_host_transfer_per_incident_free_step() -> None:
+@pytest.mark.parametrize("clip", ["auto", 0.01, None])
+def test_one_host_transfer_per_step_clipping_or_not(clip: float | str | None) -> None:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    guard = Guard(model, opt, snapshot_every=None)
-    guard.step(_backward(model, opt))
-    loss = _backward(model, opt)
-    with count_host_syncs() as calls:
-        guard.step(loss)
-    assert calls == ["tolist"]
+    guard = Guard(model, opt, snapshot_every=None, clip=clip)
+    for _ in range(12):  # past the monitor's every-10-steps parameter norm
+        loss = _backward(model, opt)
+        with count_host_syncs() as calls:
+            record = guard.step(loss)
+        assert calls == ["tolist"]
+    assert (record.action is ActionKind.CLIP) == (clip == 0.01)
 
 
 def test_param_groups_keep_their_rates_under_backoff() -> None:

@@ -14,6 +14,7 @@ from gradguard.clip import (
 from gradguard.errors import GradguardError
 from gradguard.guard import Guard
 from gradguard.monitor import Monitor
+from gradguard.policy import PolicyConfig
 from gradguard.report import build_report
 from gradguard.sinks import ConsoleSink, JsonlSink, read_jsonl
 from gradguard.stats import GradStats, measure
@@ -28,6 +29,7 @@ __all__ = [
     "Guard",
     "JsonlSink",
     "Monitor",
+    "PolicyConfig",
     "__version__",
     "build_report",
     "clip_by_global_norm_",
