@@ -400,7 +400,7 @@ class Guard:
         return key, lost, message
 
     def resume(self, step: int | None = None) -> int:
-        """Restore a snapshot completely (RNG included, and guard state from disk), e.g. after a crash.
+        """Restore a snapshot completely (RNG, and guard state from disk), e.g. after a crash.
 
         Args:
             step: key of the snapshot to restore; ``None`` for the newest.

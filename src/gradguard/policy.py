@@ -13,17 +13,17 @@ cool-down:
    is never clipped; a warning opens an *incident* (its first step is remembered so that a
    rollback returns to a state from before it), and while an incident is open, and for a while
    after any escalation, the gradients are clipped to the run's own healthy scale (the median
-   of recent healthy norms; ``fallback_bound`` before there is any).
+   of recent healthy norms; a fraction of the first norm before there is any).
 2. **skip**: a non-finite gradient or loss, a loss ``loss_jump`` times its healthy median or a
    critical loss spike (and, without clipping, a critical gradient spike) skips the step:
    weights, optimizer state and schedule stay untouched.
-3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps, or a growth
-   trend of the gradient norm, scale the learning rate of every parameter group by ``backoff_factor``;
-   ``restore_after`` healthy steps raise it back one rung at a time.
+3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps, a growth trend
+   of the gradient norm or a loss-spike warning scale the learning rate of every parameter group
+   by ``backoff_factor``; ``restore_after`` healthy steps raise it back one rung at a time.
 4. **roll back**: ``consecutive_limit`` faulty steps in a row (the same weights failed on
    different batches, so the weights are bad), a fault after ``max_backoffs`` backoffs in one
-   incident, or a divergence, restore the newest snapshot taken before the incident began, reset
-   the optimizer moments and back off.
+   incident, a divergence, or a loss stuck far above its healthy level, restore the newest
+   snapshot taken before the incident began, reset the optimizer moments and back off.
 5. **abort**: more than ``max_rollbacks`` rollbacks within ``rollback_window`` steps; the guard
    raises :class:`~gradguard.errors.TrainingDivergedError` with :func:`abort_advice`.
 """
