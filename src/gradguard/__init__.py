@@ -4,7 +4,7 @@ Importing gradguard loads torch and nothing heavier: display packages (rich, mat
 tensorboard) and integrations (lightning, transformers) are imported by the modules that use them.
 """
 
-from gradguard import errors, records
+from gradguard import analysis, errors, records, remedies
 from gradguard.clip import (
     Clipper,
     clip_by_global_norm_,
@@ -31,6 +31,7 @@ __all__ = [
     "Monitor",
     "PolicyConfig",
     "__version__",
+    "analysis",
     "build_report",
     "clip_by_global_norm_",
     "clip_by_value_",
@@ -39,4 +40,5 @@ __all__ = [
     "measure",
     "read_jsonl",
     "records",
+    "remedies",
 ]

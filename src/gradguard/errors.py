@@ -18,6 +18,7 @@ __all__ = [
     "SnapshotError",
     "TrainingDivergedError",
     "UnsupportedGradientError",
+    "UnsupportedModelError",
 ]
 
 
@@ -39,6 +40,11 @@ class NoGradientsError(GradguardError, RuntimeError):
 
 class UnsupportedGradientError(GradguardError, TypeError):
     """A gradient's layout, dtype or device combination cannot be handled."""
+
+
+class UnsupportedModelError(GradguardError, TypeError):
+    """A model or module is of a kind an analysis or remedy cannot handle (the message names one
+    that it can)."""
 
 
 class NonFiniteError(GradguardError, FloatingPointError):
