@@ -3,17 +3,18 @@
 One :meth:`Guard.step` after ``loss.backward()``:
 
 1. ``scaler.unscale_`` (with a GradScaler), then :func:`~gradguard.measure` the gradients
-   (device tensors, no host sync);
-2. clip in place on the device (a clamped coefficient, no host branch), queued *before* the sync
-   so the device never waits for the host;
-3. :meth:`Monitor.observe <gradguard.monitor.Monitor.observe>`: the ONE host transfer of the step,
-   then the detectors;
-4. :class:`~gradguard.policy.EscalationPolicy` turns the alerts into a decision: apply the step
-   (clipped or not), skip it, back off the learning rate, roll back to a snapshot, or abort;
-5. ``optimizer.step()`` and ``scheduler.step()`` only when the step is applied; the
-   ``scaler.update()`` always;
-6. every ``snapshot_every`` healthy steps, a snapshot (model, optimizer, scheduler, scaler, RNG,
-   guard and detector state), and a :class:`~gradguard.records.StepRecord` to the sinks.
+   (device tensors, no host sync); a clipper object clips here, before the sync;
+2. :meth:`Monitor.observe <gradguard.monitor.Monitor.observe>`: the ONE host transfer of the step
+   (norms, finiteness, loss), then the detectors;
+3. :class:`~gradguard.policy.EscalationPolicy` turns the observation and the alerts into a
+   decision: apply the step (with a clip bound or not), skip it, back off the learning rate,
+   roll back to a snapshot, or abort;
+4. when applied: clip in place (a device coefficient ``clamp(bound / (norm + eps), max=1)``, no
+   host sync; the multiply is skipped when the transferred norm is clearly under the bound),
+   ``optimizer.step()`` under the backed-off learning rate, ``scheduler.step()``; with a
+   GradScaler, ``scaler.update()`` in every case;
+5. every ``snapshot_every`` healthy steps outside incidents, a snapshot; a
+   :class:`~gradguard.records.StepRecord` to the sinks.
 """
 
 from __future__ import annotations
