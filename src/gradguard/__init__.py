@@ -12,7 +12,9 @@ from gradguard.clip import (
     clip_per_tensor_norm_,
 )
 from gradguard.errors import GradguardError
+from gradguard.guard import Guard
 from gradguard.monitor import Monitor
+from gradguard.policy import PolicyConfig
 from gradguard.report import build_report
 from gradguard.sinks import ConsoleSink, JsonlSink, read_jsonl
 from gradguard.stats import GradStats, measure
@@ -24,8 +26,10 @@ __all__ = [
     "ConsoleSink",
     "GradStats",
     "GradguardError",
+    "Guard",
     "JsonlSink",
     "Monitor",
+    "PolicyConfig",
     "__version__",
     "analysis",
     "build_report",

@@ -15,6 +15,8 @@ __all__ = [
     "MissingDependencyError",
     "NoGradientsError",
     "NonFiniteError",
+    "SnapshotError",
+    "TrainingDivergedError",
     "UnsupportedGradientError",
     "UnsupportedModelError",
 ]
@@ -59,6 +61,22 @@ class LogFormatError(GradguardError, ValueError):
 
 class MissingDependencyError(GradguardError, ImportError):
     """An optional package (a pip extra) is needed for a feature but is not installed."""
+
+
+class TrainingDivergedError(GradguardError, RuntimeError):
+    """The guard spent its rescue budget (rollbacks) and stopped the run; the message says why.
+
+    Attributes:
+        record: the ``StepRecord`` of the aborting step, when the guard raised it.
+    """
+
+    def __init__(self, message: str, record: object = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class SnapshotError(GradguardError, RuntimeError):
+    """A snapshot cannot be written, found or loaded."""
 
 
 def check_positive(name: str, value: float, *, fix: str = "") -> float:

@@ -94,6 +94,7 @@ class Reason(str, enum.Enum):
     LOSS_ABOVE_BOUND = "loss_above_bound"
     PARAM_NORM_GROWTH = "param_norm_growth"
     CULPRIT = "culprit"
+    SCALER_OVERFLOW = "scaler_overflow"
 
 
 _REASON_OF_KIND = {

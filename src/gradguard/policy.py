@@ -1,0 +1,720 @@
+"""The escalation ladder: from what one step looked like to what the guard does about it, and why.
+
+Pure Python on host floats (no torch). The guard hands :meth:`EscalationPolicy.decide` the
+:class:`~gradguard.records.Observation` of the step (the result of its one host transfer) and the
+alerts the detectors raised; the policy answers with a :class:`Decision`: an
+:class:`~gradguard.records.Action` (kind, reason, one sentence) plus what the guard must do,
+including the clip bound for this step.
+
+The ladder, climbed only while trouble keeps coming, each rung guarded by a budget and a
+cool-down:
+
+1. **clip**: finite steps are applied. With the automatic bound (``clip="auto"``) a healthy run
+   is never clipped; a warning opens an *incident* (its first step is remembered so that a
+   rollback returns to a state from before it), and while an incident is open, and for a while
+   after any escalation, the gradients are clipped to the run's own healthy scale (the median
+   of recent healthy norms; a fraction of the first norm before there is any).
+2. **skip**: a non-finite gradient or loss, a loss ``loss_jump`` times its healthy median or a
+   critical loss spike (and, without clipping, a critical gradient spike) skips the step:
+   weights, optimizer state and schedule stay untouched.
+3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps, a growth trend
+   of the gradient norm or a loss-spike warning scale the learning rate of every parameter group
+   by ``backoff_factor``; ``restore_after`` healthy steps raise it back one rung at a time.
+4. **roll back**: ``consecutive_limit`` faulty steps in a row (the same weights failed on
+   different batches, so the weights are bad), a fault after ``max_backoffs`` backoffs in one
+   incident, a divergence, or a loss stuck far above its healthy level, restore the newest
+   snapshot taken before the incident began, reset the optimizer moments and back off.
+5. **abort**: more than ``max_rollbacks`` rollbacks within ``rollback_window`` steps; the guard
+   raises :class:`~gradguard.errors.TrainingDivergedError` with :func:`abort_advice`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeAlias
+
+from gradguard.errors import ConfigError, check_positive
+from gradguard.records import Action, ActionKind, Alert, AlertKind, Observation, Reason, Severity
+
+__all__ = ["ClipMode", "Decision", "EscalationPolicy", "PolicyConfig", "abort_advice"]
+
+ClipMode: TypeAlias = float | Literal["auto", "external"] | None
+"""How the guard clips: a fixed bound, the policy's automatic bound, a clipper object
+(``"external"``: clipped before the policy sees the step) or not at all (``None``)."""
+
+EPS = 1e-6
+"""Added to the norm in the clip coefficient, as ``torch.nn.utils.clip_grad_norm_`` does."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """Budgets, cool-downs and switches of the escalation ladder.
+
+    The defaults aim at "first do no harm": a healthy run is never touched; an isolated bad step
+    is skipped; a burst of them slows the run down; a run whose weights went bad is rolled back;
+    a run that keeps failing after three rollbacks stops with advice instead of burning compute.
+
+    Attributes:
+        skip_nonfinite: skip steps whose gradient or loss is NaN/Inf. Turning this off lets
+            non-finite values reach the weights; it exists for experiments only.
+        skip_spikes: also skip steps with a critical *finite* gradient spike or threshold alert.
+            ``None`` (automatic) means "only when the guard does not clip": with clipping, a
+            finite spike is already tamed and skipping would waste the batch.
+        skip_budget: faulty steps tolerated within ``window`` steps before backing off.
+        window: length, in steps, of the window in which faults are counted.
+        backoff_factor: learning-rate multiplier of one backoff (0 < factor < 1).
+        max_backoffs: backoffs within one incident before the next fault rolls back instead.
+        min_lr_scale: the learning-rate scale never goes below this.
+        restore_after: healthy steps (no alert, no incident) before the scale is raised by one
+            rung (divided by ``backoff_factor``, capped at 1), and for which the automatic clip
+            stays on after an escalation; ``None`` never restores the scale.
+        consecutive_limit: faulty steps in a row that prove the weights themselves are bad
+            (skipping cannot help when the weights do not change), triggering a rollback. Two:
+            the same weights failed on two different batches.
+        max_rollbacks: rollbacks allowed within ``rollback_window`` steps; one more aborts.
+        rollback_window: window, in steps, in which rollbacks are counted.
+        cooldown: steps after a backoff or rollback during which faults are skipped without
+            climbing the ladder, so the remedy has time to show its effect.
+        quiet: steps without any warning that close an incident (not before the protection
+            window of an escalation ends); the guard takes snapshots only outside incidents and
+            after this many quiet steps, and rolls back only to snapshots at least this many
+            steps older than the incident, so no snapshot holds a run already in trouble.
+        reset_moments: reset the optimizer's moments (Adam's m and v, momentum buffers) when
+            rolling back, so the momentum of the failed trajectory does not push it down again.
+        backoff_on_rollback: also back off the learning rate when rolling back, so the run does
+            not walk the same path into the same cliff; the k-th rollback within
+            ``rollback_window`` applies ``backoff_factor`` k times.
+        backoff_on_trend: back off the learning rate on a growth-trend alert (the gradient norm
+            grows geometrically) or a loss-spike warning (the loss jumped tenfold): the step
+            size is past the stability limit, and clipping alone leaves the run oscillating at
+            the edge; once per ``cooldown``, at most ``max_backoffs`` times per incident.
+        max_scaler_overflows: with a GradScaler, a non-finite gradient under a finite loss is
+            the scaler's overflow, which it fixes itself by lowering its scale: such steps are
+            skipped without climbing the ladder, up to this many in a row.
+        restart_fraction: while fewer than ``min_history`` healthy norms exist (the run went
+            wrong in its first steps), the automatic bound is this fraction of the first finite
+            norm of the run: that scale proved too large to take, and cutting the step by about
+            two orders of magnitude (1/50) restarts runs whose first norms range from 1 to 1e3.
+        fallback_bound: the automatic bound when not even one finite norm was seen; 1.0 is the
+            usual global-norm bound of the literature.
+        baseline: how many recent healthy steps form the baselines (norm and loss medians).
+        min_history: healthy norms needed before their median replaces ``fallback_bound``.
+        loss_jump: during the first ``baseline`` steps, while the detectors warm up, a finite
+            loss this many times the median of the healthy losses so far is a fault (skipped).
+            Later the detectors' loss-spike rule, calibrated on a robust spread, takes over:
+            heavy-tailed healthy runs reach 10-1000x now and then.
+        stuck_after: an incident that has lasted this many steps since it began (or since the
+            last escalation) while the loss is ``stuck_ratio`` times its healthy median is a
+            divergence: clipping and backoffs kept the run finite but not on track, so it rolls
+            back. ``None`` never does.
+        stuck_ratio: see ``stuck_after``.
+    """
+
+    skip_nonfinite: bool = True
+    skip_spikes: bool | None = None
+    skip_budget: int = 3
+    window: int = 100
+    backoff_factor: float = 0.5
+    max_backoffs: int = 2
+    min_lr_scale: float = 2.0**-10
+    restore_after: int | None = 100
+    consecutive_limit: int = 2
+    max_rollbacks: int = 3
+    rollback_window: int = 1000
+    cooldown: int = 10
+    quiet: int = 20
+    reset_moments: bool = True
+    backoff_on_rollback: bool = True
+    backoff_on_trend: bool = True
+    max_scaler_overflows: int = 20
+    fallback_bound: float = 1.0
+    restart_fraction: float = 0.02
+    baseline: int = 32
+    min_history: int = 5
+    loss_jump: float = 100.0
+    stuck_after: int | None = 10
+    stuck_ratio: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "skip_budget",
+            "max_backoffs",
+            "max_rollbacks",
+            "cooldown",
+            "quiet",
+            "max_scaler_overflows",
+        ):
+            _check_int(name, getattr(self, name), minimum=0)
+        for name in ("window", "consecutive_limit", "rollback_window", "baseline", "min_history"):
+            _check_int(name, getattr(self, name), minimum=1)
+        if self.restore_after is not None:
+            _check_int("restore_after", self.restore_after, minimum=1)
+        if self.stuck_after is not None:
+            _check_int("stuck_after", self.stuck_after, minimum=1)
+        if not self.stuck_ratio > 1.0:
+            raise ConfigError(f"stuck_ratio must be a number > 1, got {self.stuck_ratio!r}.")
+        if not 0.0 < self.backoff_factor < 1.0:
+            raise ConfigError(
+                f"backoff_factor must lie strictly between 0 and 1, got {self.backoff_factor!r}. "
+                "Use 0.5 to halve the learning rate at each backoff."
+            )
+        if not 0.0 < self.min_lr_scale <= 1.0:
+            raise ConfigError(
+                f"min_lr_scale must lie in (0, 1], got {self.min_lr_scale!r}. The default "
+                "2**-10 lets ten backoffs happen before the scale stops shrinking."
+            )
+        check_positive("fallback_bound", self.fallback_bound, fix="1.0 is the usual bound.")
+        if not 0.0 < self.restart_fraction <= 1.0:
+            raise ConfigError(
+                f"restart_fraction must lie in (0, 1], got {self.restart_fraction!r}. The "
+                "default 0.02 restarts at 1/50 of the first gradient norm."
+            )
+        if not self.loss_jump > 1.0 or math.isnan(self.loss_jump):
+            raise ConfigError(
+                f"loss_jump must be a number > 1 (or inf to disable), got {self.loss_jump!r}."
+            )
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"{name} must be an integer >= {minimum}, got {value!r}. See PolicyConfig for what "
+            "each budget means; the defaults suit most runs."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What the guard must do at one step, with the action it records.
+
+    Attributes:
+        action: kind, reason and the one-sentence explanation.
+        apply: whether the optimizer step is applied to the weights.
+        lr_scale: multiplier of every parameter group's learning rate from now on.
+        clip_bound: bound on the global gradient norm for this step (``None``: do not clip).
+        clip_coef: the coefficient that bound gives, computed from the transferred norm.
+        rollback_before: for a rollback, restore the newest snapshot taken before this step.
+        reset_moments: whether to reset the optimizer's moments (after restoring, if rolling back).
+    """
+
+    action: Action
+    apply: bool
+    lr_scale: float = 1.0
+    clip_bound: float | None = None
+    clip_coef: float = 1.0
+    rollback_before: int | None = None
+    reset_moments: bool = False
+
+
+_FAULT_KINDS = {
+    AlertKind.NONFINITE_GRAD: Reason.NONFINITE_GRAD,
+    AlertKind.NONFINITE_LOSS: Reason.NONFINITE_LOSS,
+    AlertKind.LOSS_SPIKE: Reason.LOSS_SPIKE,
+    AlertKind.LOSS_THRESHOLD: Reason.DIVERGENCE,
+}
+_SPIKE_KINDS = {
+    AlertKind.GRAD_NORM_SPIKE: Reason.SPIKE,
+    AlertKind.GRAD_NORM_THRESHOLD: Reason.NORM_ABOVE_BOUND,
+}
+_WARNING_REASONS = {
+    **_FAULT_KINDS,
+    **_SPIKE_KINDS,
+    AlertKind.GROWTH_TREND: Reason.GROWTH_TREND,
+    AlertKind.PARAM_NORM_GROWTH: Reason.GROWTH_TREND,
+}
+
+
+_UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE)
+"""Alerts that say the step size is past the stability limit: the learning rate backs off."""
+
+
+@dataclasses.dataclass
+class _State:
+    incident_start: int | None = None
+    last_alert: int | None = None
+    faults: list[int] = dataclasses.field(default_factory=list)
+    consecutive: int = 0
+    backoffs_in_incident: int = 0
+    rollbacks: list[int] = dataclasses.field(default_factory=list)
+    cooldown_until: int = -1
+    protect_until: int = -1
+    last_escalation: int = -1
+    lr_scale: float = 1.0
+    healthy_streak: int = 0
+    overflow_streak: int = 0
+    norms: list[float] = dataclasses.field(default_factory=list)
+    losses: list[float] = dataclasses.field(default_factory=list)
+    first_norm: float | None = None
+    last_step: int | None = None
+    history: list[str] = dataclasses.field(default_factory=list)
+
+
+class EscalationPolicy:
+    """Turn alerts into actions along the clip → skip → backoff → rollback → abort ladder.
+
+    Stateful but pure: all its state is host numbers behind :meth:`state_dict`, so a resumed run
+    continues mid-incident with the same budgets spent and the same baselines.
+
+    Args:
+        config: budgets and switches; ``None`` uses :class:`PolicyConfig` defaults.
+        clip: a float is a fixed global-norm bound; ``"auto"`` lets the policy choose the bound
+            (none on healthy steps, the healthy scale during incidents); ``"external"`` means a
+            clipper object clips before the policy decides; ``None`` means no clipping.
+
+    Raises:
+        ConfigError: ``config`` or ``clip`` is not one of those.
+    """
+
+    def __init__(self, config: PolicyConfig | None = None, *, clip: ClipMode = "auto") -> None:
+        self.config = config if config is not None else PolicyConfig()
+        if not isinstance(self.config, PolicyConfig):
+            raise ConfigError(
+                f"config must be a PolicyConfig, got {type(self.config).__name__} "
+                f"{self.config!r:.80}. Build one with gradguard.PolicyConfig(skip_budget=...)."
+            )
+        if isinstance(clip, (int, float)) and not isinstance(clip, bool):
+            self.clip: ClipMode = check_positive(
+                "clip", clip, fix="Pass the max global norm, 'auto' or None."
+            )
+        elif clip in ("auto", "external", None):
+            self.clip = clip
+        else:
+            raise ConfigError(
+                f"clip must be a positive number, 'auto', 'external' or None, got {clip!r}."
+            )
+        skip_spikes = self.config.skip_spikes
+        self._skip_spikes = (clip is None) if skip_spikes is None else skip_spikes
+        self._s = _State()
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def lr_scale(self) -> float:
+        """Current multiplier of every parameter group's learning rate."""
+        return self._s.lr_scale
+
+    @property
+    def incident_start(self) -> int | None:
+        """Step of the first alert of the open incident, or ``None`` when the run is quiet."""
+        return self._s.incident_start
+
+    def quiet_steps(self, step: int) -> int:
+        """Steps from the last warning to ``step``; ``sys.maxsize`` when there was none yet."""
+        last = self._s.last_alert
+        return sys.maxsize if last is None else step - last
+
+    def protected(self, step: int) -> bool:
+        """Whether ``step`` falls in an incident or in the protection window after an escalation."""
+        return self._s.incident_start is not None or step < self._s.protect_until
+
+    def healthy_norm(self) -> float | None:
+        """Median of the recent healthy gradient norms, or ``None`` before enough were seen."""
+        norms = self._s.norms
+        return statistics.median(norms) if len(norms) >= self.config.min_history else None
+
+    def history(self) -> list[str]:
+        """The messages of the last escalations (skips excluded), oldest first; for the abort."""
+        return list(self._s.history)
+
+    # ---------------------------------------------------------------- the decision
+    def decide(
+        self,
+        observation: Observation,
+        alerts: Sequence[Alert] = (),
+        *,
+        can_rollback: bool = True,
+        scaler_overflow: bool = False,
+    ) -> Decision:
+        """Choose what to do with the optimizer step described by ``observation``.
+
+        Args:
+            observation: the host values of this step (norm, finiteness, loss).
+            alerts: the alerts the detectors raised at this step.
+            can_rollback: whether a snapshot exists to roll back to; when not, the rollback rung
+                resets the optimizer state and backs off instead.
+            scaler_overflow: the guard's GradScaler found non-finite gradients under a finite
+                loss (its own overflow, see ``max_scaler_overflows``).
+
+        Returns:
+            The :class:`Decision`; every field is a host value.
+        """
+        s, cfg, t = self._s, self.config, observation.step
+        s.last_step = t
+        if s.first_norm is None and observation.finite and observation.total_norm > 0.0:
+            s.first_norm = observation.total_norm
+        s.overflow_streak = s.overflow_streak + 1 if scaler_overflow else 0
+        if scaler_overflow and s.overflow_streak <= cfg.max_scaler_overflows:
+            message = (
+                f"The GradScaler's scale overflowed (gradient norm {observation.total_norm!r} "
+                f"under a finite loss, {s.overflow_streak} in a row): step skipped and the scale "
+                "lowered by the scaler, not counted as a fault."
+            )
+            action = Action(ActionKind.SKIP, Reason.SCALER_OVERFLOW, message)
+            return Decision(action, apply=False, lr_scale=s.lr_scale)
+        fault, warn, trend, culprits = self._classify(observation, alerts)
+        if fault is None and self._loss_jumped(observation):
+            fault = Reason.LOSS_SPIKE
+        if fault is not None or warn is not None:
+            if s.incident_start is None:
+                s.incident_start = t
+            s.last_alert = t
+        elif (
+            s.incident_start is not None
+            and s.last_alert is not None
+            and t - s.last_alert >= cfg.quiet
+            and t >= s.protect_until
+        ):
+            s.incident_start = None
+            s.backoffs_in_incident = 0
+
+        if fault is None and self._stuck(observation):
+            what = (
+                f"Loss {observation.loss:.4g} at least {cfg.stuck_ratio:g}x its healthy median "
+                f"{cfg.stuck_after} or more steps into the incident"
+            )
+            why = "clipping and backoffs kept the run finite but not on track"
+            return self._rollback(t, Reason.DIVERGENCE, what, why, can_rollback)
+        if fault is None:
+            return self._proceed(observation, warn, trend, culprits)
+
+        s.consecutive += 1
+        s.healthy_streak = 0
+        s.faults = [f for f in s.faults if f > t - cfg.window] + [t]
+        s.rollbacks = [r for r in s.rollbacks if r > t - cfg.rollback_window]
+        what = self._describe_fault(fault, observation, culprits)
+        if s.consecutive >= cfg.consecutive_limit:
+            why = f"{s.consecutive} faulty steps in a row show the weights themselves are bad"
+            return self._rollback(t, Reason.REPEATED_FAULTS, what, why, can_rollback)
+        if fault is Reason.DIVERGENCE:
+            why = "the loss has diverged from its healthy level"
+            return self._rollback(t, Reason.DIVERGENCE, what, why, can_rollback)
+        if len(s.faults) > cfg.skip_budget and t >= s.cooldown_until:
+            count = f"{len(s.faults)} faulty steps within {cfg.window} steps"
+            if s.backoffs_in_incident >= cfg.max_backoffs:
+                why = f"{count} after {s.backoffs_in_incident} backoffs in this incident"
+                return self._rollback(t, Reason.REPEATED_FAULTS, what, why, can_rollback)
+            return self._backoff(t, fault, f"{what}, and {count}", apply=False)
+        left = max(cfg.skip_budget - len(s.faults), 0)
+        note = (
+            f"cooling down until step {s.cooldown_until}"
+            if t < s.cooldown_until
+            else f"{left} more within {cfg.window} steps before the learning rate is backed off"
+        )
+        message = f"{what}: step skipped, weights and optimizer state untouched ({note})."
+        return Decision(Action(ActionKind.SKIP, fault, message), apply=False, lr_scale=s.lr_scale)
+
+    def _classify(
+        self, obs: Observation, alerts: Sequence[Alert]
+    ) -> tuple[Reason | None, Reason | None, bool, tuple[str, ...]]:
+        fault: Reason | None = None
+        warn: Reason | None = None
+        trend = False
+        culprits: tuple[str, ...] = tuple(name for name, _ in obs.top[:1])
+        if self.config.skip_nonfinite:
+            if not obs.loss_finite:
+                fault = Reason.NONFINITE_LOSS
+            elif not obs.finite or not math.isfinite(obs.total_norm):
+                fault = Reason.NONFINITE_GRAD
+        for alert in alerts:
+            if alert.severity is Severity.INFO:
+                continue
+            if alert.culprits and not culprits:
+                culprits = alert.culprits[:1]
+            reason = _WARNING_REASONS.get(alert.kind)
+            if reason is None:
+                continue
+            critical = alert.severity is Severity.CRITICAL
+            is_fault = alert.kind in _FAULT_KINDS or (
+                alert.kind in _SPIKE_KINDS and self._skip_spikes
+            )
+            if alert.kind in (AlertKind.NONFINITE_GRAD, AlertKind.NONFINITE_LOSS):
+                is_fault = self.config.skip_nonfinite
+            if critical and is_fault:
+                fault = fault or reason
+            else:
+                warn = warn or reason
+            trend = trend or alert.kind in _UNSTABLE_KINDS
+        return fault, warn, trend, culprits
+
+    def _loss_jumped(self, obs: Observation) -> bool:
+        losses, loss = self._s.losses, obs.loss
+        if obs.step >= self.config.baseline or not losses:
+            return False  # from then on the detectors' calibrated loss-spike rule decides
+        if loss is None or not math.isfinite(loss) or loss <= 0.0:
+            return False
+        typical = statistics.median(losses)
+        return typical > 0.0 and loss >= self.config.loss_jump * typical
+
+    def _stuck(self, obs: Observation) -> bool:
+        s, cfg = self._s, self.config
+        if cfg.stuck_after is None or not s.losses or s.incident_start is None:
+            return False
+        since = max(s.incident_start, s.last_escalation)
+        loss = obs.loss
+        if obs.step - since < cfg.stuck_after or loss is None or not math.isfinite(loss):
+            return False
+        typical = statistics.median(s.losses)
+        return typical > 0.0 and loss >= cfg.stuck_ratio * typical
+
+    def _bound(self, protected: bool) -> float | None:
+        if isinstance(self.clip, float):
+            return self.clip
+        if self.clip != "auto" or not protected:
+            return None
+        typical = self.healthy_norm()
+        if typical is not None:
+            return typical
+        first = self._s.first_norm
+        if first is not None:
+            return first * self.config.restart_fraction
+        return self.config.fallback_bound
+
+    def _proceed(
+        self, obs: Observation, warn: Reason | None, trend: bool, culprits: tuple[str, ...]
+    ) -> Decision:
+        s, cfg, t = self._s, self.config, obs.step
+        s.consecutive = 0
+        protected = self.protected(t)
+        bound = self._bound(protected)
+        coef = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
+        clipped = bound is not None and obs.total_norm > bound
+        kind = ActionKind.CLIP if clipped else ActionKind.PROCEED
+        done = (
+            f"gradients scaled by {coef:.3g} (bound {bound:.3g}) and the step applied"
+            if clipped and bound is not None
+            else "step applied"
+        )
+
+        def decision(action: Action) -> Decision:
+            return Decision(action, True, s.lr_scale, bound, coef)
+
+        if (
+            trend
+            and cfg.backoff_on_trend
+            and t >= s.cooldown_until
+            and s.backoffs_in_incident < cfg.max_backoffs
+        ):
+            what = (
+                f"Growth trend of the gradient norm ({obs.total_norm:.3g})"
+                if warn is Reason.GROWTH_TREND
+                else f"Unstable step ({(warn or Reason.LOSS_SPIKE).value.replace('_', ' ')}, "
+                f"loss {obs.loss!r}, gradient norm {obs.total_norm:.3g})"
+            )
+            return self._backoff(
+                t,
+                warn or Reason.GROWTH_TREND,
+                what,
+                apply=True,
+                bound=bound,
+                coef=coef,
+            )
+        if warn is not None:
+            where = f" in {culprits[0]}" if culprits else ""
+            message = (
+                f"Warning ({warn.value.replace('_', ' ')}{where}, gradient norm "
+                f"{obs.total_norm:.3g}) noted: {done}; the incident began at step "
+                f"{s.incident_start}."
+            )
+            return decision(Action(kind, warn, message))
+        s.healthy_streak += 1
+        if not protected:
+            s.norms = [*s.norms[-(cfg.baseline - 1) :], obs.total_norm]
+            if obs.loss is not None and math.isfinite(obs.loss):
+                s.losses = [*s.losses[-(cfg.baseline - 1) :], obs.loss]
+        if (
+            s.lr_scale < 1.0
+            and cfg.restore_after is not None
+            and s.healthy_streak >= cfg.restore_after
+            and not protected
+        ):
+            old = s.lr_scale
+            s.lr_scale = min(1.0, old / cfg.backoff_factor)
+            s.healthy_streak = 0
+            message = (
+                f"{cfg.restore_after} healthy steps since the last trouble: learning-rate scale "
+                f"raised from {old:.3g} to {s.lr_scale:.3g}, {done}."
+            )
+            self._remember(message)
+            return decision(Action(kind, Reason.RECOVERED, message))
+        if kind is ActionKind.CLIP:
+            why = "recovering from an incident" if protected else "above the bound"
+            message = f"Gradient norm {obs.total_norm:.3g} while {why}: {done}."
+            if not protected:
+                message = f"Gradient norm {obs.total_norm:.3g} is above the bound: {done}."
+            return decision(Action(kind, Reason.NORM_ABOVE_BOUND, message))
+        message = f"Gradient norm {obs.total_norm:.3g} is within bounds: step applied."
+        return decision(Action(kind, Reason.HEALTHY, message))
+
+    def _escalated(self, t: int) -> None:
+        s, cfg = self._s, self.config
+        s.cooldown_until = t + cfg.cooldown
+        s.protect_until = t + (cfg.restore_after if cfg.restore_after is not None else cfg.quiet)
+        s.healthy_streak = 0
+        s.last_escalation = t
+
+    def _backoff(
+        self,
+        t: int,
+        reason: Reason,
+        what: str,
+        *,
+        apply: bool,
+        bound: float | None = None,
+        coef: float = 1.0,
+    ) -> Decision:
+        s, cfg = self._s, self.config
+        old = s.lr_scale
+        s.lr_scale = max(old * cfg.backoff_factor, cfg.min_lr_scale)
+        s.backoffs_in_incident += 1
+        if not apply:
+            s.faults = []
+        self._escalated(t)
+        done = (
+            "step applied" + (f" with gradients scaled by {coef:.3g}" if coef < 1.0 - 1e-5 else "")
+            if apply
+            else "step skipped"
+        )
+        message = (
+            f"{what}: {done} and the learning rate of every parameter group scaled from "
+            f"{old:.3g} to {s.lr_scale:.3g} of its schedule (backoff {s.backoffs_in_incident} of "
+            f"{cfg.max_backoffs} in this incident)."
+        )
+        self._remember(message)
+        action = Action(ActionKind.BACKOFF, reason, message)
+        return Decision(action, apply, s.lr_scale, bound if apply else None, coef)
+
+    def _rollback(
+        self, t: int, reason: Reason, what: str, why: str, can_rollback: bool
+    ) -> Decision:
+        s, cfg = self._s, self.config
+        if len(s.rollbacks) >= cfg.max_rollbacks:
+            message = (
+                f"{what}, and {why}, after {len(s.rollbacks)} rollbacks within "
+                f"{cfg.rollback_window} steps: the rescue budget is spent, aborting the run."
+            )
+            self._remember(message)
+            action = Action(ActionKind.ABORT, Reason.BUDGET_EXHAUSTED, message)
+            return Decision(action, apply=False, lr_scale=s.lr_scale)
+        old = s.lr_scale
+        if cfg.backoff_on_rollback:
+            # The k-th rollback in the window backs off k times: a rate 100x too high is found
+            # in three rollbacks (x1/64) instead of seven.
+            factor = cfg.backoff_factor ** (len(s.rollbacks) + 1)
+            s.lr_scale = max(old * factor, cfg.min_lr_scale)
+        s.rollbacks.append(t)
+        s.faults = []
+        s.consecutive = 0
+        s.backoffs_in_incident = 0
+        self._escalated(t)
+        before = s.incident_start if s.incident_start is not None else t
+        rate = f"learning-rate scale {old:.3g} -> {s.lr_scale:.3g}"
+        if can_rollback:
+            moments = ", optimizer moments reset" if cfg.reset_moments else ""
+            message = (
+                f"{what}, and {why}: rolling back to the newest snapshot from before step "
+                f"{before}{moments} and {rate}."
+            )
+            self._remember(message)
+            return Decision(
+                Action(ActionKind.ROLLBACK, reason, message),
+                apply=False,
+                lr_scale=s.lr_scale,
+                rollback_before=before,
+                reset_moments=cfg.reset_moments,
+            )
+        message = (
+            f"{what}, and {why}, but no snapshot exists to roll back to: step skipped, optimizer "
+            f"state reset and {rate}."
+        )
+        self._remember(message)
+        action = Action(ActionKind.RESET_OPTIMIZER_STATE, reason, message)
+        return Decision(action, apply=False, lr_scale=s.lr_scale, reset_moments=True)
+
+    def _remember(self, message: str) -> None:
+        self._s.history = [*self._s.history[-7:], message]
+
+    def _describe_fault(self, reason: Reason, obs: Observation, culprits: tuple[str, ...]) -> str:
+        where = f" (largest in {culprits[0]})" if culprits else ""
+        if reason is Reason.NONFINITE_LOSS:
+            return f"Non-finite loss {obs.loss!r}"
+        if reason is Reason.NONFINITE_GRAD:
+            return f"Non-finite gradient norm {obs.total_norm!r}{where}"
+        if reason is Reason.LOSS_SPIKE:
+            typical = statistics.median(self._s.losses) if self._s.losses else math.nan
+            return f"Loss spike to {obs.loss:.4g} (healthy median {typical:.3g})"
+        if reason is Reason.DIVERGENCE:
+            return f"Loss {obs.loss!r} beyond its divergence threshold"
+        kind = reason.value.replace("_", " ")
+        return f"Critical gradient {kind} at norm {obs.total_norm:.3g}{where}"
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """All mutable state as plain Python values (ints, floats, lists, ``None``)."""
+        out = dataclasses.asdict(self._s)
+        out["skip_spikes"] = self._skip_spikes
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the state saved by :meth:`state_dict`.
+
+        Raises:
+            ConfigError: ``state`` lacks a field or was not produced by :meth:`state_dict`.
+        """
+        names = [f.name for f in dataclasses.fields(_State)]
+        missing = [n for n in names if n not in state]
+        if missing:
+            raise ConfigError(
+                f"policy state is missing {missing!r}; pass what EscalationPolicy.state_dict() "
+                "returned."
+            )
+        fresh = _State(**{n: state[n] for n in names})
+        fresh.faults = [int(f) for f in fresh.faults]
+        fresh.rollbacks = [int(r) for r in fresh.rollbacks]
+        fresh.norms = [float(v) for v in fresh.norms]
+        fresh.losses = [float(v) for v in fresh.losses]
+        fresh.history = [str(h) for h in fresh.history]
+        fresh.lr_scale = float(fresh.lr_scale)
+        fresh.first_norm = None if fresh.first_norm is None else float(fresh.first_norm)
+        self._s = fresh
+        if "skip_spikes" in state:
+            self._skip_spikes = bool(state["skip_spikes"])
+
+
+def abort_advice(
+    history: Sequence[str], *, lr: float | None = None, culprits: Sequence[str] = ()
+) -> str:
+    """The text of the abort error: what happened, then what to try, most effective first.
+
+    Args:
+        history: the last escalation messages (``EscalationPolicy.history()``).
+        lr: the learning rate of the first parameter group, echoed in the advice.
+        culprits: names of the tensors with the largest gradients at the end.
+
+    Returns:
+        A multi-line message for :class:`~gradguard.errors.TrainingDivergedError`.
+
+    References:
+        Pascanu, Mikolov, Bengio (2013), On the difficulty of training recurrent neural networks
+        (clipping, the spectral-radius condition); Saxe, McClelland, Ganguli (2014), Exact
+        solutions to the nonlinear dynamics of learning in deep linear networks (orthogonal init);
+        Miyato et al. (2018), Spectral normalization for generative adversarial networks.
+    """
+    lines = ["gradguard stopped the run: it kept failing after every rescue it is allowed."]
+    lines += [f"  - {h}" for h in history[-4:]]
+    where = f" (largest gradients in {', '.join(culprits[:3])})" if culprits else ""
+    lr_text = f"{lr:.3g}" if lr is not None else "the learning rate"
+    lines += [
+        f"What to try{where}:",
+        f"  1. lower the learning rate: {lr_text} -> ten times smaller, with a warm-up;",
+        "  2. clip gradients tighter: Guard(clip=0.5) or an adaptive clipper;",
+        "  3. initialise recurrent and deep weights orthogonally (nn.init.orthogonal_) so their "
+        "spectral radius starts near 1 (gradguard.remedies.init_for_stability);",
+        "  4. bound the recurrent weights with spectral norm (torch.nn.utils.parametrizations."
+        "spectral_norm);",
+        "  5. for RNNs, truncate backpropagation through time to shorter segments (detach the "
+        "hidden state every k steps).",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""Snapshot stores: copies not references, bounded, atomic on disk, crash-safe under SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gradguard.errors import ConfigError, SnapshotError
+from gradguard.recover import DiskSnapshotStore, MemorySnapshotStore, SnapshotStore, cpu_copy
+
+
+def _state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, object]:
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "note": ("a", 1, None)}
+
+
+def _trained() -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(8, 3)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_cpu_copy_clones_every_tensor() -> None:
+    t = torch.ones(3)
+    copied = cpu_copy({"a": [t, (t, 2)], "b": "x"})
+    t.add_(1)
+    assert copied["a"][0].tolist() == [1.0, 1.0, 1.0]
+    assert copied["a"][1][0].tolist() == [1.0, 1.0, 1.0] and copied["a"][1][1] == 2
+    assert copied["b"] == "x"
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_store_round_trip_is_a_copy_and_restores_exactly(kind: str, tmp_path: Path) -> None:
+    store: SnapshotStore = (
+        MemorySnapshotStore(keep=2) if kind == "memory" else DiskSnapshotStore(tmp_path, keep=2)
+    )
+    assert isinstance(store, SnapshotStore)
+    model, opt = _trained()
+    store.save(5, _state(model, opt))
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = opt.state_dict()["state"][0]["exp_avg"].clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    model(torch.randn(8, 3)).sum().backward()
+    opt.step()  # the live state moves on; the snapshot must not
+    loaded = store.load(5)
+    model.load_state_dict(loaded["model"])
+    opt.load_state_dict(loaded["optimizer"])
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+    torch.testing.assert_close(opt.state_dict()["state"][0]["exp_avg"], moments, rtol=0, atol=0)
+    assert loaded["note"] in (("a", 1, None), ["a", 1, None])
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_keep_bounds_the_store_and_discard_after_drops_the_future(
+    kind: str, tmp_path: Path
+) -> None:
+    store: SnapshotStore = (
+        MemorySnapshotStore(keep=3) if kind == "memory" else DiskSnapshotStore(tmp_path, keep=3)
+    )
+    for step in (0, 10, 20, 30, 40):
+        store.save(step, {"w": torch.full((2,), float(step))})
+    assert store.steps() == [20, 30, 40]
+    assert store.load(30)["w"].tolist() == [30.0, 30.0]
+    store.discard_after(25)
+    assert store.steps() == [20]
+    with pytest.raises(SnapshotError, match="30"):
+        store.load(30)
+
+
+def test_disk_store_picks_up_existing_files_and_removes_stale_temporaries(tmp_path: Path) -> None:
+    DiskSnapshotStore(tmp_path).save(7, {"w": torch.ones(1)})
+    stale = tmp_path / ".snapshot-000000000008.pt.tmp-123"
+    stale.write_bytes(b"half a snapshot")
+    (tmp_path / "notes.txt").write_text("kept")
+    store = DiskSnapshotStore(tmp_path)
+    assert store.steps() == [7] and not stale.exists() and (tmp_path / "notes.txt").exists()
+
+
+def test_disk_store_loads_with_weights_only(tmp_path: Path) -> None:
+    # A file that needs arbitrary code to unpickle is refused, not executed.
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("pwned",))
+
+    store = DiskSnapshotStore(tmp_path)
+    torch.save({"x": Evil()}, store.path(3))
+    with pytest.raises(SnapshotError, match="cannot load"):
+        store.load(3)
+
+
+def test_disk_store_reports_unwritable_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SnapshotError, match="snapshot_dir"):
+        DiskSnapshotStore(blocker / "sub")
+
+
+@pytest.mark.parametrize("keep", [0, -1, 1.5, True])
+def test_bad_keep_is_rejected(keep: object) -> None:
+    with pytest.raises(ConfigError, match="keep"):
+        MemorySnapshotStore(keep=keep)  # type: ignore[arg-type]
+
+
+def _write_forever(directory: Path, payload: torch.Tensor) -> None:
+    """Child process: write ever newer 4 MB snapshots until killed.
+
+    It runs no torch kernel (OpenMP is not fork-safe), only serialisation and file writes.
+    """
+    store = DiskSnapshotStore(directory, keep=2)
+    step = 1
+    while True:
+        store.save(step, {"step": step, "w": payload})
+        step += 1
+
+
+def test_sigkill_while_writing_leaves_the_previous_snapshot_loadable(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    mid_write = 0
+    payload = torch.arange(1_000_000, dtype=torch.float32)
+    for repeat in range(12):
+        directory = tmp_path / f"run{repeat}"
+        DiskSnapshotStore(directory).save(0, {"step": 0, "w": payload})
+        with warnings.catch_warnings():  # Python >= 3.12 warns about fork with threads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                _write_forever(directory, payload)
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0.005, 0.08))
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        mid_write += any(p.name.startswith(".snapshot-") for p in directory.iterdir())
+        store = DiskSnapshotStore(directory, keep=2)
+        steps = store.steps()
+        assert steps, "no snapshot survived the kill"
+        for step in steps:  # every visible snapshot is complete
+            loaded = store.load(step)
+            assert loaded["step"] == step
+            assert torch.equal(loaded["w"], payload)
+        assert not any(p.name.startswith(".snapshot-") for p in directory.iterdir())
+    assert mid_write >= 3, f"only {mid_write} of 12 kills hit a write in progress"

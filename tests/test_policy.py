@@ -1,0 +1,393 @@
+"""The escalation ladder: each rung, its budget and cool-down, restore, abort, state round-trip."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gradguard.errors import ConfigError
+from gradguard.policy import Decision, EscalationPolicy, PolicyConfig, abort_advice
+from gradguard.records import ActionKind, Alert, AlertKind, Observation, Reason, Severity
+
+
+def _obs(step: int, norm: float = 1.0, loss: float | None = 1.0) -> Observation:
+    return Observation(
+        step=step,
+        loss=loss,
+        total_norm=norm,
+        finite=math.isfinite(norm),
+        top=(("rnn.weight_hh", norm),),
+        num_tensors=3,
+    )
+
+
+def _alert(step: int, kind: AlertKind, severity: Severity = Severity.CRITICAL) -> Alert:
+    return Alert(step=step, severity=severity, kind=kind, message="seen", culprits=("w",))
+
+
+def _run(policy: EscalationPolicy, start: int, stop: int) -> list[Decision]:
+    return [policy.decide(_obs(t)) for t in range(start, stop)]
+
+
+def _one_sentence(message: str) -> bool:
+    return message.endswith(".") and not re.search(r"[.!?]\s+[A-Z]", message)
+
+
+def test_healthy_and_clipped_steps_are_applied_with_a_fixed_bound() -> None:
+    policy = EscalationPolicy(clip=1.0)
+    healthy = policy.decide(_obs(0, norm=0.5))
+    assert (healthy.action.kind, healthy.action.reason, healthy.apply) == (
+        ActionKind.PROCEED,
+        Reason.HEALTHY,
+        True,
+    )
+    assert healthy.clip_bound == 1.0 and healthy.clip_coef == 1.0
+    clipped = policy.decide(_obs(1, norm=4.0))
+    assert (clipped.action.kind, clipped.action.reason, clipped.apply) == (
+        ActionKind.CLIP,
+        Reason.NORM_ABOVE_BOUND,
+        True,
+    )
+    assert clipped.clip_coef == pytest.approx(1.0 / (4.0 + 1e-6))
+    assert "0.25" in clipped.action.message
+    assert policy.lr_scale == 1.0 and policy.incident_start is None
+
+
+def test_auto_bound_leaves_healthy_steps_alone_and_clips_to_the_healthy_scale_in_incidents() -> (
+    None
+):
+    policy = EscalationPolicy()  # clip="auto"
+    for t, norm in enumerate([2.0, 4.0, 3.0, 5.0, 1.0, 300.0]):
+        d = policy.decide(_obs(t, norm=norm))
+        assert d.apply and d.clip_bound is None and d.action.kind is ActionKind.PROCEED
+    assert policy.healthy_norm() == 3.5  # median of the six healthy norms
+    skipped = policy.decide(_obs(6, norm=math.nan))
+    assert skipped.action.kind is ActionKind.SKIP and policy.protected(7)
+    clipped = policy.decide(_obs(7, norm=35.0))
+    assert clipped.action.kind is ActionKind.CLIP and clipped.clip_bound == 3.5
+    assert clipped.clip_coef == pytest.approx(0.1, rel=1e-6)
+    # Steps inside an incident do not move the baseline.
+    assert policy.healthy_norm() == 3.5
+
+
+def test_auto_bound_restarts_at_a_fraction_of_the_first_norm_without_history() -> None:
+    policy = EscalationPolicy(PolicyConfig(restart_fraction=0.25))
+    policy.decide(_obs(0, norm=math.inf))  # non-finite: not a scale
+    policy.decide(_obs(1, norm=math.nan))
+    d = policy.decide(_obs(2, norm=8.0))
+    assert d.clip_bound == 2.0 and d.clip_coef == pytest.approx(0.25, rel=1e-6)
+
+
+def test_a_loss_jump_is_a_fault_even_before_the_detectors_warm_up() -> None:
+    policy = EscalationPolicy(PolicyConfig(loss_jump=100.0))
+    policy.decide(_obs(0, loss=0.5))
+    assert policy.decide(_obs(1, loss=49.0)).apply  # 98x: below the jump ratio
+    jump = policy.decide(_obs(2, loss=2480.0))  # 100x the median 24.75
+    assert jump.action.kind is ActionKind.SKIP and jump.action.reason is Reason.LOSS_SPIKE
+    assert "2480" in jump.action.message
+    again = policy.decide(_obs(3, loss=2500.0))
+    assert again.action.kind is ActionKind.ROLLBACK and again.rollback_before == 2
+
+
+def test_critical_growth_trend_backs_off_and_applies_the_step() -> None:
+    policy = EscalationPolicy(PolicyConfig(cooldown=5, max_backoffs=2))
+    _run(policy, 0, 10)
+    trend = [_alert(10, AlertKind.GROWTH_TREND)]
+    first = policy.decide(_obs(10, norm=9.0), trend)
+    assert first.action.kind is ActionKind.BACKOFF and first.apply and first.lr_scale == 0.5
+    assert first.action.reason is Reason.GROWTH_TREND and first.clip_bound == 1.0
+    cooling = policy.decide(_obs(11, norm=12.0), [_alert(11, AlertKind.GROWTH_TREND)])
+    assert cooling.action.kind is ActionKind.CLIP and cooling.lr_scale == 0.5
+    later = policy.decide(_obs(15, norm=20.0), [_alert(15, AlertKind.GROWTH_TREND)])
+    assert later.action.kind is ActionKind.BACKOFF and later.lr_scale == 0.25
+
+
+@pytest.mark.parametrize(
+    ("norm", "loss", "reason"),
+    [
+        (math.nan, 1.0, Reason.NONFINITE_GRAD),
+        (math.inf, 1.0, Reason.NONFINITE_GRAD),
+        (1.0, math.nan, Reason.NONFINITE_LOSS),
+        (math.inf, -math.inf, Reason.NONFINITE_LOSS),
+    ],
+)
+def test_a_nonfinite_step_is_skipped(norm: float, loss: float, reason: Reason) -> None:
+    decision = EscalationPolicy().decide(_obs(7, norm=norm, loss=loss))
+    assert decision.action.kind is ActionKind.SKIP and decision.action.reason is reason
+    assert not decision.apply and decision.lr_scale == 1.0
+    assert _one_sentence(decision.action.message)
+
+
+def test_skip_budget_then_backoff_then_cooldown_then_second_backoff() -> None:
+    config = PolicyConfig(skip_budget=2, window=50, cooldown=10, consecutive_limit=3)
+    policy = EscalationPolicy(config)
+    kinds = {}
+    for t in range(80):
+        bad = t in (5, 8, 12, 14, 16, 18, 30, 32)
+        d = policy.decide(_obs(t, norm=math.nan if bad else 1.0))
+        kinds[t] = (d.action.kind, d.lr_scale)
+    assert kinds[5] == (ActionKind.SKIP, 1.0)
+    assert kinds[8] == (ActionKind.SKIP, 1.0)
+    assert kinds[12] == (ActionKind.BACKOFF, 0.5)  # third fault within 50 steps, budget 2
+    assert kinds[14][0] is ActionKind.SKIP  # cooling down until 22
+    assert kinds[16][0] is ActionKind.SKIP
+    assert kinds[18][0] is ActionKind.SKIP  # three faults since the backoff, still cooling
+    # After the cool-down, the next fault backs off again: faults since the last backoff exceed 2.
+    assert kinds[30] == (ActionKind.BACKOFF, 0.25)
+    assert kinds[32][0] is ActionKind.SKIP
+
+
+def test_consecutive_faults_roll_back_to_before_the_incident() -> None:
+    policy = EscalationPolicy(PolicyConfig(consecutive_limit=3))
+    _run(policy, 0, 10)
+    growth = [_alert(10, AlertKind.PARAM_NORM_GROWTH, Severity.WARNING)]
+    warn = policy.decide(_obs(10, norm=5.0), growth)
+    assert warn.apply and warn.action.reason is Reason.GROWTH_TREND
+    assert policy.incident_start == 10
+    _run(policy, 11, 15)
+    first = policy.decide(_obs(15, norm=math.inf))
+    second = policy.decide(_obs(16, norm=math.inf))
+    third = policy.decide(_obs(17, norm=math.nan))
+    assert [first.action.kind, second.action.kind] == [ActionKind.SKIP, ActionKind.SKIP]
+    assert third.action.kind is ActionKind.ROLLBACK
+    assert third.action.reason is Reason.REPEATED_FAULTS
+    assert third.rollback_before == 10 and third.reset_moments and third.lr_scale == 0.5
+    assert "3 faulty steps in a row" in third.action.message
+    assert _one_sentence(third.action.message)
+
+
+def test_divergence_rolls_back_at_once() -> None:
+    policy = EscalationPolicy()
+    _run(policy, 0, 5)
+    d = policy.decide(_obs(5, loss=1e9), [_alert(5, AlertKind.LOSS_THRESHOLD)])
+    assert d.action.kind is ActionKind.ROLLBACK and d.action.reason is Reason.DIVERGENCE
+    assert d.rollback_before == 5
+
+
+def test_backoffs_in_one_incident_then_rollback() -> None:
+    config = PolicyConfig(skip_budget=0, max_backoffs=2, cooldown=0, consecutive_limit=10)
+    policy = EscalationPolicy(config)
+    kinds = [policy.decide(_obs(t, norm=math.nan if t % 2 else 1.0)).action.kind for t in range(7)]
+    assert kinds == [
+        ActionKind.PROCEED,
+        ActionKind.BACKOFF,
+        ActionKind.CLIP,  # protected after an escalation: clipped to 1/50 of the first norm
+        ActionKind.BACKOFF,
+        ActionKind.CLIP,
+        ActionKind.ROLLBACK,
+        ActionKind.CLIP,
+    ]
+    assert policy.lr_scale == 0.125
+
+
+def test_rollback_budget_exhausted_aborts_with_advice() -> None:
+    policy = EscalationPolicy(PolicyConfig(max_rollbacks=2, consecutive_limit=1))
+    kinds = [policy.decide(_obs(t, norm=math.nan)).action.kind for t in range(3)]
+    assert kinds == [ActionKind.ROLLBACK, ActionKind.ROLLBACK, ActionKind.ABORT]
+    abort = policy.decide(_obs(3, norm=math.nan))
+    assert abort.action.reason is Reason.BUDGET_EXHAUSTED
+    text = abort_advice(policy.history(), lr=0.1, culprits=("rnn.weight_hh_l0",))
+    for advice in (
+        "lower the learning rate",
+        "0.1",
+        "orthogonal",
+        "clip",
+        "spectral norm",
+        "truncate backpropagation through time",
+        "rnn.weight_hh_l0",
+    ):
+        assert advice in text
+
+
+def test_without_snapshot_the_rollback_rung_resets_the_optimizer() -> None:
+    policy = EscalationPolicy(PolicyConfig(consecutive_limit=2))
+    policy.decide(_obs(0, norm=math.nan), can_rollback=False)
+    d = policy.decide(_obs(1, norm=math.nan), can_rollback=False)
+    assert d.action.kind is ActionKind.RESET_OPTIMIZER_STATE and d.reset_moments
+    assert d.rollback_before is None and d.lr_scale == 0.5
+
+
+def test_learning_rate_is_restored_gradually_after_healthy_steps() -> None:
+    config = PolicyConfig(skip_budget=0, cooldown=0, restore_after=30, quiet=5, consecutive_limit=3)
+    policy = EscalationPolicy(config)
+    policy.decide(_obs(0, norm=math.nan))
+    policy.decide(_obs(1, norm=math.nan))  # budget 0 and no cool-down: each fault backs off
+    assert policy.lr_scale == 0.25
+    recovered = []
+    for t in range(2, 200):
+        d = policy.decide(_obs(t))
+        if d.action.reason is Reason.RECOVERED:
+            recovered.append((t, d.lr_scale))
+    # The incident closes 5 quiet steps after step 1; each rung needs 30 healthy steps.
+    assert recovered == [(31, 0.5), (61, 1.0)]
+    assert policy.lr_scale == 1.0
+
+
+def test_restore_disabled_keeps_the_scale() -> None:
+    policy = EscalationPolicy(PolicyConfig(skip_budget=0, restore_after=None, quiet=5))
+    policy.decide(_obs(0, norm=math.nan))
+    _run(policy, 1, 500)
+    assert policy.lr_scale == 0.5
+
+
+def test_incident_closes_after_quiet_steps() -> None:
+    policy = EscalationPolicy(PolicyConfig(quiet=10))
+    policy.decide(_obs(3, norm=math.nan))
+    assert policy.incident_start == 3 and policy.quiet_steps(8) == 5
+    _run(policy, 4, 13)
+    assert policy.incident_start == 3
+    policy.decide(_obs(13))
+    assert policy.incident_start is None
+
+
+def test_finite_spikes_are_clipped_with_clipping_and_skipped_without() -> None:
+    spike = [_alert(4, AlertKind.GRAD_NORM_SPIKE)]
+    with_clip = EscalationPolicy(clip="auto").decide(_obs(4, norm=80.0), spike)
+    assert with_clip.apply and with_clip.action.kind is ActionKind.CLIP
+    assert with_clip.action.reason is Reason.SPIKE
+    assert with_clip.clip_bound == pytest.approx(80.0 * 0.02)  # no healthy history yet
+    external = EscalationPolicy(clip="external").decide(_obs(4, norm=80.0), spike)
+    assert external.apply and external.clip_bound is None
+    without = EscalationPolicy(clip=None).decide(_obs(4, norm=80.0), spike)
+    assert not without.apply and without.action.kind is ActionKind.SKIP
+    forced = EscalationPolicy(PolicyConfig(skip_spikes=True), clip="auto")
+    assert not forced.decide(_obs(4, norm=80.0), spike).apply
+
+
+def test_info_alerts_change_nothing() -> None:
+    policy = EscalationPolicy()
+    d = policy.decide(_obs(0), [_alert(0, AlertKind.CULPRIT, Severity.INFO)])
+    assert d.action.kind is ActionKind.PROCEED and policy.incident_start is None
+
+
+def test_scaler_overflows_are_skipped_without_climbing_the_ladder() -> None:
+    policy = EscalationPolicy(PolicyConfig(max_scaler_overflows=5, consecutive_limit=3))
+    kinds = [policy.decide(_obs(t, norm=math.inf), scaler_overflow=True).action for t in range(7)]
+    assert [a.reason for a in kinds[:5]] == [Reason.SCALER_OVERFLOW] * 5
+    assert policy.lr_scale == 1.0 or kinds[5].kind is not ActionKind.SKIP
+    # From the sixth overflow in a row on, they are faults like any other.
+    assert kinds[5].reason is Reason.NONFINITE_GRAD and kinds[5].kind is ActionKind.SKIP
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("skip_budget", -1),
+        ("window", 0),
+        ("backoff_factor", 1.0),
+        ("backoff_factor", 0.0),
+        ("min_lr_scale", 2.0),
+        ("restore_after", 0),
+        ("consecutive_limit", 1.5),
+        ("quiet", True),
+        ("fallback_bound", 0.0),
+        ("loss_jump", 1.0),
+        ("baseline", 0),
+    ],
+)
+def test_bad_config_is_rejected_with_the_value(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field) as err:
+        PolicyConfig(**{field: value})  # type: ignore[arg-type]
+    assert repr(value) in str(err.value)
+
+
+def test_bad_clip_mode_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="'often'"):
+        EscalationPolicy(clip="often")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="clip"):
+        EscalationPolicy(clip=-1.0)
+
+
+def test_bad_state_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="missing"):
+        EscalationPolicy().load_state_dict({"lr_scale": 1.0})
+
+
+_EVENT = st.sampled_from(
+    ["ok", "ok", "ok", "clip", "nan", "inf", "loss", "warn", "spike", "div", "trend"]
+)
+
+
+def _event(policy: EscalationPolicy, t: int, event: str) -> Decision:
+    if event == "nan":
+        return policy.decide(_obs(t, norm=math.nan))
+    if event == "inf":
+        return policy.decide(_obs(t, norm=math.inf))
+    if event == "loss":
+        return policy.decide(_obs(t, loss=math.nan))
+    if event == "warn":
+        return policy.decide(_obs(t), [_alert(t, AlertKind.GROWTH_TREND, Severity.WARNING)])
+    if event == "spike":
+        return policy.decide(_obs(t, 50.0), [_alert(t, AlertKind.GRAD_NORM_SPIKE)])
+    if event == "div":
+        return policy.decide(_obs(t, loss=1e12), [_alert(t, AlertKind.LOSS_THRESHOLD)])
+    if event == "trend":
+        return policy.decide(_obs(t, 9.0), [_alert(t, AlertKind.GROWTH_TREND)])
+    return policy.decide(_obs(t, norm=3.0 if event == "clip" else 1.0))
+
+
+@given(events=st.lists(_EVENT, min_size=1, max_size=120), cut=st.integers(0, 120))
+def test_properties_and_state_round_trip(events: list[str], cut: int) -> None:
+    config = PolicyConfig(window=20, cooldown=3, restore_after=5, quiet=4, max_rollbacks=1000)
+    a, b = EscalationPolicy(config), EscalationPolicy(config)
+    for t, event in enumerate(events):
+        if t == cut:
+            b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+        da = _event(a, t, event)
+        db = _event(b, t, event) if t >= cut else da
+        assert da == db
+        assert config.min_lr_scale <= da.lr_scale <= 1.0
+        assert _one_sentence(da.action.message), da.action.message
+        if event in ("nan", "inf", "loss", "div"):
+            assert not da.apply
+        if da.apply:
+            assert da.action.kind in (ActionKind.PROCEED, ActionKind.CLIP, ActionKind.BACKOFF)
+            assert da.clip_coef <= 1.0
+        else:
+            assert da.action.kind is not ActionKind.PROCEED
+        if da.action.kind is ActionKind.ROLLBACK:
+            assert da.rollback_before is not None and da.rollback_before <= t
+
+
+def test_the_loss_jump_rule_only_covers_the_detectors_warm_up() -> None:
+    policy = EscalationPolicy(PolicyConfig(baseline=8))
+    for t in range(8):
+        policy.decide(_obs(t, loss=1.0))
+    late = policy.decide(_obs(8, loss=500.0))  # heavy tails: the detectors judge from now on
+    assert late.apply and late.action.kind is ActionKind.PROCEED
+
+
+def test_a_loss_spike_warning_backs_off_like_a_trend() -> None:
+    policy = EscalationPolicy()
+    _run(policy, 0, 30)
+    d = policy.decide(_obs(30, loss=20.0), [_alert(30, AlertKind.LOSS_SPIKE, Severity.WARNING)])
+    assert d.action.kind is ActionKind.BACKOFF and d.apply
+    assert d.action.reason is Reason.LOSS_SPIKE and "Unstable step" in d.action.message
+
+
+def test_a_run_stuck_far_above_its_healthy_loss_rolls_back() -> None:
+    config = PolicyConfig(stuck_after=10, stuck_ratio=10.0, cooldown=100)
+    policy = EscalationPolicy(config)
+    _run(policy, 0, 20)  # healthy loss 1.0
+    trend = [_alert(20, AlertKind.GROWTH_TREND, Severity.WARNING)]
+    assert policy.decide(_obs(20, loss=5.0), trend).action.kind is ActionKind.BACKOFF
+    kinds = [policy.decide(_obs(t, norm=2.0, loss=12.0)).action.kind for t in range(21, 31)]
+    assert kinds[:-1] == [ActionKind.CLIP] * 9  # protected: clipped, not yet stuck
+    assert kinds[-1] is ActionKind.ROLLBACK  # 10 steps after the backoff, still 12x
+    assert policy.incident_start == 20
+
+
+def test_the_incident_stays_open_during_the_protection_window() -> None:
+    policy = EscalationPolicy(PolicyConfig(quiet=5, restore_after=30, stuck_after=None))
+    _run(policy, 0, 10)
+    trend = [_alert(10, AlertKind.GROWTH_TREND, Severity.WARNING)]
+    assert policy.decide(_obs(10), trend).action.kind is ActionKind.BACKOFF
+    _run(policy, 11, 30)
+    assert policy.incident_start == 10 and policy.protected(29)
+    _run(policy, 30, 41)  # the window ends at step 40
+    assert policy.incident_start is None and not policy.protected(41)
