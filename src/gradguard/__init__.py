@@ -13,6 +13,7 @@ from gradguard.clip import (
 )
 from gradguard.errors import GradguardError
 from gradguard.guard import Guard
+from gradguard.integrations import GlobalGuard
 from gradguard.monitor import Monitor
 from gradguard.policy import PolicyConfig
 from gradguard.report import build_report
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Clipper",
     "ConsoleSink",
+    "GlobalGuard",
     "GradStats",
     "GradguardError",
     "Guard",

@@ -19,6 +19,7 @@ One :meth:`Guard.step` after ``loss.backward()``:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,7 +33,7 @@ from gradguard.detect import Detector, Preset
 from gradguard.errors import ConfigError, SnapshotError, TrainingDivergedError, check_positive
 from gradguard.monitor import Monitor
 from gradguard.policy import EPS, ClipMode, Decision, EscalationPolicy, PolicyConfig, abort_advice
-from gradguard.records import ActionKind, Observation, StepRecord
+from gradguard.records import ActionKind, Alert, Observation, StepRecord
 from gradguard.recover import (
     DiskSnapshotStore,
     MemorySnapshotStore,
@@ -45,7 +46,7 @@ from gradguard.recover import (
 from gradguard.sinks import Sink
 from gradguard.stats import GradStats, measure
 
-__all__ = ["Guard"]
+__all__ = ["Guard", "PendingStep"]
 
 _STATE_VERSION = 1
 _COUNTERS = (
@@ -62,6 +63,25 @@ _COUNTERS = (
     "snapshots",
     "aborted",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingStep:
+    """What :meth:`Guard.begin_step` decided, for :meth:`Guard.finish_step`.
+
+    Attributes:
+        step: the guard's step index.
+        observation: the step's observation (after the one host transfer).
+        alerts: the detectors' alerts.
+        decision: the policy's decision; ``decision.apply`` says whether to step the optimizer.
+        scaler_overflow: the GradScaler overflowed (a non-finite gradient under a finite loss).
+    """
+
+    step: int
+    observation: Observation
+    alerts: tuple[Alert, ...]
+    decision: Decision
+    scaler_overflow: bool
 
 
 class Guard:
@@ -216,7 +236,27 @@ class Guard:
             TrainingDivergedError: the policy spent its rescue budget; the message says what
                 happened and what to try. The record is attached as ``err.record``.
         """
-        t = self._step
+        pending = self.begin_step(loss)
+        if pending.decision.apply:
+            with scaled_lr(self.optimizer, pending.decision.lr_scale):
+                self.optimizer.step()
+        return self.finish_step(pending)
+
+    def begin_step(self, loss: Tensor | float | None = None) -> PendingStep:
+        """First half of :meth:`step`: measure, observe, decide, and clip in place.
+
+        For callers that cannot hand ``optimizer.step()`` to the guard (optimizer hooks,
+        framework callbacks; see :mod:`gradguard.integrations.hooks`): if
+        ``pending.decision.apply``, step the optimizer with every group's learning rate scaled
+        by ``pending.decision.lr_scale``, else leave the weights alone; then call
+        :meth:`finish_step`. The scheduler is stepped by :meth:`finish_step`.
+
+        Args:
+            loss: as for :meth:`step`.
+
+        Returns:
+            The :class:`PendingStep` to pass to :meth:`finish_step`.
+        """
         scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
         if scaler is not None:
             scaler.unscale_(self.optimizer)
@@ -234,11 +274,35 @@ class Guard:
             can_rollback=self.snapshot_every is not None and bool(self.store.steps()),
             scaler_overflow=overflow,
         )
-        kind = decision.action.kind
         if decision.apply:
             self._clip(stats, obs, decision.clip_bound)
-            with scaled_lr(self.optimizer, decision.lr_scale):
-                self.optimizer.step()
+        return PendingStep(self._step, obs, tuple(alerts), decision, overflow)
+
+    def finish_step(self, pending: PendingStep) -> StepRecord:
+        """Second half of :meth:`step`, after the optimizer stepped (or did not, when skipped).
+
+        Steps the scheduler for an applied step, updates the scaler, rolls back or resets when
+        decided, counts, writes the record to the sinks, and takes a snapshot when due.
+
+        Args:
+            pending: what :meth:`begin_step` returned for this step.
+
+        Returns:
+            The :class:`~gradguard.records.StepRecord` of what was done and why.
+
+        Raises:
+            TrainingDivergedError: as for :meth:`step`.
+        """
+        t, obs, alerts, decision, overflow = (
+            pending.step,
+            pending.observation,
+            pending.alerts,
+            pending.decision,
+            pending.scaler_overflow,
+        )
+        kind = decision.action.kind
+        scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
+        if decision.apply:
             if self.scheduler is not None:
                 self.scheduler.step()
             self._progress += 1

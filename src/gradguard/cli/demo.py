@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from gradguard.analysis import explosion_table, recurrent_report
 from gradguard.errors import TrainingDivergedError
 from gradguard.guard import Guard
 from gradguard.monitor import Monitor
-from gradguard.records import ActionKind
-from gradguard.sinks import JsonlSink
+from gradguard.records import ActionKind, Alert, Severity
+from gradguard.report import summarize
+from gradguard.sinks import JsonlSink, read_jsonl
 
 __all__ = ["SCENARIO", "DemoResult", "RunOutcome", "run_demo"]
 
@@ -105,8 +106,20 @@ def _median(values: tuple[float, ...]) -> float:
     return ordered[len(ordered) // 2]
 
 
+def _first_warning(alerts: Sequence[Alert], seen: dict[str, tuple[int, str]], run: str) -> None:
+    """Remember the first warning or critical alert of ``run``."""
+    if run not in seen:
+        for alert in alerts:
+            if alert.severity.rank >= Severity.WARNING.rank:
+                seen[run] = (alert.step, alert.kind.value)
+                return
+
+
 def _outcome(
-    trace: scenarios.Trace, monitor: Monitor, actions: dict[str, int], stopped: str | None
+    trace: scenarios.Trace,
+    warning: tuple[int, str] | None,
+    actions: dict[str, int],
+    stopped: str | None,
 ) -> RunOutcome:
     losses = trace.losses
     bad = [
@@ -115,18 +128,6 @@ def _outcome(
         if not (math.isfinite(loss) and math.isfinite(norm))
     ]
     finite = [v for v in losses if math.isfinite(v)]
-    summary = monitor.summary()
-    first = summary["first_alert_step"]
-    kind = None
-    if first is not None:
-        kind = next(
-            (
-                a.kind.value
-                for a in monitor.history.alerts
-                if a.step == first and a.severity.rank >= 1
-            ),
-            None,
-        )
     return RunOutcome(
         steps=len(losses),
         losses=losses,
@@ -135,8 +136,8 @@ def _outcome(
         final_loss=losses[-1] if losses else math.nan,
         recent_loss=_median(losses[-max(10, len(losses) // 10) :]),
         best_loss=min(finite) if finite else math.nan,
-        first_warning=first,
-        first_warning_kind=kind,
+        first_warning=warning[0] if warning else None,
+        first_warning_kind=warning[1] if warning else None,
         interventions=actions,
         stopped=stopped,
     )
@@ -167,16 +168,17 @@ def run_demo(
 
     # Unguarded: a Monitor only watches; the loop steps the optimizer itself.
     watch: dict[str, Monitor] = {}
+    warnings: dict[str, tuple[int, str]] = {}
 
     def unguarded(run: scenarios.TrainingRun, step: int, loss: Tensor) -> bool:
         monitor = watch.setdefault("m", Monitor(run.model))
-        monitor.observe(loss)
+        _first_warning(monitor.observe(loss), warnings, "unguarded")
         if progress is not None:
             progress("unguarded", step, float(loss.detach()))
         return False
 
     plain = scenarios.train(scenario, unguarded, seed=seed, steps=steps, stop_at_divergence=False)
-    before = _outcome(plain, watch["m"], {}, None)
+    before = _outcome(plain, warnings.get("unguarded"), {}, None)
 
     # Guarded: Guard() with its defaults replaces optimizer.step().
     model = scenario.build(seed).model
@@ -199,7 +201,7 @@ def run_demo(
             guard = state["guard"] = Guard(run.model, run.optimizer, sinks=[sink])
         if state["stopped"] is None:
             try:
-                guard.step(loss)
+                _first_warning(guard.step(loss).alerts, warnings, "guarded")
             except TrainingDivergedError as exc:
                 state["stopped"] = str(exc)
         if progress is not None:
@@ -212,19 +214,10 @@ def run_demo(
         )
     finally:
         sink.close()
-    guard: Guard = state["guard"]
-    counts = guard.summary()
-    actions = {
-        kind.value: counts[key]
-        for kind, key in (
-            (ActionKind.CLIP, "clipped"),
-            (ActionKind.SKIP, "skipped"),
-            (ActionKind.BACKOFF, "backoffs"),
-            (ActionKind.ROLLBACK, "rollbacks"),
-        )
-        if counts.get(key)
-    }
-    after = _outcome(rescued, guard.monitor, actions, state["stopped"])
+    # The interventions as the log (and so the report) counts them: one action per step.
+    counted = summarize(read_jsonl(log).records).actions
+    actions = {kind.value: counted[kind] for kind in ActionKind if counted.get(kind)}
+    after = _outcome(rescued, warnings.get("guarded"), actions, state["stopped"])
     page = None
     if build:
         from gradguard.report import build_report

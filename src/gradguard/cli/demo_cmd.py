@@ -56,6 +56,8 @@ def demo(
     from gradguard.cli.demo import run_demo
 
     console = Console(highlight=False)
+    if not console.is_terminal:  # logs and CI: keep the outcome table on one line per row
+        console.width = max(console.width, 100)
     console.print(
         "[bold]gradguard demo[/bold]: an RNN whose recurrent weights are scaled x3 "
         "(spectral radius about 1.8), trained on sequences of 100 steps with SGD at lr 0.01."

@@ -45,7 +45,7 @@ from gradguard.errors import ConfigError
 from gradguard.guard import Guard, PendingStep
 from gradguard.records import StepRecord
 from gradguard.recover import scaled_lr
-from gradguard.sinks import JsonlSink, Sink
+from gradguard.sinks import JsonlSink, Sink, is_rank_zero
 from gradguard.stats.recurrent import recurrent_weights
 
 __all__ = [
@@ -107,7 +107,9 @@ def find_model(optimizer: torch.optim.Optimizer) -> nn.Module | None:
         warnings.simplefilter("ignore")
         for obj in gc.get_objects():
             try:
-                if not isinstance(obj, nn.Module):
+                # The type, not isinstance: proxies that pose as modules through __class__
+                # (Lightning wraps modules so) would tie with the module they wrap.
+                if not issubclass(type(obj), nn.Module):
                     continue
                 held = {id(p) for p in obj.parameters()}
             except Exception:  # a half-built or exotic object: not the module we want
@@ -246,8 +248,9 @@ class GlobalGuard:
         print(protection.summary())
 
     Each optimizer gets its own guard (and its own log: ``<log>``, then ``<log stem>.opt2.jsonl``
-    ...) at its first step. ``optimizer.step(closure)`` is supported: the closure is wrapped so
-    that the guard sees the gradients (and the loss) it produces.
+    ...) at its first step; in a distributed run only rank 0 writes logs.
+    ``optimizer.step(closure)`` is supported: the closure is wrapped so that the guard sees the
+    gradients (and the loss) it produces.
 
     Args:
         log: JSONL log of the first optimizer; ``None`` writes none.
@@ -308,7 +311,7 @@ class GlobalGuard:
             return hooked
         model = find_model(optimizer)
         sinks = list(self.sinks)
-        if self.log is not None:
+        if self.log is not None and is_rank_zero():  # under torchrun, one log: rank 0's
             k = len(self.guards) + 1
             path = self.log if k == 1 else self.log.with_name(f"{self.log.stem}.opt{k}.jsonl")
             meta = {
