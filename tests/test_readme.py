@@ -1,11 +1,15 @@
 """Every ```python block of README.md runs: each in a fresh namespace, inside a temporary folder.
 
-Bash blocks are not run here (``make demo`` and the commands have their own tests).
+Of the bash blocks, every ``gradguard ...`` line is run as a subprocess; ``make demo`` and
+``make test`` are what CI itself runs.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +39,34 @@ def test_readme_block_runs(
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"readme_block_{line}"}
     exec(compile(code, f"README.md:{line}", "exec"), namespace)
+
+
+_SHELL_FENCE = re.compile(r"^```bash[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
+REPO = README.parent
+
+
+def gradguard_commands(text: str) -> list[str]:
+    """Every ``gradguard ...`` command line of the bash blocks, without its trailing comment."""
+    lines = (line for m in _SHELL_FENCE.finditer(text) for line in m.group(1).splitlines())
+    return [line.split("  #")[0].strip() for line in lines if line.startswith("gradguard ")]
+
+
+COMMANDS = gradguard_commands(README.read_text(encoding="utf-8"))
+
+
+def test_the_readme_shows_both_setup_commands_and_cli_commands() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert "make demo" in text
+    assert "make test" in text
+    assert len(COMMANDS) >= 3
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command_runs(command: str, tmp_path: Path) -> None:
+    """Each CLI line of the README exits 0 when run from a scratch folder."""
+    argv = [str(REPO / a) if a.startswith("examples/") else a for a in shlex.split(command)]
+    exe = Path(sys.executable).parent / "gradguard"
+    done = subprocess.run(
+        [str(exe), *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
