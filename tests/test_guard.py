@@ -392,8 +392,9 @@ def test_default_guard_clips_to_the_healthy_scale_after_a_fault() -> None:
     opt.zero_grad()
     (_loss(model) * 100).backward()  # a 100x gradient right after the fault
     record = guard.step()
-    typical = statistics.median(n for n in norms if n is not None)
+    # One isolated skipped fault: only a gradient beyond 4x the healthy median is clipped, to it.
+    bound = 4.0 * statistics.median(n for n in norms if n is not None)
     assert record.action is ActionKind.CLIP and record.total_norm is not None
-    assert record.clip_coef == pytest.approx(typical / (record.total_norm + 1e-6), rel=1e-5)
+    assert record.clip_coef == pytest.approx(bound / (record.total_norm + 1e-6), rel=1e-5)
     after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
-    assert after == pytest.approx(typical, rel=1e-4)
+    assert after == pytest.approx(bound, rel=1e-4)

@@ -68,11 +68,41 @@ def test_auto_bound_leaves_healthy_steps_alone_and_clips_to_the_healthy_scale_in
     assert policy.healthy_norm() == 3.5  # median of the six healthy norms
     skipped = policy.decide(_obs(6, norm=math.nan))
     assert skipped.action.kind is ActionKind.SKIP and policy.protected(7)
-    clipped = policy.decide(_obs(7, norm=35.0))
-    assert clipped.action.kind is ActionKind.CLIP and clipped.clip_bound == 3.5
-    assert clipped.clip_coef == pytest.approx(0.1, rel=1e-6)
+    # One skipped fault is isolated: only gradients wilder than 4x the median are clipped.
+    ordinary = policy.decide(_obs(7, norm=5.0))
+    assert ordinary.action.kind is ActionKind.PROCEED and ordinary.clip_bound == 14.0
+    wild = policy.decide(_obs(8, norm=35.0))
+    assert wild.action.kind is ActionKind.CLIP and wild.clip_coef == pytest.approx(0.4, rel=1e-6)
+    # A second alert makes it a real incident: clipped to the healthy median itself.
+    warned = policy.decide(_obs(9, norm=35.0), [_alert(9, AlertKind.GRAD_NORM_SPIKE)])
+    assert warned.action.kind is ActionKind.CLIP and warned.clip_bound == 3.5
+    assert warned.clip_coef == pytest.approx(0.1, rel=1e-6)
     # Steps inside an incident do not move the baseline.
     assert policy.healthy_norm() == 3.5
+
+
+def test_a_loss_zigzag_over_clipped_steps_backs_off_once_per_cooldown() -> None:
+    policy = EscalationPolicy(PolicyConfig(cooldown=5, oscillation_steps=4, oscillation_ratio=2.0))
+    _run(policy, 0, 6)  # healthy median norm 1.0
+    policy.decide(_obs(6), [_alert(6, AlertKind.GRAD_NORM_SPIKE, Severity.WARNING)])
+    # Clipped steps whose loss alternates 3, 1, 3, 1: bouncing across a valley.
+    bounce = [policy.decide(_obs(t, norm=50.0, loss=3.0 if t % 2 else 1.0)) for t in range(7, 11)]
+    assert [d.action.kind for d in bounce[:3]] == [ActionKind.CLIP] * 3
+    backoff = bounce[3]
+    assert backoff.action.kind is ActionKind.BACKOFF and backoff.apply
+    assert backoff.action.reason is Reason.OSCILLATION and backoff.lr_scale == 0.5
+    assert backoff.clip_bound == 1.0 and "3, 1, 3, 1" in backoff.action.message
+    assert _one_sentence(backoff.action.message)
+    # The window restarts after the backoff; a narrower zig-zag (1.5x) is not an oscillation.
+    later = [policy.decide(_obs(t, norm=50.0, loss=1.5 if t % 2 else 1.0)) for t in range(11, 20)]
+    assert all(d.action.kind is ActionKind.CLIP for d in later) and policy.lr_scale == 0.5
+
+
+def test_a_loss_zigzag_of_unclipped_steps_is_left_alone() -> None:
+    policy = EscalationPolicy(PolicyConfig(oscillation_steps=4, oscillation_ratio=2.0))
+    decisions = [policy.decide(_obs(t, loss=3.0 if t % 2 else 1.0)) for t in range(20)]
+    assert all(d.action.kind is ActionKind.PROCEED for d in decisions)
+    assert policy.lr_scale == 1.0
 
 
 def test_auto_bound_restarts_at_a_fraction_of_the_first_norm_without_history() -> None:
@@ -288,6 +318,9 @@ def test_scaler_overflows_are_skipped_without_climbing_the_ladder() -> None:
         ("fallback_bound", 0.0),
         ("loss_jump", 1.0),
         ("baseline", 0),
+        ("oscillation_steps", 2),
+        ("oscillation_ratio", 1.0),
+        ("isolated_clip_factor", 0.5),
     ],
 )
 def test_bad_config_is_rejected_with_the_value(field: str, value: object) -> None:

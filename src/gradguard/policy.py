@@ -13,13 +13,16 @@ cool-down:
    is never clipped; a warning opens an *incident* (its first step is remembered so that a
    rollback returns to a state from before it), and while an incident is open, and for a while
    after any escalation, the gradients are clipped to the run's own healthy scale (the median
-   of recent healthy norms; a fraction of the first norm before there is any).
+   of recent healthy norms; a fraction of the first norm before there is any). After one
+   isolated skipped fault the bound is ``isolated_clip_factor`` times that median: ordinary
+   steps go through untouched, as they would have without the fault.
 2. **skip**: a non-finite gradient or loss, a loss ``loss_jump`` times its healthy median or a
    critical loss spike (and, without clipping, a critical gradient spike) skips the step:
    weights, optimizer state and schedule stay untouched.
 3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps, a growth trend
-   of the gradient norm or a loss-spike warning scale the learning rate of every parameter group
-   by ``backoff_factor``; ``restore_after`` healthy steps raise it back one rung at a time.
+   of the gradient norm, a loss-spike warning, or a loss that zig-zags while the incident's
+   steps are clipped scale the learning rate of every parameter group by ``backoff_factor``;
+   ``restore_after`` healthy steps raise it back one rung at a time.
 4. **roll back**: ``consecutive_limit`` faulty steps in a row (the same weights failed on
    different batches, so the weights are bad), a fault after ``max_backoffs`` backoffs in one
    incident, a divergence, or a loss stuck far above its healthy level, restore the newest
@@ -31,6 +34,7 @@ cool-down:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import statistics
 import sys
@@ -112,6 +116,16 @@ class PolicyConfig:
             divergence: clipping and backoffs kept the run finite but not on track, so it rolls
             back. ``None`` never does.
         stuck_ratio: see ``stuck_after``.
+        oscillation_steps: this many clipped steps in a row, during an incident, whose losses
+            alternate up and down, each pair ``oscillation_ratio`` apart, back the learning
+            rate off (like a growth trend, with the same cooldown and budget): the step is past
+            the stability limit and the clipped run bounces across a valley instead of
+            descending it. ``None`` never does.
+        oscillation_ratio: see ``oscillation_steps``.
+        isolated_clip_factor: an incident opened by one skipped fault, with no other alert
+            after it, is *isolated*: the weights never saw the bad step, so the next steps are
+            clipped only above this many times the healthy median (catching a second wild
+            gradient without touching the ordinary ones, which would slow the run down).
     """
 
     skip_nonfinite: bool = True
@@ -138,6 +152,9 @@ class PolicyConfig:
     loss_jump: float = 100.0
     stuck_after: int | None = 10
     stuck_ratio: float = 10.0
+    oscillation_steps: int | None = 8
+    oscillation_ratio: float = 1.5
+    isolated_clip_factor: float = 4.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -157,6 +174,18 @@ class PolicyConfig:
             _check_int("stuck_after", self.stuck_after, minimum=1)
         if not self.stuck_ratio > 1.0:
             raise ConfigError(f"stuck_ratio must be a number > 1, got {self.stuck_ratio!r}.")
+        if self.oscillation_steps is not None:
+            _check_int("oscillation_steps", self.oscillation_steps, minimum=3)
+        if not self.oscillation_ratio > 1.0:
+            raise ConfigError(
+                f"oscillation_ratio must be a number > 1, got {self.oscillation_ratio!r}; 1.5 "
+                "means each loss at least 1.5x above or below the one before."
+            )
+        if not self.isolated_clip_factor >= 1.0:
+            raise ConfigError(
+                f"isolated_clip_factor must be a number >= 1, got {self.isolated_clip_factor!r}; "
+                "1 clips to the healthy median, 4 (the default) only clips wild gradients."
+            )
         if not 0.0 < self.backoff_factor < 1.0:
             raise ConfigError(
                 f"backoff_factor must lie strictly between 0 and 1, got {self.backoff_factor!r}. "
@@ -235,6 +264,7 @@ _UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE)
 @dataclasses.dataclass
 class _State:
     incident_start: int | None = None
+    isolated: bool = False
     last_alert: int | None = None
     faults: list[int] = dataclasses.field(default_factory=list)
     consecutive: int = 0
@@ -249,6 +279,7 @@ class _State:
     norms: list[float] = dataclasses.field(default_factory=list)
     losses: list[float] = dataclasses.field(default_factory=list)
     first_norm: float | None = None
+    incident_losses: list[float] = dataclasses.field(default_factory=list)
     last_step: int | None = None
     history: list[str] = dataclasses.field(default_factory=list)
 
@@ -358,6 +389,9 @@ class EscalationPolicy:
         if fault is None and self._loss_jumped(observation):
             fault = Reason.LOSS_SPIKE
         if fault is not None or warn is not None:
+            # An incident opened by one fault (skipped) is isolated until a second alert comes:
+            # the weights did not see the bad step, so the next steps need no clipping.
+            s.isolated = s.incident_start is None and fault is not None
             if s.incident_start is None:
                 s.incident_start = t
             s.last_alert = t
@@ -369,6 +403,7 @@ class EscalationPolicy:
         ):
             s.incident_start = None
             s.backoffs_in_incident = 0
+            s.incident_losses = []
 
         if fault is None and self._stuck(observation):
             what = (
@@ -459,6 +494,30 @@ class EscalationPolicy:
         typical = statistics.median(s.losses)
         return typical > 0.0 and loss >= cfg.stuck_ratio * typical
 
+    def _oscillating(self) -> bool:
+        """Whether the last ``oscillation_steps`` losses of the incident zig-zag by a wide margin.
+
+        Up, down, up, down, each step at least ``oscillation_ratio`` times the one before or
+        after it: the period-two signature of gradient descent past its stability limit
+        (learning rate above 2 / the sharpest curvature), which clipping bounds but cannot cure.
+
+        References:
+            Cohen et al. (2021), Gradient descent on neural networks typically occurs at the edge
+            of stability.
+        """
+        cfg, losses = self.config, self._s.incident_losses
+        n = cfg.oscillation_steps
+        if n is None or len(losses) < n:
+            return False
+        recent = losses[-n:]
+        if min(recent) <= 0.0:
+            return False  # ratios of losses that can be zero or negative mean nothing
+        diffs = [b - a for a, b in itertools.pairwise(recent)]
+        if any(d * e >= 0.0 for d, e in itertools.pairwise(diffs)):
+            return False
+        pairs = itertools.pairwise(recent)
+        return all(max(a, b) >= cfg.oscillation_ratio * min(a, b) for a, b in pairs)
+
     def _bound(self, protected: bool) -> float | None:
         if isinstance(self.clip, float):
             return self.clip
@@ -466,7 +525,9 @@ class EscalationPolicy:
             return None
         typical = self.healthy_norm()
         if typical is not None:
-            return typical
+            s = self._s
+            isolated = s.isolated and (s.last_step is None or s.last_step >= s.protect_until)
+            return typical * self.config.isolated_clip_factor if isolated else typical
         first = self._s.first_norm
         if first is not None:
             return first * self.config.restart_fraction
@@ -491,26 +552,35 @@ class EscalationPolicy:
         def decision(action: Action) -> Decision:
             return Decision(action, True, s.lr_scale, bound, coef)
 
+        if protected and clipped and obs.loss is not None and math.isfinite(obs.loss):
+            keep = cfg.oscillation_steps or 1
+            s.incident_losses = [*s.incident_losses[-(keep - 1) :], obs.loss]
+        else:
+            s.incident_losses = []  # only a run of clipped steps can show the clip's failure
+        oscillating = not trend and self._oscillating()
         if (
-            trend
+            (trend or oscillating)
             and cfg.backoff_on_trend
             and t >= s.cooldown_until
             and s.backoffs_in_incident < cfg.max_backoffs
         ):
-            what = (
-                f"Growth trend of the gradient norm ({obs.total_norm:.3g})"
-                if warn is Reason.GROWTH_TREND
-                else f"Unstable step ({(warn or Reason.LOSS_SPIKE).value.replace('_', ' ')}, "
-                f"loss {obs.loss!r}, gradient norm {obs.total_norm:.3g})"
-            )
-            return self._backoff(
-                t,
-                warn or Reason.GROWTH_TREND,
-                what,
-                apply=True,
-                bound=bound,
-                coef=coef,
-            )
+            if oscillating:
+                losses = ", ".join(f"{v:.3g}" for v in s.incident_losses)
+                what = (
+                    f"Loss zig-zagging ({losses}) over clipped steps: the step is past the "
+                    "stability limit"
+                )
+                reason = Reason.OSCILLATION
+            elif warn is Reason.GROWTH_TREND:
+                what = f"Growth trend of the gradient norm ({obs.total_norm:.3g})"
+                reason = warn
+            else:
+                what = (
+                    f"Unstable step ({(warn or Reason.LOSS_SPIKE).value.replace('_', ' ')}, "
+                    f"loss {obs.loss!r}, gradient norm {obs.total_norm:.3g})"
+                )
+                reason = warn or Reason.GROWTH_TREND
+            return self._backoff(t, reason, what, apply=True, bound=bound, coef=coef)
         if warn is not None:
             where = f" in {culprits[0]}" if culprits else ""
             message = (
@@ -554,6 +624,7 @@ class EscalationPolicy:
         s.protect_until = t + (cfg.restore_after if cfg.restore_after is not None else cfg.quiet)
         s.healthy_streak = 0
         s.last_escalation = t
+        s.incident_losses = []
 
     def _backoff(
         self,
@@ -675,6 +746,8 @@ class EscalationPolicy:
         fresh.rollbacks = [int(r) for r in fresh.rollbacks]
         fresh.norms = [float(v) for v in fresh.norms]
         fresh.losses = [float(v) for v in fresh.losses]
+        fresh.incident_losses = [float(v) for v in fresh.incident_losses]
+        fresh.isolated = bool(fresh.isolated)
         fresh.history = [str(h) for h in fresh.history]
         fresh.lr_scale = float(fresh.lr_scale)
         fresh.first_norm = None if fresh.first_norm is None else float(fresh.first_norm)

@@ -95,6 +95,7 @@ class Reason(str, enum.Enum):
     PARAM_NORM_GROWTH = "param_norm_growth"
     CULPRIT = "culprit"
     SCALER_OVERFLOW = "scaler_overflow"
+    OSCILLATION = "oscillation"
 
 
 _REASON_OF_KIND = {
