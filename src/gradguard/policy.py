@@ -575,9 +575,10 @@ class EscalationPolicy:
                 what = f"Growth trend of the gradient norm ({obs.total_norm:.3g})"
                 reason = warn
             else:
+                loss = "not given" if obs.loss is None else f"{obs.loss:.4g}"
                 what = (
                     f"Unstable step ({(warn or Reason.LOSS_SPIKE).value.replace('_', ' ')}, "
-                    f"loss {obs.loss!r}, gradient norm {obs.total_norm:.3g})"
+                    f"loss {loss}, gradient norm {obs.total_norm:.3g})"
                 )
                 reason = warn or Reason.GROWTH_TREND
             return self._backoff(t, reason, what, apply=True, bound=bound, coef=coef)
