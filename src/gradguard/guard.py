@@ -130,13 +130,14 @@ class Guard:
         restore_rng: also restore the random generators on rollback. Off by default: replaying
             the batches that led to the trouble tends to lead to it again.
         process_group: distributed runs: the group of the monitor built when ``monitor`` is
-            ``None``; a given monitor's own group is used otherwise (see
+            ``None`` (with ``monitor``, set it on that monitor instead; see
             :class:`~gradguard.monitor.Monitor`). Norms are reduced before clipping and deciding,
             so every rank takes the same action.
-        sharded_grads: as for :class:`~gradguard.monitor.Monitor`.
+        sharded_grads: as for :class:`~gradguard.monitor.Monitor` (same rule with ``monitor``).
 
     Raises:
-        ConfigError: an argument is out of range or of the wrong kind.
+        ConfigError: an argument is out of range or of the wrong kind, or ``process_group`` /
+            ``sharded_grads`` come with a ready ``monitor``.
     """
 
     def __init__(
@@ -214,6 +215,12 @@ class Guard:
         self.restore_rng = bool(restore_rng)
         self.sinks: tuple[Sink, ...] = tuple(sinks)
         self._named = _guarded_parameters(model, optimizer)
+        if monitor is not None and (process_group is not None or sharded_grads is not None):
+            raise ConfigError(
+                f"process_group={process_group!r} and sharded_grads={sharded_grads!r} apply to "
+                "the monitor the guard builds; you passed your own monitor. Give them to "
+                "Monitor(..., process_group=..., sharded_grads=...) instead."
+            )
         self.monitor = (
             monitor
             if monitor is not None

@@ -1,6 +1,7 @@
 """One rank of the 2-process gloo test of ``reduce_across_ranks`` (run by test_reduce_dist.py).
 
-Usage: ``python dist_worker.py RANK WORLD_SIZE PORT OUT.json``. Both ranks build the same full
+Usage (from the repository root): ``python -m tests.stats.dist_worker RANK WORLD_SIZE PORT
+OUT.json``. Both ranks build the same full
 gradients from a fixed seed and keep only their shard (rows ``rank::world``... split in halves),
 measure, reduce, and write what they saw to ``OUT.json`` for the parent to compare.
 """
@@ -19,6 +20,7 @@ from torch import nn
 
 import gradguard as gg
 from gradguard.stats import measure, reduce_across_ranks
+from tests.host_sync import no_host_sync
 
 
 def full_grads() -> dict[str, torch.Tensor]:
@@ -138,7 +140,8 @@ def main() -> None:
             params = sharded_params(rank, world)
             local = measure(params, p)
             result[f"local_p{p}"] = stats_dict(local)
-            reduced = reduce_across_ranks(local, sharded=True)
+            with no_host_sync():  # the reduction queues device work only
+                reduced = reduce_across_ranks(local, sharded=True)
             result[f"sharded_p{p}"] = stats_dict(reduced)
             result[f"twice_p{p}"] = reduce_across_ranks(reduced).total_norm.item()
         nan = measure(sharded_params(rank, world, nan=rank == 1))

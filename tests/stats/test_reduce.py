@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
 import gradguard as gg
+from gradguard.errors import ConfigError
 from gradguard.stats import measure, reduce_across_ranks
 from gradguard.stats.params import local_tensor
 from gradguard.stats.reduce import (
@@ -65,3 +67,10 @@ def test_monitor_and_guard_take_the_distributed_options_and_behave_as_before() -
     assert guard.monitor.sharded_grads is True and guard.monitor.process_group is None
     record = guard.step(torch.tensor(3.0))
     assert record.applied and math.isclose(record.total_norm, expected, rel_tol=1e-6)
+
+
+def test_guard_refuses_distributed_options_it_would_ignore() -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match=r"sharded_grads=True.*Monitor\(\.\.\., process_group"):
+        gg.Guard(model, opt, monitor=gg.Monitor(model), sharded_grads=True, snapshot_every=None)

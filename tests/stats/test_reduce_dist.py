@@ -20,7 +20,7 @@ import torch
 
 from tests.stats.dist_worker import full_grads
 
-WORKER = Path(__file__).with_name("dist_worker.py")
+ROOT = Path(__file__).parents[2]
 WORLD = 2
 
 
@@ -31,6 +31,10 @@ def _free_port() -> int:
         return port
 
 
+def _args(rank: int, port: str, out: Path) -> list[str]:
+    return [str(rank), str(WORLD), port, str(out / f"{rank}.json")]
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Run both ranks once; return what each wrote."""
@@ -38,7 +42,8 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     port = str(_free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(r), str(WORLD), port, str(out / f"{r}.json")],
+            [sys.executable, "-m", "tests.stats.dist_worker", *_args(r, port, out)],
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
