@@ -23,7 +23,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,10 @@ from gradguard.recover import (
     scaled_lr,
 )
 from gradguard.sinks import Sink
-from gradguard.stats import GradStats, measure
+from gradguard.stats import GradStats, measure, reduce_across_ranks
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["Guard", "PendingStep"]
 
@@ -126,9 +129,15 @@ class Guard:
         detectors: detectors of that monitor (overrides ``preset``).
         restore_rng: also restore the random generators on rollback. Off by default: replaying
             the batches that led to the trouble tends to lead to it again.
+        process_group: distributed runs: the group of the monitor built when ``monitor`` is
+            ``None`` (with ``monitor``, set it on that monitor instead; see
+            :class:`~gradguard.monitor.Monitor`). Norms are reduced before clipping and deciding,
+            so every rank takes the same action.
+        sharded_grads: as for :class:`~gradguard.monitor.Monitor` (same rule with ``monitor``).
 
     Raises:
-        ConfigError: an argument is out of range or of the wrong kind.
+        ConfigError: an argument is out of range or of the wrong kind, or ``process_group`` /
+            ``sharded_grads`` come with a ready ``monitor``.
     """
 
     def __init__(
@@ -148,6 +157,8 @@ class Guard:
         preset: Preset = "default",
         detectors: Sequence[Detector] | None = None,
         restore_rng: bool = False,
+        process_group: ProcessGroup | None = None,
+        sharded_grads: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(
@@ -204,10 +215,22 @@ class Guard:
         self.restore_rng = bool(restore_rng)
         self.sinks: tuple[Sink, ...] = tuple(sinks)
         self._named = _guarded_parameters(model, optimizer)
+        if monitor is not None and (process_group is not None or sharded_grads is not None):
+            raise ConfigError(
+                f"process_group={process_group!r} and sharded_grads={sharded_grads!r} apply to "
+                "the monitor the guard builds; you passed your own monitor. Give them to "
+                "Monitor(..., process_group=..., sharded_grads=...) instead."
+            )
         self.monitor = (
             monitor
             if monitor is not None
-            else Monitor(self._named, preset=preset, detectors=detectors)
+            else Monitor(
+                self._named,
+                preset=preset,
+                detectors=detectors,
+                process_group=process_group,
+                sharded_grads=sharded_grads,
+            )
         )
         self._step = 0
         self._progress = 0  # applied steps the weights reflect (rollbacks take some back)
@@ -261,6 +284,9 @@ class Guard:
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         stats = measure(self._named)
+        # Global norms before clipping or deciding, so every rank clips and decides alike.
+        group = self.monitor.process_group
+        stats = reduce_across_ranks(stats, group, sharded=self.monitor.sharded_grads)
         if self._clipper is not None and stats.grads:
             self._clipper.clip_(stats)  # queued on the device before the sync below
         alerts = self.monitor.observe(loss, stats=stats)  # HOST SYNC: the one transfer, inside.

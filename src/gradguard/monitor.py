@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -37,6 +37,16 @@ from gradguard.sinks import Sink
 from gradguard.stats import GradStats, Parameters, check_norm_type, measure, named_tensors
 from gradguard.stats import observe as observe_step
 from gradguard.stats import param_norm as measure_param_norm
+from gradguard.stats.reduce import (
+    holds_dtensor,
+    is_distributed,
+    mean_across_ranks,
+    reduce_across_ranks,
+    reduce_norm_across_ranks,
+)
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["History", "Monitor"]
 
@@ -85,6 +95,13 @@ class Monitor:
         top_k: how many of the largest per-tensor norms each observation names.
         norm_type: p of the p-norm for gradients and parameters.
         history_size: how many recent observations and alerts :attr:`history` keeps.
+        process_group: in a distributed run, the group whose ranks train together (``None``:
+            the default group). When ``torch.distributed`` is initialised with more than one
+            rank, the gradient norms, the loss (averaged) and the parameter norm are reduced
+            across it before the one host transfer, so every rank gets the same observation.
+        sharded_grads: ``True`` when each rank holds a shard of every gradient (FSDP2, ZeRO),
+            ``False`` when gradients are replicated (DDP); ``None`` detects it: sharded when
+            any watched parameter is a ``DTensor``.
 
     Raises:
         ConfigError: an unknown preset, or an argument out of range.
@@ -101,8 +118,16 @@ class Monitor:
         top_k: int = 5,
         norm_type: float | str = 2.0,
         history_size: int = 256,
+        process_group: ProcessGroup | None = None,
+        sharded_grads: bool | None = None,
     ) -> None:
         self._params = named_tensors(model)
+        self.process_group = process_group
+        self.sharded_grads = (
+            holds_dtensor(t for _, t in self._params)
+            if sharded_grads is None
+            else bool(sharded_grads)
+        )
         self.detectors: list[Detector] = (
             make_preset(preset) if detectors is None else list(detectors)
         )
@@ -169,6 +194,13 @@ class Monitor:
         weights = None
         if any(step % every == 0 for every in self._param_every):
             weights = measure_param_norm(self._params, self.norm_type)
+        if is_distributed(self.process_group):  # same observation, hence decision, on all ranks
+            group, sharded = self.process_group, self.sharded_grads
+            stats = reduce_across_ranks(stats, group, sharded=sharded)
+            if loss is not None:
+                loss = mean_across_ranks(loss, group, device=stats.device)
+            if weights is not None:
+                weights = reduce_norm_across_ranks(weights, self.norm_type, group, sharded=sharded)
         want_all = any(step % every == 0 for every in self._tensor_every)
         obs = observe_step(
             stats,

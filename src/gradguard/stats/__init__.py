@@ -3,6 +3,7 @@
 from gradguard.stats.measure import GradGroup, GradStats, check_norm_type, measure
 from gradguard.stats.observe import observe, param_norm
 from gradguard.stats.params import Parameters, named_grads, named_tensors
+from gradguard.stats.reduce import reduce_across_ranks
 
 __all__ = [
     "GradGroup",
@@ -14,4 +15,5 @@ __all__ = [
     "named_tensors",
     "observe",
     "param_norm",
+    "reduce_across_ranks",
 ]

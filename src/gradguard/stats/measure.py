@@ -38,6 +38,8 @@ class GradStats:
         norm_type: the ``p`` of the p-norm (``math.inf`` for the max-norm).
         grads: the measured gradient tensors, aligned with ``names``; clipping reuses them.
         params: the parameters owning ``grads``, aligned with ``names``.
+        reduced: ``True`` once :func:`gradguard.stats.reduce_across_ranks` made the norms and
+            the flag global (identical on every rank); it never reduces twice.
     """
 
     total_norm: Tensor
@@ -47,6 +49,7 @@ class GradStats:
     norm_type: float
     grads: tuple[Tensor, ...]
     params: tuple[Tensor, ...]
+    reduced: bool = False
     # Filled by measure() or on the first call to groups(); never copied by dataclasses.replace.
     _groups: tuple[GradGroup, ...] | None = dataclasses.field(default=None, init=False, repr=False)
 

@@ -16,7 +16,7 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 from gradguard.errors import ConfigError
 from gradguard.records import Observation
 from gradguard.stats.measure import GradStats, check_norm_type
-from gradguard.stats.params import Parameters, named_tensors
+from gradguard.stats.params import Parameters, local_tensor, named_tensors
 
 __all__ = ["observe", "param_norm"]
 
@@ -110,6 +110,9 @@ def observe(
 def param_norm(parameters: Parameters, norm_type: float | str = 2.0) -> Tensor:
     """Measure the global norm of the parameters themselves on the device, without a host sync.
 
+    ``DTensor`` parameters (FSDP2) are measured on their local shards; a :class:`Monitor`
+    reduces the result across ranks.
+
     Cost tier: one fused ``torch._foreach_norm`` pass over the weights per (device, dtype) group,
     about as much as measuring the gradients, so detectors that want it ask for it every N steps.
 
@@ -124,7 +127,7 @@ def param_norm(parameters: Parameters, norm_type: float | str = 2.0) -> Tensor:
         ConfigError: ``norm_type`` is not a number > 0.
     """
     p = check_norm_type(norm_type)
-    tensors = [t for _, t in named_tensors(parameters)]
+    tensors = [local_tensor(t) for _, t in named_tensors(parameters)]
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
     first_device = tensors[0].device

@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from gradguard.errors import EmptyParametersError, NoGradientsError, UnsupportedGradientError
 
-__all__ = ["Parameters", "named_grads", "named_tensors"]
+__all__ = ["Parameters", "local_tensor", "named_grads", "named_tensors"]
+
+_PLAIN = (Tensor, nn.Parameter)
 
 Parameters: TypeAlias = nn.Module | Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Tensor
 """An ``nn.Module``, one tensor, an iterable of tensors, or an iterable of ``(name, tensor)``."""
@@ -62,7 +64,10 @@ def named_tensors(parameters: Parameters) -> list[tuple[str, Tensor]]:
 def named_grads(parameters: Parameters) -> list[tuple[str, Tensor, Tensor]]:
     """Return ``(name, tensor, gradient)`` for every tensor of ``parameters`` that has a gradient.
 
-    Tensors without a gradient are skipped; an empty list gives ``[]``.
+    Tensors without a gradient are skipped; an empty list gives ``[]``. A ``DTensor`` gradient
+    (FSDP2, tensor parallel) is returned as its local shard (``grad.to_local()``, which shares
+    its storage, so in-place clipping reaches the DTensor);
+    :func:`gradguard.stats.reduce_across_ranks` turns norms of local shards into global ones.
 
     Raises:
         EmptyParametersError: ``parameters`` is an iterator that was already consumed.
@@ -77,6 +82,8 @@ def named_grads(parameters: Parameters) -> list[tuple[str, Tensor, Tensor]]:
         if grad is not None:
             if grad.layout != strided:
                 raise _unsupported_layout(name, grad)
+            if type(grad) is not Tensor:  # a subclass: maybe a DTensor (rare, so checked late)
+                grad = local_tensor(grad)
             out.append((name, tensor, grad))
     if named and not out:
         shown = ", ".join(name for name, _ in named[:3]) + (", ..." if len(named) > 3 else "")
@@ -86,6 +93,15 @@ def named_grads(parameters: Parameters) -> list[tuple[str, Tensor, Tensor]]:
             "parameters require grad."
         )
     return out
+
+
+def local_tensor(tensor: Tensor) -> Tensor:
+    """The local shard of a ``DTensor`` (sharing its storage), any other tensor unchanged."""
+    if type(tensor) in _PLAIN or not torch.distributed.is_available():
+        return tensor
+    from torch.distributed.tensor import DTensor  # lazy: keeps ``import gradguard`` light
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def _unsupported_layout(name: str, grad: Tensor) -> UnsupportedGradientError:
