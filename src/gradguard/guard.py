@@ -44,7 +44,7 @@ from gradguard.recover import (
     scaled_lr,
 )
 from gradguard.sinks import Sink
-from gradguard.stats import GradStats, measure, reduce_across_ranks
+from gradguard.stats import GradStats, NamedTensors, measure, reduce_across_ranks
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -581,9 +581,7 @@ def _state_of(clipper: Clipper | None) -> Any:
     return save() if save is not None else None
 
 
-def _guarded_parameters(
-    model: nn.Module, optimizer: torch.optim.Optimizer
-) -> list[tuple[str, Tensor]]:
+def _guarded_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> NamedTensors:
     """The optimizer's parameters named as in the model, in the model's order.
 
     Model order makes the global norm bit-identical to ``clip_grad_norm_(model.parameters())``;
@@ -603,4 +601,4 @@ def _guarded_parameters(
         raise ConfigError(
             "the optimizer holds no parameters; build it from model.parameters() before the guard."
         )
-    return named
+    return NamedTensors(named)  # validated once: measure() skips re-checking every step

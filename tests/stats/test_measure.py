@@ -154,3 +154,13 @@ def test_global_norm_equals_norm_of_concatenation(values: list[list[float]]) -> 
     torch.testing.assert_close(
         gg.measure(params).total_norm, torch.linalg.vector_norm(flat), rtol=1e-5, atol=1e-5
     )
+
+
+def test_validated_parameter_lists_pass_through_unchanged() -> None:
+    from gradguard.stats import named_tensors
+
+    params = _with_grad([1.0], [2.0], [3.0])
+    named = named_tensors(params)
+    assert [name for name, _ in named] == ["[0]", "[1]", "[2]"]
+    assert named_tensors(named) is named  # Monitor/Guard validate once, not every step
+    assert gg.measure(named).names == ("[0]", "[1]", "[2]")

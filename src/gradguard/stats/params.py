@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from gradguard.errors import EmptyParametersError, NoGradientsError, UnsupportedGradientError
 
-__all__ = ["Parameters", "local_tensor", "named_grads", "named_tensors"]
+__all__ = ["NamedTensors", "Parameters", "local_tensor", "named_grads", "named_tensors"]
 
 _PLAIN = (Tensor, nn.Parameter)
 
@@ -18,40 +18,48 @@ Parameters: TypeAlias = nn.Module | Iterable[Tensor] | Iterable[tuple[str, Tenso
 """An ``nn.Module``, one tensor, an iterable of tensors, or an iterable of ``(name, tensor)``."""
 
 
-def named_tensors(parameters: Parameters) -> list[tuple[str, Tensor]]:
+class NamedTensors(list[tuple[str, Tensor]]):
+    """A validated list of ``(name, tensor)`` pairs: :func:`named_tensors` returns it as is.
+
+    Monitor and Guard validate their parameters once and hand this list to every step's
+    :func:`~gradguard.stats.measure`, so the per-step Python cost is one gradient read per tensor.
+    """
+
+
+_INDEX_NAMES: list[str] = []
+
+
+def _index_names(count: int) -> list[str]:
+    """``["[0]", "[1]", ...]`` of length ``count``, built once and reused across steps."""
+    if len(_INDEX_NAMES) < count:
+        _INDEX_NAMES.extend(f"[{i}]" for i in range(len(_INDEX_NAMES), count))
+    return _INDEX_NAMES[:count]
+
+
+def named_tensors(parameters: Parameters) -> NamedTensors:
     """Return ``parameters`` as a list of ``(name, tensor)`` pairs, in the order given.
 
     Unnamed tensors are called ``"[i]"`` by position. An iterator that yields nothing (for example
     ``model.parameters()`` already consumed by an optimizer) raises :class:`EmptyParametersError`;
-    an empty list or tuple is fine and yields ``[]``.
+    an empty list or tuple is fine and yields ``[]``. A :class:`NamedTensors` is returned as is.
     """
+    if type(parameters) is NamedTensors:
+        return parameters
     if isinstance(parameters, nn.Module):
-        return list(parameters.named_parameters())
+        return NamedTensors(parameters.named_parameters())
     if isinstance(parameters, Tensor):
-        return [("[0]", parameters)]
+        return NamedTensors([("[0]", parameters)])
     if isinstance(parameters, (str, bytes)) or not isinstance(parameters, Iterable):
         raise TypeError(
             f"parameters must be an nn.Module, a tensor, or an iterable of tensors or "
             f"(name, tensor) pairs; got {type(parameters).__name__} {parameters!r:.80}."
         )
     was_iterator = isinstance(parameters, Iterator)
-    out: list[tuple[str, Tensor]] = []
-    for i, item in enumerate(parameters):
-        if isinstance(item, Tensor):
-            out.append((f"[{i}]", item))
-        elif (
-            isinstance(item, tuple)
-            and len(item) == 2
-            and isinstance(item[0], str)
-            and isinstance(item[1], Tensor)
-        ):
-            out.append(item)
-        else:
-            raise TypeError(
-                f"parameters[{i}] must be a tensor or a (name, tensor) pair, got "
-                f"{type(item).__name__} {item!r:.80}. Pass model.parameters() or "
-                f"model.named_parameters()."
-            )
+    items = list(parameters)
+    if all(isinstance(item, Tensor) for item in items):  # the common case: model.parameters()
+        out = NamedTensors(zip(_index_names(len(items)), items, strict=True))
+    else:
+        out = NamedTensors(_checked_pair(i, item) for i, item in enumerate(items))
     if was_iterator and not out:
         raise EmptyParametersError(
             f"parameters is an iterator that yielded nothing ({parameters!r:.80}); it was "
@@ -59,6 +67,23 @@ def named_tensors(parameters: Parameters) -> list[tuple[str, Tensor]]:
             "or list(model.parameters())."
         )
     return out
+
+
+def _checked_pair(i: int, item: object) -> tuple[str, Tensor]:
+    if isinstance(item, Tensor):
+        return (f"[{i}]", item)
+    if (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], Tensor)
+    ):
+        return item
+    raise TypeError(
+        f"parameters[{i}] must be a tensor or a (name, tensor) pair, got "
+        f"{type(item).__name__} {item!r:.80}. Pass model.parameters() or "
+        f"model.named_parameters()."
+    )
 
 
 def named_grads(parameters: Parameters) -> list[tuple[str, Tensor, Tensor]]:
@@ -75,16 +100,17 @@ def named_grads(parameters: Parameters) -> list[tuple[str, Tensor, Tensor]]:
         UnsupportedGradientError: a gradient is sparse (or of another non-strided layout).
     """
     named = named_tensors(parameters)
-    out: list[tuple[str, Tensor, Tensor]] = []
+    # The hot path: one gradient read per tensor, then one cheap pass over the gradients.
+    out = [(name, tensor, grad) for name, tensor in named if (grad := tensor.grad) is not None]
     strided = torch.strided
-    for name, tensor in named:  # one attribute read per tensor: this loop is on the hot path
-        grad = tensor.grad
-        if grad is not None:
+    odd = [i for i, (_, _, grad) in enumerate(out) if type(grad) is not Tensor]
+    if odd or any(grad.layout != strided for _, _, grad in out):
+        for name, _, grad in out:
             if grad.layout != strided:
                 raise _unsupported_layout(name, grad)
-            if type(grad) is not Tensor:  # a subclass: maybe a DTensor (rare, so checked late)
-                grad = local_tensor(grad)
-            out.append((name, tensor, grad))
+        for i in odd:  # a Tensor subclass, maybe a DTensor: measure its local shard
+            name, tensor, grad = out[i]
+            out[i] = (name, tensor, local_tensor(grad))
     if named and not out:
         shown = ", ".join(name for name, _ in named[:3]) + (", ..." if len(named) > 3 else "")
         raise NoGradientsError(
