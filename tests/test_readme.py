@@ -70,3 +70,19 @@ def test_readme_command_runs(command: str, tmp_path: Path) -> None:
         [str(exe), *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_readme_make_demo_writes_the_report() -> None:
+    """The README's first command, as a newcomer runs it: the demo ends with the HTML report."""
+    text = README.read_text(encoding="utf-8")
+    assert re.search(r"^make demo\b", text, re.MULTILINE)
+    done = subprocess.run(
+        ["make", "--no-print-directory", "demo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "report: gradguard-demo/report.html" in done.stdout
+    assert (REPO / "gradguard-demo" / "report.html").stat().st_size > 10_000
