@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradguard.detect.base import check_int, check_ratio, culprit_names, fmt
-from gradguard.detect.robust import RobustWindow
+from gradguard.detect.robust import RobustWindow, jump_severity
 from gradguard.errors import check_positive
-from gradguard.records import Alert, AlertKind, Observation, Severity
+from gradguard.records import Alert, AlertKind, Observation
 
 __all__ = ["LossSpikeDetector"]
 
@@ -84,17 +84,12 @@ class LossSpikeDetector:
                 scale = max(abs(center), spread, 1e-12)
                 ratio = 1.0 + (value - center) / scale
                 z = (value - center) / max(spread, self.min_spread * scale)
-            if self.seen > self.warmup and len(self.baseline) >= 3:
-                hit = z >= self.z_threshold and ratio >= self.min_ratio
-            else:
-                hit = ratio >= self.warmup_ratio
-            if hit:
+            severity = jump_severity(self, z=z, ratio=ratio, history=len(self.baseline))
+            if severity is not None:
                 alerts.append(
                     Alert(
                         step=obs.step,
-                        severity=(
-                            Severity.CRITICAL if ratio >= self.critical_ratio else Severity.WARNING
-                        ),
+                        severity=severity,
                         kind=AlertKind.LOSS_SPIKE,
                         message=(
                             f"Loss {fmt(loss)} is {fmt(ratio)}x its recent median {fmt(typical)} "

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from gradguard._ring import MAD_TO_STD, Ring, median
+from gradguard.records import Severity
 
-__all__ = ["RobustWindow"]
+__all__ = ["JumpRule", "RobustWindow", "jump_severity"]
 
 
 class RobustWindow:
@@ -57,3 +58,30 @@ class RobustWindow:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the window's values."""
         self.ring.load_state_dict(state)
+
+
+class JumpRule(Protocol):
+    """The settings shared by the robust jump detectors (gradient-norm and loss spikes)."""
+
+    seen: int
+    warmup: int
+    z_threshold: float
+    min_ratio: float
+    critical_ratio: float
+    warmup_ratio: float
+
+
+def jump_severity(rule: JumpRule, *, z: float, ratio: float, history: int) -> Severity | None:
+    """How severe a jump of robust z-score ``z`` and ``ratio`` to the median is, or ``None``.
+
+    After the warm-up (and with at least 3 values of ``history``) a jump must pass both the
+    z-score and the ratio bound; during the warm-up only a jump of ``warmup_ratio`` counts.
+    From ``critical_ratio`` on it is critical.
+    """
+    if rule.seen > rule.warmup and history >= 3:
+        hit = z >= rule.z_threshold and ratio >= rule.min_ratio
+    else:
+        hit = ratio >= rule.warmup_ratio
+    if not hit:
+        return None
+    return Severity.CRITICAL if ratio >= rule.critical_ratio else Severity.WARNING

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradguard.detect.base import check_int, check_ratio, culprit_names, fmt
-from gradguard.detect.robust import RobustWindow
+from gradguard.detect.robust import RobustWindow, jump_severity
 from gradguard.errors import check_positive
-from gradguard.records import Alert, AlertKind, Observation, Severity
+from gradguard.records import Alert, AlertKind, Observation
 
 __all__ = ["SpikeDetector"]
 
@@ -78,18 +78,14 @@ class SpikeDetector:
         if len(self.baseline):
             center, spread = self.baseline.center_spread()
             ratio = math.exp(min(value - center, 700.0))
-            if self.seen > self.warmup and len(self.baseline) >= 3:
-                hit = (value - center) / spread >= self.z_threshold and ratio >= self.min_ratio
-            else:
-                hit = ratio >= self.warmup_ratio
-            if hit:
+            z = (value - center) / spread
+            severity = jump_severity(self, z=z, ratio=ratio, history=len(self.baseline))
+            if severity is not None:
                 typical = math.exp(center)
                 alerts.append(
                     Alert(
                         step=obs.step,
-                        severity=(
-                            Severity.CRITICAL if ratio >= self.critical_ratio else Severity.WARNING
-                        ),
+                        severity=severity,
                         kind=AlertKind.GRAD_NORM_SPIKE,
                         message=(
                             f"Gradient norm {fmt(norm)} is {fmt(ratio)}x its recent median "
