@@ -15,6 +15,10 @@ gradients were changed or dropped). Methods:
   EMA standard deviations above its EMA mean (ZClip, Kumar et al. 2025);
 * ``gradguard``: ``gg.Guard(model, optimizer, scheduler=...)`` with its defaults.
 
+A scenario whose fault is injected (``corrupted_batch``) is also trained without the fault,
+unprotected: the ``fault-free`` row. A rescue that drops the bad step can at best match it, so a
+peer that beats it profits from the corrupted batch itself; the summary says when that happens.
+
 Then the cost of guarding: an incident-free ``Guard.step`` (with a no-op optimizer, so only the
 guard is timed) against ``measure + clip + one host transfer`` on large gradient sets, in
 interleaved rounds; and the snapshot cost as a percentage of a training step at the default
@@ -93,9 +97,13 @@ GUARD_CLIP: Any = "auto"
 """The guard's ``clip`` argument (``--guard-clip``); the default is Guard's own default."""
 
 
-def run_method(scenario: Any, method: str, seed: int) -> Outcome:
-    """Train ``scenario`` with ``method`` from ``seed``; return its :class:`Outcome`."""
-    run = scenario.build(seed)
+def run_method(scenario: Any, method: str, seed: int, *, fault_free: bool = False) -> Outcome:
+    """Train ``scenario`` with ``method`` from ``seed``; return its :class:`Outcome`.
+
+    ``fault_free`` trains the scenario's run without its injected fault instead (see
+    ``Scenario.build_fault_free``): the yardstick a rescue that drops the fault can reach.
+    """
+    run = scenario.build_fault_free(seed) if fault_free else scenario.build(seed)
     model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
     steps = scenario.steps
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -330,12 +338,16 @@ def main() -> None:
     exploding_total = 0
     healthy_ratios: list[float] = []
     peer_ratios: list[tuple[str, str, float]] = []
+    beyond_clean: list[tuple[str, str, float]] = []  # (tag, best peer, peer / fault-free)
     for name, scenario in _scenario_list():
         exploding = bool(scenario.explodes)
         for seed in seeds:
             outcomes = {m: run_method(scenario, m, seed) for m in METHODS}
             tag = f"{name}#{seed}" if len(seeds) > 1 else name
-            for method, o in outcomes.items():
+            rows = dict(outcomes)
+            if scenario.fault_free is not None:
+                rows["fault-free"] = run_method(scenario, "none", seed, fault_free=True)
+            for method, o in rows.items():
                 detail = f" ({o.note})" if o.note else ""
                 print(
                     f"| {tag} | {'exploding' if exploding else 'healthy'} | {method} "
@@ -352,6 +364,9 @@ def main() -> None:
                     best = min(finite, key=lambda m: finite[m])
                     ratio = guard.final / finite[best] if guard.finite else math.inf
                     peer_ratios.append((tag, best, ratio))
+                    clean = rows.get("fault-free")
+                    if clean is not None and clean.finite:
+                        beyond_clean.append((tag, best, finite[best] / clean.final))
             else:
                 base = outcomes["none"].final
                 healthy_ratios.append(guard.final / base if base else math.nan)
@@ -359,6 +374,10 @@ def main() -> None:
     print("\n| scenario | best finite peer | gradguard / best peer |\n| --- | --- | --- |")
     for tag, best, ratio in peer_ratios:
         print(f"| {tag} | {best} | {ratio:.3f} |")
+    if beyond_clean:
+        print("\n| scenario | best finite peer | best peer / fault-free run |\n| --- | --- | --- |")
+        for tag, best, ratio in beyond_clean:
+            print(f"| {tag} | {best} | {ratio:.3f} |")
 
     print("\n## Cost of guarding (CPU, one thread)\n")
     print(
@@ -388,11 +407,19 @@ def main() -> None:
     within = sum(r <= 1.05 for r in ratios)
     exact = sum(r == 1.0 for r in healthy_ratios)
     healthy = max(healthy_ratios, key=lambda r: abs(r - 1.0))
+    clean_note = ""
+    if beyond_clean:
+        below = sum(r < 1.0 for *_, r in beyond_clean)
+        low = min(r for *_, r in beyond_clean)
+        clean_note = (
+            f"; the best peer beat the fault-free run on {below}/{len(beyond_clean)} "
+            f"injected-fault runs (down to {low:.2f}x)"
+        )
     print(
         f"\nrescue: finite {counts}; final loss gradguard/best-peer median "
         f"{statistics.median(ratios):.2f}, <= 1.05 on {within}/{len(ratios)}, worst {worst:.2f} "
         f"({worst_tag}); healthy gradguard/none {healthy:.3f} (worst; {exact}/"
-        f"{len(healthy_ratios)} identical)"
+        f"{len(healthy_ratios)} identical){clean_note}"
     )
     joined = " ".join(f"{ratio:.2f} ({name})" for name, _, _, ratio, _, _ in overhead)
     clipping = max(ratio_clip for *_, ratio_clip in overhead)

@@ -102,6 +102,8 @@ class Scenario:
         kind: ``"sudden"`` (explodes within a few steps of its cause), ``"gradual"`` (the norm
             grows for tens of steps first) or ``"healthy"``.
         builder: ``seed -> TrainingRun``; use :meth:`build`.
+        fault_free: for a scenario whose explosion is injected (a corrupted batch), the same run
+            without the fault; use :meth:`build_fault_free`. ``None`` when the cause is built in.
     """
 
     name: str
@@ -110,12 +112,26 @@ class Scenario:
     steps: int
     kind: Kind
     builder: Callable[[int], TrainingRun] = dataclasses.field(repr=False, compare=False)
+    fault_free: Callable[[int], TrainingRun] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     def build(self, seed: int = 0) -> TrainingRun:
         """A fresh run; model initialisation uses ``seed`` without touching the global RNG."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.builder(seed)
+        return _seeded(self.builder, seed)
+
+    def build_fault_free(self, seed: int = 0) -> TrainingRun | None:
+        """The same run as :meth:`build` without its injected fault; ``None`` if it has none.
+
+        It is the yardstick of a rescue: skipping the faulty step can at best reach it.
+        """
+        return None if self.fault_free is None else _seeded(self.fault_free, seed)
+
+
+def _seeded(builder: Callable[[int], TrainingRun], seed: int) -> TrainingRun:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return builder(seed)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -78,7 +80,7 @@ CORRUPT_STEP = 150
 """The step at which :func:`_corrupted_batch` feeds its one corrupted batch."""
 
 
-def _corrupted_batch(seed: int) -> TrainingRun:
+def _corrupted_batch(seed: int, corrupt_step: int | None = CORRUPT_STEP) -> TrainingRun:
     model = mlp(8, 64)
     w = torch.randn(8, 1, generator=generator(seed, -1))
 
@@ -86,7 +88,7 @@ def _corrupted_batch(seed: int) -> TrainingRun:
         g = generator(seed, step)
         x = torch.randn(32, 8, generator=g)
         y = torch.tanh(x @ w) + 0.1 * torch.randn(32, 1, generator=g)
-        if step == CORRUPT_STEP:  # a unit mix-up in the data pipeline: values 1000x too large
+        if step == corrupt_step:  # a unit mix-up in the data pipeline: values 1000x too large
             return 1e3 * x, 1e3 * y
         return x, y
 
@@ -185,6 +187,7 @@ EXPLODING = [
         steps=200,
         kind="sudden",
         builder=_corrupted_batch,
+        fault_free=functools.partial(_corrupted_batch, corrupt_step=None),
     ),
     Scenario(
         "feature_drift",
