@@ -224,3 +224,57 @@ def test_a_backoff_scales_the_step_and_leaves_the_optimizer_settings_alone() -> 
                 assert record.action is ActionKind.BACKOFF
             assert optimizer.param_groups[0]["lr"] == 0.1  # restored after every step
     assert ratios == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5], rel=1e-5)
+
+
+def test_the_loss_is_read_from_backward_mean_over_accumulated_micro_batches(
+    tmp_path: Path,
+) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    expected = []
+    original = torch.autograd.backward
+    with GlobalGuard(log=tmp_path / "run.jsonl"):
+        assert torch.autograd.backward is not original
+        for step in range(6):
+            optimizer.zero_grad()
+            micro = []
+            for k in range(3):  # gradient accumulation: three backward calls per step
+                x, y = _batch(10 * step + k)
+                loss = nn.functional.mse_loss(model(x), y) / 3
+                loss.backward()
+                micro.append(loss.item())
+            torch.autograd.backward(model(x).sum() * 0.0)  # the module-level call is seen too
+            micro.append(0.0)
+            optimizer.step()
+            expected.append(sum(micro) / len(micro))
+    assert torch.autograd.backward is original
+    records = read_jsonl(tmp_path / "run.jsonl").records
+    assert [r.loss for r in records] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_loss_spike_seen_through_backward_skips_the_step(tmp_path: Path) -> None:
+    # Targets 1e4 times off at one step: the loss jumps, gradients with it; the loss rule names it.
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with GlobalGuard(log=tmp_path / "run.jsonl", capture_loss=True):
+        for step in range(60):
+            optimizer.zero_grad()
+            x, y = _batch(step)
+            if step == 50:
+                y = y * 1e4
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+    records = read_jsonl(tmp_path / "run.jsonl").records
+    assert records[50].action is ActionKind.SKIP
+    assert records[50].reason.value == "loss_spike"
+    assert all(r.loss is not None and math.isfinite(r.loss) for r in records)
+
+
+def test_capture_loss_off_leaves_backward_alone(tmp_path: Path) -> None:
+    original = torch.autograd.backward
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GlobalGuard(log=tmp_path / "run.jsonl", capture_loss=False):
+        assert torch.autograd.backward is original
+        _train(model, optimizer, 3, set())
+    assert [r.loss for r in read_jsonl(tmp_path / "run.jsonl").records] == [None] * 3

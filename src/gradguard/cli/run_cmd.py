@@ -124,7 +124,7 @@ def run(
     skip a step that would damage the weights (its gradients are dropped), back off or roll back
     when trouble repeats, and log every step. Options go before SCRIPT; everything after it is
     passed to the script. The summary is printed at exit, also after an error or Ctrl-C.
-    The loss is not seen (nothing patches backward), so the detectors judge gradients only.
+    The loss is read from backward() (the mean of what it was called on since the last step).
 
     Exit codes: the script's own exit code (0 when it finishes); 3 when the guard stopped a run
     it could not rescue; 130 after Ctrl-C; 2 for a bad script path or option.

@@ -6,6 +6,12 @@
 import their framework only when used.
 """
 
-from gradguard.integrations.hooks import GlobalGuard, HookedGuard, find_model, unwrap_optimizer
+from gradguard.integrations.hooks import (
+    GlobalGuard,
+    HookedGuard,
+    LossTap,
+    find_model,
+    unwrap_optimizer,
+)
 
-__all__ = ["GlobalGuard", "HookedGuard", "find_model", "unwrap_optimizer"]
+__all__ = ["GlobalGuard", "HookedGuard", "LossTap", "find_model", "unwrap_optimizer"]

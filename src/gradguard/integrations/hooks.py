@@ -16,15 +16,19 @@ the guard runs in two halves around it (:meth:`Guard.begin_step` and :meth:`Guar
 :class:`GlobalGuard` installs these hooks for *every* optimizer with
 ``torch.optim.optimizer.register_optimizer_step_pre_hook``/``..._post_hook`` (what
 ``gradguard run`` does) and names the tensors after the module that holds the optimizer's
-parameters. What hooks cannot see: the loss (nothing patches ``Tensor.backward``; a
-``step(closure)`` call does give it), so loss-based rules stay silent and the automatic clip
-learns only from gradient norms; and a learning-rate scheduler that the script steps itself also
-advances on skipped steps.
+parameters. It sees the loss through :class:`LossTap`, which wraps ``torch.autograd.backward``
+(hence ``loss.backward()``) to keep, on the device, the mean of the scalars that ``backward``
+was called on since the last optimizer step (the micro-batch losses under gradient accumulation;
+a ``step(closure)`` call hands its loss over directly). What hooks cannot see: a loss scaled by a
+``GradScaler`` before ``backward`` is seen scaled (the loss rules are ratios, so only a change of
+the scale shows, as a factor of two); and a learning-rate scheduler that the script steps itself
+also advances on skipped steps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import threading
@@ -51,6 +55,7 @@ from gradguard.stats.recurrent import recurrent_weights
 __all__ = [
     "GlobalGuard",
     "HookedGuard",
+    "LossTap",
     "describe_model",
     "find_model",
     "unwrap_optimizer",
@@ -235,6 +240,63 @@ class HookedGuard:
         self.guard.close()
 
 
+class LossTap:
+    """The loss of a script that never hands it over: what ``backward`` is called on.
+
+    :meth:`install` wraps ``torch.autograd.backward`` (which ``Tensor.backward`` calls); every
+    call on a one-element floating tensor adds its detached value to a per-thread sum on the
+    device (no host sync). :meth:`take` returns the mean since the last call, or ``None``.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._original: Callable[..., Any] | None = None
+        self._wrapper: Callable[..., Any] | None = None
+
+    def install(self) -> LossTap:
+        """Start watching ``backward`` (idempotent)."""
+        if self._original is not None:
+            return self
+        original = torch.autograd.backward
+
+        @functools.wraps(original)
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            self._add(tensors)
+            return original(tensors, *args, **kwargs)
+
+        self._original, self._wrapper = original, backward
+        torch.autograd.backward = backward  # type: ignore[assignment]
+        return self
+
+    def remove(self) -> None:
+        """Stop watching; restores ``torch.autograd.backward`` unless it was re-wrapped since."""
+        if self._original is not None and torch.autograd.backward is self._wrapper:
+            torch.autograd.backward = self._original  # type: ignore[assignment]
+        self._original = self._wrapper = None
+        self._local = threading.local()
+
+    def _add(self, tensors: Any) -> None:
+        if not isinstance(tensors, Tensor) or tensors.numel() != 1:
+            return
+        if not tensors.is_floating_point():
+            return
+        value = tensors.detach().reshape(())
+        total: Tensor | None = getattr(self._local, "total", None)
+        if total is None or total.device != value.device:
+            self._local.total, self._local.count = value.float(), 1
+        else:
+            self._local.total, self._local.count = total + value, self._local.count + 1
+
+    def take(self) -> Tensor | None:
+        """The mean of the losses seen on this thread since the last call (a device scalar)."""
+        total: Tensor | None = getattr(self._local, "total", None)
+        count = int(getattr(self._local, "count", 0))
+        self._local.total, self._local.count = None, 0
+        if total is None or count == 0:
+            return None
+        return total if count == 1 else total / count
+
+
 _StepHook = Callable[[torch.optim.Optimizer, tuple[Any, ...], dict[str, Any]], Any]
 
 
@@ -250,12 +312,14 @@ class GlobalGuard:
     Each optimizer gets its own guard (and its own log: ``<log>``, then ``<log stem>.opt2.jsonl``
     ...) at its first step; in a distributed run only rank 0 writes logs.
     ``optimizer.step(closure)`` is supported: the closure is wrapped so that the guard sees the
-    gradients (and the loss) it produces.
+    gradients (and the loss) it produces. Otherwise the loss is what ``backward`` was called on
+    since the last step (see :class:`LossTap`).
 
     Args:
         log: JSONL log of the first optimizer; ``None`` writes none.
         sinks: further sinks (console, TensorBoard) shared by every optimizer's guard.
         metadata: stored in each log header, beside the model's description.
+        capture_loss: watch ``backward`` for the loss; ``False`` judges gradients only.
         guard_options: keyword arguments of :class:`~gradguard.guard.Guard`.
     """
 
@@ -265,6 +329,7 @@ class GlobalGuard:
         log: str | os.PathLike[str] | None = None,
         sinks: Iterable[Sink] = (),
         metadata: Mapping[str, Any] | None = None,
+        capture_loss: bool = True,
         **guard_options: Any,
     ) -> None:
         self.log = Path(log) if log is not None else None
@@ -278,6 +343,7 @@ class GlobalGuard:
         )
         self._handles: list[Any] = []
         self._local = threading.local()
+        self.loss_tap = LossTap() if capture_loss else None
 
     # ------------------------------------------------------------------------------ hooks
     def install(self) -> GlobalGuard:
@@ -287,6 +353,8 @@ class GlobalGuard:
                 register_optimizer_step_pre_hook(self._pre_hook),
                 register_optimizer_step_post_hook(self._post_hook),
             ]
+            if self.loss_tap is not None:
+                self.loss_tap.install()
         return self
 
     def remove(self) -> None:
@@ -294,6 +362,8 @@ class GlobalGuard:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self.loss_tap is not None:
+            self.loss_tap.remove()
         for hooked in self.guards:
             hooked.close()
         for sink in self.sinks:
@@ -345,13 +415,16 @@ class GlobalGuard:
             hooked = self._guard_for(optimizer)
             # ``args`` holds the optimizer itself first, then step()'s own arguments.
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+            tapped = self.loss_tap.take() if self.loss_tap is not None else None
             if closure is None:
-                hooked.before_step()
+                hooked.before_step(tapped)
                 return None
         calls = [0]
 
         def guarded_closure() -> Any:
             loss = closure()
+            if self.loss_tap is not None:
+                self.loss_tap.take()  # the closure hands its loss over itself
             calls[0] += 1
             if calls[0] == 1:  # L-BFGS evaluates the closure many times: judge the first
                 with self._busy():
