@@ -265,13 +265,13 @@ class LossTap:
             return original(tensors, *args, **kwargs)
 
         self._original, self._wrapper = original, backward
-        torch.autograd.backward = backward  # type: ignore[assignment]
+        torch.autograd.backward = backward
         return self
 
     def remove(self) -> None:
         """Stop watching; restores ``torch.autograd.backward`` unless it was re-wrapped since."""
         if self._original is not None and torch.autograd.backward is self._wrapper:
-            torch.autograd.backward = self._original  # type: ignore[assignment]
+            torch.autograd.backward = self._original
         self._original = self._wrapper = None
         self._local = threading.local()
 
