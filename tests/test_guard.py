@@ -398,3 +398,36 @@ def test_default_guard_clips_to_the_healthy_scale_after_a_fault() -> None:
     assert record.clip_coef == pytest.approx(bound / (record.total_norm + 1e-6), rel=1e-5)
     after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
     assert after == pytest.approx(bound, rel=1e-4)
+
+
+def test_a_rollback_restores_the_detectors_baselines_of_the_snapshot() -> None:
+    # A noiseless regression that barely moves until step 80, then converges fast: at the fault
+    # the detectors' baselines describe a loss ~1e4x below that of the weights a rollback to
+    # step 80 restores. Kept live, they would call the restored run's ordinary loss a critical
+    # spike, skip and roll back again until the budget is spent.
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    x = torch.randn(64, 4)
+    y = x @ torch.randn(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1e-3 if s < 80 else 1.0)
+    guard = Guard(model, optimizer, scheduler=schedule, snapshot_every=20)
+    snapshots: dict[int, Any] = {}
+    records = []
+    for step in range(140):
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if step in (100, 101):  # two faulty steps in a row: the weights are suspect
+            model.weight.grad.fill_(math.nan)
+        records.append(guard.step(loss))
+        key = guard.store.steps()[-1]
+        snapshots.setdefault(key, guard.monitor.detector_state())
+    rollback = records[101]
+    assert rollback.action is ActionKind.ROLLBACK and rollback.rolled_back_to == 80
+    assert records[80].loss / records[99].loss > 1e4  # the baselines moved a long way down
+    assert records[102].loss == pytest.approx(records[80].loss, rel=0.01)  # back at step 80
+    after = records[102:]
+    assert [r.action for r in after if r.action is not ActionKind.PROCEED] == []
+    assert all(not r.alerts for r in after)
+    assert guard.counters["rollbacks"] == 1 and guard.counters["skipped"] == 2

@@ -419,10 +419,11 @@ class Guard:
         """Take a snapshot now; returns its key (the number of guard steps taken so far).
 
         A snapshot holds copies of the model's and optimizer's state dicts, the scheduler's and
-        scaler's and every random generator's. Disk snapshots also hold the guard's own state
-        (policy, detectors, clipper), which only :meth:`resume` after a crash needs; a rollback
-        keeps the guard's live state, so memory snapshots skip it (it is most of the copying
-        cost for a small model).
+        scaler's and every random generator's, and the baselines of the detectors and the policy
+        (a few hundred floats), which a rollback restores with the weights. Disk snapshots also
+        hold the guard's whole state (policy budgets, monitor history, clipper), which only
+        :meth:`resume` after a crash needs; a rollback keeps the budgets live, so memory
+        snapshots skip it (the monitor's history is most of the copying cost for a small model).
         """
         self.counters["snapshots"] += 1
         self._since_snapshot = 0
@@ -435,6 +436,8 @@ class Guard:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": capture_rng_state(),
+            "detectors": self.monitor.detector_state(),
+            "baselines": self.policy.baselines(),
             "guard": self.state_dict() if isinstance(self.store, DiskSnapshotStore) else None,
         }
         try:
@@ -478,6 +481,10 @@ class Guard:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.restore_rng:
             restore_rng_state(state["rng"])
+        if state.get("baselines") is not None and self.policy.load_baselines(state["baselines"]):
+            # Baselines learned on the abandoned trajectory would judge the restored weights'
+            # ordinary loss and norms as spikes (a run whose loss had fallen far since, say).
+            self.monitor.load_detector_state(state["detectors"])
         if decision.reset_moments:
             reset_optimizer_state_(self.optimizer)
         self.store.discard_after(key)

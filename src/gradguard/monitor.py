@@ -260,7 +260,7 @@ class Monitor:
         """Everything needed to resume monitoring exactly: step, counters, history, detectors."""
         return {
             "step": self._step,
-            "detectors": [{"name": d.name, "state": d.state_dict()} for d in self.detectors],
+            "detectors": self.detector_state(),
             "counts": {kind: dict(per) for kind, per in self._counts.items()},
             "first_alert": self._first_alert,
             "first_critical": self._first_critical,
@@ -272,21 +272,33 @@ class Monitor:
             "last": None if self._last is None else to_json_dict(self._last),
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the detectors must be the same kinds, in the same order.
+    def detector_state(self) -> list[dict[str, Any]]:
+        """What the detectors learned (their baselines), without the run's history: small."""
+        return [{"name": d.name, "state": d.state_dict()} for d in self.detectors]
+
+    def load_detector_state(self, state: Sequence[Mapping[str, Any]]) -> None:
+        """Restore :meth:`detector_state`; the run's history and counters stay as they are.
 
         Raises:
             ConfigError: the saved detectors differ from this monitor's.
         """
-        saved = [entry["name"] for entry in state["detectors"]]
+        saved = [entry["name"] for entry in state]
         mine = [d.name for d in self.detectors]
         if saved != mine:
             raise ConfigError(
                 f"the saved monitor state has detectors {saved!r} but this monitor has {mine!r}. "
                 "Build the Monitor with the same preset or detector list before loading."
             )
-        for detector, entry in zip(self.detectors, state["detectors"], strict=True):
+        for detector, entry in zip(self.detectors, state, strict=True):
             detector.load_state_dict(entry["state"])
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the detectors must be the same kinds, in the same order.
+
+        Raises:
+            ConfigError: the saved detectors differ from this monitor's.
+        """
+        self.load_detector_state(state["detectors"])
         self._step = int(state["step"])
         self._counts = {k: {s: int(n) for s, n in v.items()} for k, v in state["counts"].items()}
         self._first_alert = state["first_alert"]

@@ -723,6 +723,28 @@ class EscalationPolicy:
         return f"Critical gradient {kind} at norm {obs.total_norm:.3g}{where}"
 
     # ---------------------------------------------------------------- state
+    def baselines(self) -> dict[str, list[float]]:
+        """The healthy norms and losses the bounds and loss rules compare with (a snapshot's part).
+
+        A rollback restores them with :meth:`load_baselines`, so the restored weights are judged
+        against what was healthy for them, not against the trajectory that was abandoned; the
+        budgets, the incident and the learning-rate scale stay live.
+        """
+        return {"norms": list(self._s.norms), "losses": list(self._s.losses)}
+
+    def load_baselines(self, state: Mapping[str, Any]) -> bool:
+        """Restore :meth:`baselines` if they hold ``min_history`` norms; say whether they did.
+
+        A snapshot taken before the run had a healthy history (the one at step 0) knows less
+        than the live baselines, which then describe the first steps of the same weights: they
+        stay.
+        """
+        if len(state["norms"]) < self.config.min_history:
+            return False
+        self._s.norms = [float(v) for v in state["norms"]]
+        self._s.losses = [float(v) for v in state["losses"]]
+        return True
+
     def state_dict(self) -> dict[str, Any]:
         """All mutable state as plain Python values (ints, floats, lists, ``None``)."""
         out = dataclasses.asdict(self._s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +12,11 @@ from gradguard.detect.robust import RobustWindow, jump_severity
 from gradguard.errors import check_positive
 from gradguard.records import Alert, AlertKind, Observation
 
-__all__ = ["LossSpikeDetector"]
+__all__ = ["PEAK_FRACTION", "LossSpikeDetector"]
+
+PEAK_FRACTION = 1e-3
+"""Outside log space, a loss jump is measured in units of at least this fraction of the largest
+|median loss| seen (so a loss that reached exactly 0 does not make every rounding a spike)."""
 
 
 class LossSpikeDetector:
@@ -22,7 +27,8 @@ class LossSpikeDetector:
     ``z_threshold`` *and* the loss must be at least ``min_ratio`` times the recent median. Once a
     loss <= 0 is seen (log-likelihoods of densities, regularised objectives), the rule switches
     for good to the same test on the loss itself, the jump measured in units of ``|median|`` or
-    of the robust spread, whichever is larger.
+    of the robust spread, whichever is larger, but at least :data:`PEAK_FRACTION` of the largest
+    ``|median|`` seen.
     During the first ``warmup`` optimizer steps only a jump of ``warmup_ratio`` times the median
     so far alerts. A missing or non-finite loss never enters the window (non-finite losses are
     :class:`NonFiniteDetector` 's job).
@@ -60,6 +66,7 @@ class LossSpikeDetector:
         self.baseline = RobustWindow(size, self.min_spread)
         self.log_space = True
         self.seen = 0
+        self.peak = 0.0  # largest |median| seen, the floor of the linear-space scale
 
     def update(self, obs: Observation) -> list[Alert]:
         """Score this step's loss against the baseline, then add it to the baseline."""
@@ -79,9 +86,13 @@ class LossSpikeDetector:
                 z = (value - center) / spread
             else:
                 # Around a median near 0 a ratio means little: measure the jump in units of
-                # |median| or of the spread, whichever is larger.
+                # |median| or of the spread, whichever is larger, and never of less than a
+                # thousandth of the largest |median| seen: a run whose loss went from 1 to
+                # exactly 0 (a float32 cross-entropy underflows) then wiggling by 1e-8 is not
+                # jumping.
                 typical = center
-                scale = max(abs(center), spread, 1e-12)
+                self.peak = max(self.peak, abs(center))
+                scale = max(abs(center), spread, PEAK_FRACTION * self.peak, 1e-12)
                 ratio = 1.0 + (value - center) / scale
                 z = (value - center) / max(spread, self.min_spread * scale)
             severity = jump_severity(self, z=z, ratio=ratio, history=len(self.baseline))
@@ -107,6 +118,7 @@ class LossSpikeDetector:
 
     def _leave_log_space(self) -> None:
         values = [math.exp(v) for v in self.baseline.ring.values()]
+        self.peak = abs(statistics.median(values)) if values else 0.0
         self.baseline.ring.clear()
         for v in values:
             self.baseline.add(v)
@@ -118,6 +130,7 @@ class LossSpikeDetector:
         return {
             "seen": self.seen,
             "log_space": self.log_space,
+            "peak": self.peak,
             "baseline": self.baseline.state_dict(),
         }
 
@@ -125,5 +138,6 @@ class LossSpikeDetector:
         """Restore what :meth:`state_dict` saved."""
         self.seen = int(state["seen"])
         self.log_space = bool(state["log_space"])
+        self.peak = float(state.get("peak", 0.0))
         self.baseline.min_spread = self.min_spread if self.log_space else 0.0
         self.baseline.load_state_dict(state["baseline"])
