@@ -262,8 +262,9 @@ class _HalfClipper:
 
     def clip_(self, stats: GradStats) -> Tensor:
         self.calls += 1
-        gg.clip.scale_grads_(stats, torch.tensor(0.5))
-        return stats.total_norm
+        coef = torch.tensor(0.5)
+        gg.clip.scale_grads_(stats, coef)
+        return coef
 
     def state_dict(self) -> dict[str, Any]:
         return {"calls": self.calls}
@@ -278,7 +279,9 @@ def test_a_clipper_object_replaces_the_fixed_bound() -> None:
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
     clipper = _HalfClipper()
     guard = Guard(model, opt, clip=clipper)
-    guard.step(_backward(model, opt))
+    record = guard.step(_backward(model, opt))
+    assert (record.action, record.clip_coef, guard.counters["clipped"]) == (ActionKind.CLIP, 0.5, 1)
+    assert "_HalfClipper scaled the gradients by 0.5 and the step applied" in record.message
     _loss(ref).backward()
     for p in ref.parameters():
         assert p.grad is not None
@@ -286,6 +289,73 @@ def test_a_clipper_object_replaces_the_fixed_bound() -> None:
     ref_opt.step()
     assert _same(_params(model), _params(ref)) and clipper.calls == 1
     assert guard.state_dict()["clipper"] == {"calls": 1}
+
+
+def _scaled_backward(model: nn.Module, opt: torch.optim.Optimizer, scale: float) -> Tensor:
+    """Gradients of ``scale`` times the loss: the norm varies from step to step."""
+    opt.zero_grad(set_to_none=True)
+    loss = _loss(model) * scale
+    loss.backward()
+    return loss
+
+
+_SCALES = (1.0, 1.6, 2.2, 0.5, 2.8, 1.3, 3.0, 0.7)
+
+
+def test_a_percentile_clipper_is_recorded_counted_and_matches_the_clipper_by_hand() -> None:
+    model, ref = _mlp(), _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    clipper, ref_clipper = gg.clip.PercentileClipper(10), gg.clip.PercentileClipper(10)
+    guard = Guard(model, opt, clip=clipper)
+    records, by_hand = [], []
+    for scale in _SCALES:
+        records.append(guard.step(_scaled_backward(model, opt, scale)))
+        _scaled_backward(ref, ref_opt, scale)
+        by_hand.append(ref_clipper.clip_(gg.measure(ref)).item())
+        ref_opt.step()
+    assert _same(_params(model), _params(ref))
+    assert [r.clip_coef for r in records] == by_hand  # the same float32 values, exactly
+    assert all(r.applied and math.isfinite(r.clip_coef) for r in records)
+    clipped = [t for t, coef in enumerate(by_hand) if coef < 1.0 - 1e-5]
+    assert [t for t, r in enumerate(records) if r.action is ActionKind.CLIP] == clipped
+    assert guard.counters["clipped"] == len(clipped) == 4 and clipped == [4, 5, 6, 7]
+    for t in clipped:
+        assert records[t].clip_coef < 0.99
+        assert f"PercentileClipper scaled the gradients by {by_hand[t]:.3g}" in records[t].message
+    # Steps 1 to 3: each norm is the smallest so far, under the percentile: nothing is clipped.
+    for record in records[1:4]:
+        assert (record.action, record.clip_coef) == (ActionKind.PROCEED, 1.0)
+        assert record.message.endswith("is within bounds: step applied.")
+    # Step 0: the bound is the step's own norm; eps leaves a coefficient a hair under 1.
+    assert records[0].action is ActionKind.PROCEED and 1.0 - 1e-5 < records[0].clip_coef < 1.0
+
+
+def test_a_per_tensor_clipper_records_the_shrink_of_the_global_norm() -> None:
+    model, ref = _mlp(), _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = Guard(model, opt, clip=gg.clip.PerTensorNormClipper(0.05), snapshot_every=None)
+    record = guard.step(_backward(model, opt))
+    _loss(ref).backward()
+    before = gg.measure(ref).total_norm.item()
+    gg.clip.PerTensorNormClipper(0.05).clip_(gg.measure(ref))
+    after = gg.measure(ref).total_norm.item()
+    assert record.action is ActionKind.CLIP and guard.counters["clipped"] == 1
+    assert record.clip_coef == pytest.approx(after / before, rel=1e-5) and after < 0.5 * before
+    assert record.total_norm == pytest.approx(before, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(gg.clip.REGISTRY))
+def test_one_host_transfer_per_step_with_a_clipper(name: str) -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    guard = Guard(model, opt, snapshot_every=None, clip=gg.clip.REGISTRY[name]())
+    for scale in (*_SCALES, *_SCALES[:4]):  # 12 steps: past the every-10-steps parameter norm
+        loss = _scaled_backward(model, opt, scale)
+        with count_host_syncs() as calls:
+            record = guard.step(loss)
+        assert calls == ["tolist"]
+        assert record.applied and 0.0 < record.clip_coef <= 1.0
 
 
 def test_state_dict_round_trip_continues_identically() -> None:

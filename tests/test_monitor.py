@@ -108,6 +108,18 @@ def test_given_stats_are_used_instead_of_measuring_again() -> None:
         monitor.observe(loss)
 
 
+def test_a_clip_coefficient_lands_in_the_observation_with_no_extra_transfer() -> None:
+    model = _model()
+    monitor = gg.Monitor(model)
+    monitor.observe(_backward(model))
+    assert monitor.last is not None and monitor.last.clip_coef is None
+    loss = _backward(model)
+    with count_host_syncs() as calls:
+        monitor.observe(loss, clip_coef=torch.tensor(0.375))
+    assert calls == ["tolist"]
+    assert monitor.last is not None and monitor.last.clip_coef == 0.375
+
+
 def test_state_round_trip_resumes_with_identical_alerts() -> None:
     torch.manual_seed(1)
     model = _model()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -56,6 +57,38 @@ def test_healthy_and_clipped_steps_are_applied_with_a_fixed_bound() -> None:
     assert clipped.clip_coef == pytest.approx(1.0 / (4.0 + 1e-6))
     assert "0.25" in clipped.action.message
     assert policy.lr_scale == 1.0 and policy.incident_start is None
+
+
+def test_an_external_clippers_coefficient_labels_the_applied_step() -> None:
+    policy = EscalationPolicy(clip="external")
+    scaled = dataclasses.replace(_obs(0, norm=4.0), clip_coef=0.25)
+    d = policy.decide(scaled, clipper="PercentileClipper")
+    assert (d.action.kind, d.action.reason, d.apply) == (
+        ActionKind.CLIP,
+        Reason.NORM_ABOVE_BOUND,
+        True,
+    )
+    assert d.clip_bound is None and d.clip_coef == 0.25
+    assert d.action.message == (
+        "Gradient norm 4: PercentileClipper scaled the gradients by 0.25 and the step applied."
+    )
+    assert _one_sentence(d.action.message)
+    untouched = policy.decide(dataclasses.replace(_obs(1, norm=0.5), clip_coef=1.0))
+    assert (untouched.action.kind, untouched.clip_coef) == (ActionKind.PROCEED, 1.0)
+    assert untouched.action.message == "Gradient norm 0.5 is within bounds: step applied."
+    no_clipper = policy.decide(_obs(2, norm=0.5))  # Observation.clip_coef is None
+    assert (no_clipper.action.kind, no_clipper.clip_coef) == (ActionKind.PROCEED, 1.0)
+
+
+def test_an_external_coefficient_multiplies_the_policys_own() -> None:
+    policy = EscalationPolicy(clip=1.0)
+    d = policy.decide(dataclasses.replace(_obs(0, norm=4.0), clip_coef=0.5))
+    assert d.action.kind is ActionKind.CLIP and d.clip_bound == 1.0
+    assert d.clip_coef == pytest.approx(0.5 / (4.0 + 1e-6))
+    assert d.action.message == (
+        "Gradient norm 4 is above the bound: the clipper scaled the gradients by 0.5, gradients "
+        "scaled by 0.25 (bound 1) and the step applied."
+    )
 
 
 def test_auto_bound_leaves_healthy_steps_alone_and_clips_to_the_healthy_scale_in_incidents() -> (

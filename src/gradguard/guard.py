@@ -3,9 +3,10 @@
 One :meth:`Guard.step` after ``loss.backward()``:
 
 1. ``scaler.unscale_`` (with a GradScaler), then :func:`~gradguard.measure` the gradients
-   (device tensors, no host sync); a clipper object clips here, before the sync;
+   (device tensors, no host sync); a clipper object clips here, before the sync, and its
+   coefficient is reduced on the device to one number (:func:`~gradguard.clip.step_coefficient`);
 2. :meth:`Monitor.observe <gradguard.monitor.Monitor.observe>`: the ONE host transfer of the step
-   (norms, finiteness, loss), then the detectors;
+   (norms, finiteness, loss, that coefficient), then the detectors;
 3. :class:`~gradguard.policy.EscalationPolicy` turns the observation and the alerts into a
    decision: apply the step (with a clip bound or not), skip it, back off the learning rate,
    roll back to a snapshot, or abort;
@@ -20,7 +21,6 @@ One :meth:`Guard.step` after ``loss.backward()``:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from gradguard.clip import Clipper, apply_global_bound_
+from gradguard.clip import Clipper, apply_global_bound_, step_coefficient
 from gradguard.detect import Detector, Preset
 from gradguard.errors import ConfigError, SnapshotError, TrainingDivergedError, check_positive
 from gradguard.monitor import Monitor
@@ -114,7 +114,9 @@ class Guard:
             ends such a run 80x worse. A float is a fixed bound on the global norm (as
             ``clip_grad_norm_``); ``None`` disables clipping (finite spikes are then skipped
             instead); any object with ``clip_(stats)`` (an adaptive :class:`Clipper`) clips
-            every step before the guard decides.
+            every step before the guard decides, and a step it scaled is recorded as ``clip``
+            with its coefficient (see :attr:`StepRecord.clip_coef
+            <gradguard.records.StepRecord.clip_coef>`) and counted in ``counters["clipped"]``.
         policy: a :class:`~gradguard.policy.PolicyConfig` or a ready
             :class:`~gradguard.policy.EscalationPolicy`; ``None`` for the defaults.
         snapshot_every: take a snapshot after this many healthy applied steps (and only after
@@ -287,9 +289,12 @@ class Guard:
         # Global norms before clipping or deciding, so every rank clips and decides alike.
         group = self.monitor.process_group
         stats = reduce_across_ranks(stats, group, sharded=self.monitor.sharded_grads)
+        coef: Tensor | float | None = None
         if self._clipper is not None and stats.grads:
-            self._clipper.clip_(stats)  # queued on the device before the sync below
-        alerts = self.monitor.observe(loss, stats=stats)  # HOST SYNC: the one transfer, inside.
+            # Queued on the device before the sync below; its coefficient rides along in it.
+            coef = step_coefficient(stats, self._clipper.clip_(stats))
+        # HOST SYNC: the one transfer, inside.
+        alerts = self.monitor.observe(loss, stats=stats, clip_coef=coef)
         obs = self.monitor.last
         if obs is None:  # pragma: no cover - Monitor.observe always sets it
             raise RuntimeError("Monitor.observe() left no observation")
@@ -299,6 +304,7 @@ class Guard:
             alerts,
             can_rollback=self.snapshot_every is not None and bool(self.store.steps()),
             scaler_overflow=overflow,
+            clipper=type(self._clipper).__name__ if self._clipper is not None else "the clipper",
         )
         if decision.apply:
             self._clip(stats, obs, decision.clip_bound)
@@ -339,7 +345,6 @@ class Guard:
             rolled_back_to, lost, message = self._rollback(decision)
         elif kind is ActionKind.RESET_OPTIMIZER_STATE:
             reset_optimizer_state_(self.optimizer)
-        coef = math.nan if self._clipper is not None else decision.clip_coef
         self._count(decision, overflow, lost)
         self._last_culprits = tuple(name for name, _ in obs.top[:3])
         record = StepRecord(
@@ -350,7 +355,7 @@ class Guard:
             applied=decision.apply,
             loss=obs.loss,
             total_norm=obs.total_norm,
-            clip_coef=coef,
+            clip_coef=decision.clip_coef,
             lr=self._effective_lr(decision.lr_scale),
             alerts=tuple(alerts),
             top=obs.top,
@@ -392,9 +397,8 @@ class Guard:
         c["steps"] += 1
         if decision.apply:
             c["applied"] += 1
-            c["clipped"] += decision.action.kind is ActionKind.CLIP or (
-                decision.clip_bound is not None and decision.clip_coef < 1.0 - 1e-5
-            )
+            # A CLIP, or a backoff or recovery whose gradients were scaled (by either clipper).
+            c["clipped"] += kind is ActionKind.CLIP or decision.clip_coef < 1.0 - 1e-5
         else:
             c["skipped"] += 1
         c["backoffs"] += kind is ActionKind.BACKOFF

@@ -171,7 +171,11 @@ class Monitor:
         return History(tuple(self._observations), tuple(self._alerts))
 
     def observe(
-        self, loss: Tensor | float | None = None, *, stats: GradStats | None = None
+        self,
+        loss: Tensor | float | None = None,
+        *,
+        stats: GradStats | None = None,
+        clip_coef: Tensor | float | None = None,
     ) -> list[Alert]:
         """Observe one optimizer step: measure, transfer once, detect, record.
 
@@ -181,6 +185,9 @@ class Monitor:
             loss: the loss of this step (a tensor on any device, a number, or ``None``).
             stats: gradients already measured this step (the Guard passes its own so nothing is
                 measured twice); ``None`` to measure the monitored parameters now.
+            clip_coef: a one-element device tensor (or a number) that rides along in the same
+                transfer and lands in ``last.clip_coef``; the Guard passes its clipper's
+                coefficient here so that reading it costs no second host sync.
 
         Returns:
             The alerts raised at this step, in detector order (empty when healthy).
@@ -209,6 +216,7 @@ class Monitor:
             top_k=self.top_k,
             param_norm=weights,
             want_tensor_norms=want_all,
+            clip_coef=clip_coef,
         )
         alerts: list[Alert] = []
         for detector in self.detectors:

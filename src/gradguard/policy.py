@@ -225,7 +225,9 @@ class Decision:
         apply: whether the optimizer step is applied to the weights.
         lr_scale: multiplier of every parameter group's learning rate from now on.
         clip_bound: bound on the global gradient norm for this step (``None``: do not clip).
-        clip_coef: the coefficient that bound gives, computed from the transferred norm.
+        clip_coef: the factor the applied gradients were scaled by: that bound's coefficient,
+            computed from the transferred norm, times a clipper object's
+            (``Observation.clip_coef``) when one ran.
         rollback_before: for a rollback, restore the newest snapshot taken before this step.
         reset_moments: whether to reset the optimizer's moments (after restoring, if rolling back).
     """
@@ -358,16 +360,20 @@ class EscalationPolicy:
         *,
         can_rollback: bool = True,
         scaler_overflow: bool = False,
+        clipper: str = "the clipper",
     ) -> Decision:
         """Choose what to do with the optimizer step described by ``observation``.
 
         Args:
-            observation: the host values of this step (norm, finiteness, loss).
+            observation: the host values of this step (norm, finiteness, loss, and
+                ``clip_coef`` when a clipper object already scaled the gradients: an applied
+                step then reports that factor, times the policy's own bound's if any).
             alerts: the alerts the detectors raised at this step.
             can_rollback: whether a snapshot exists to roll back to; when not, the rollback rung
                 resets the optimizer state and backs off instead.
             scaler_overflow: the guard's GradScaler found non-finite gradients under a finite
                 loss (its own overflow, see ``max_scaler_overflows``).
+            clipper: how messages name the clipper behind ``observation.clip_coef``.
 
         Returns:
             The :class:`Decision`; every field is a host value.
@@ -413,7 +419,7 @@ class EscalationPolicy:
             why = "clipping and backoffs kept the run finite but not on track"
             return self._rollback(t, Reason.DIVERGENCE, what, why, can_rollback)
         if fault is None:
-            return self._proceed(observation, warn, trend, culprits)
+            return self._proceed(observation, warn, trend, culprits, clipper)
 
         s.consecutive += 1
         s.healthy_streak = 0
@@ -534,20 +540,28 @@ class EscalationPolicy:
         return self.config.fallback_bound
 
     def _proceed(
-        self, obs: Observation, warn: Reason | None, trend: bool, culprits: tuple[str, ...]
+        self,
+        obs: Observation,
+        warn: Reason | None,
+        trend: bool,
+        culprits: tuple[str, ...],
+        clipper: str,
     ) -> Decision:
         s, cfg, t = self._s, self.config, obs.step
         s.consecutive = 0
         protected = self.protected(t)
         bound = self._bound(protected)
-        coef = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
+        own = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
         clipped = bound is not None and obs.total_norm > bound
-        kind = ActionKind.CLIP if clipped else ActionKind.PROCEED
-        done = (
-            f"gradients scaled by {coef:.3g} (bound {bound:.3g}) and the step applied"
-            if clipped and bound is not None
-            else "step applied"
-        )
+        # A clipper object ("external") scaled the gradients before this decision.
+        external = 1.0 if obs.clip_coef is None else obs.clip_coef
+        clipped_before = external < 1.0 - 1e-5
+        coef = external * own
+        kind = ActionKind.CLIP if clipped or clipped_before else ActionKind.PROCEED
+        scaled = [f"{clipper} scaled the gradients by {external:.3g}"] if clipped_before else []
+        if clipped and bound is not None:
+            scaled.append(f"gradients scaled by {own:.3g} (bound {bound:.3g})")
+        done = f"{', '.join(scaled)} and the step applied" if scaled else "step applied"
 
         def decision(action: Action) -> Decision:
             return Decision(action, True, s.lr_scale, bound, coef)
@@ -614,7 +628,8 @@ class EscalationPolicy:
             why = "recovering from an incident" if protected else "above the bound"
             message = f"Gradient norm {obs.total_norm:.3g} while {why}: {done}."
             if not protected:
-                message = f"Gradient norm {obs.total_norm:.3g} is above the bound: {done}."
+                above = " is above the bound" if clipped else ""  # a clipper's own rule decided
+                message = f"Gradient norm {obs.total_norm:.3g}{above}: {done}."
             return decision(Action(kind, Reason.NORM_ABOVE_BOUND, message))
         message = f"Gradient norm {obs.total_norm:.3g} is within bounds: step applied."
         return decision(Action(kind, Reason.HEALTHY, message))

@@ -130,6 +130,8 @@ class Observation:
         num_tensors: how many tensors had a gradient.
         param_norm: global parameter norm when measured this step, else ``None``.
         tensor_norms: every per-tensor gradient norm by name, only when a detector asked for them.
+        clip_coef: the factor by which a clipper object shrank the global norm before this
+            observation (it travelled in the step's one transfer); ``None`` when none ran.
     """
 
     step: int
@@ -140,6 +142,7 @@ class Observation:
     num_tensors: int = 0
     param_norm: float | None = None
     tensor_norms: tuple[tuple[str, float], ...] | None = None
+    clip_coef: float | None = None
 
     @property
     def loss_finite(self) -> bool:
@@ -204,7 +207,12 @@ class StepRecord:
         applied: whether the optimizer step was applied to the weights.
         loss: the loss given for this step, if any.
         total_norm: global gradient norm before clipping.
-        clip_coef: factor the gradients were multiplied by (1.0 when not clipped).
+        clip_coef: factor the gradients were multiplied by on an applied step (1.0 when not
+            clipped, and on a skipped step, whose gradients never reach the weights). With a
+            clipper object that scales tensors differently (per tensor, per unit, by value) it is
+            the factor by which the global norm shrank, ``norm(after) / norm(before)``, so
+            ``total_norm * clip_coef`` is always the global norm that was applied; ``nan`` when
+            the clipper returned no coefficient.
         lr: learning rate of the first parameter group after the action.
         alerts: alerts raised at this step.
         top: the largest per-tensor gradient norms as ``(name, norm)`` pairs.

@@ -157,6 +157,18 @@ def test_coefficient_times_norms_gives_the_clipped_norms(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_the_step_coefficient_gives_the_clipped_global_norm(name: str) -> None:
+    model, clipper = _model(torch.float64), REGISTRY[name]()
+    for step in range(6):
+        _set_grads(model, step, torch.float64)
+        stats = gg.measure(model)
+        coef = gg.clip.step_coefficient(stats, clipper.clip_(stats))
+        after = gg.measure(model).total_norm
+        assert isinstance(coef, torch.Tensor) and coef.shape == ()
+        torch.testing.assert_close(coef * stats.total_norm, after, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_measure_and_clip_make_no_host_sync(name: str) -> None:
     model, clipper = _model(), REGISTRY[name]()
     half = [nn.Parameter(torch.zeros(4, dtype=torch.float16))]

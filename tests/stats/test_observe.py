@@ -63,6 +63,33 @@ def test_no_loss_no_topk_and_a_float64_loss_kept_exact() -> None:
     assert exact.loss == 1.0 + 1e-12
 
 
+def test_a_clip_coefficient_rides_in_the_same_transfer() -> None:
+    params = _params([3.0, 4.0], [12.0])
+    stats = gg.measure(params)
+    with count_host_syncs() as calls:
+        obs = observe(
+            stats,
+            torch.tensor(2.5),
+            0,
+            top_k=1,
+            param_norm=param_norm(params),
+            clip_coef=torch.tensor(0.25),
+        )
+    assert calls == ["tolist"]
+    assert (
+        obs.clip_coef == 0.25
+        and obs.loss == 2.5
+        and obs.param_norm == pytest.approx(math.sqrt(3.0))
+    )
+    assert obs.total_norm == 13.0 and obs.top == (("p1", 12.0),)
+    assert observe(stats, None, 0, clip_coef=0.5).clip_coef == 0.5  # a host number as is
+    assert observe(stats, None, 0).clip_coef is None
+    with pytest.raises(ConfigError, match=r"clip_coef must be a single number.*\(2,\)"):
+        observe(stats, None, 0, clip_coef=torch.ones(2))
+    with pytest.raises(ConfigError, match="clip_coef must be a tensor, a number or None"):
+        observe(stats, None, 0, clip_coef="low")  # type: ignore[arg-type]
+
+
 def test_bad_loss_and_top_k_teach() -> None:
     stats = gg.measure(_params([1.0]))
     with pytest.raises(ConfigError, match=r"shape \(2,\)"):

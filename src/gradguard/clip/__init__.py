@@ -13,7 +13,7 @@ from gradguard.clip.apply import (
     scale_each_grad_,
     scale_grads_,
 )
-from gradguard.clip.base import Clipper
+from gradguard.clip.base import Clipper, step_coefficient
 from gradguard.clip.fixed import GlobalNormClipper, PerTensorNormClipper, ValueClipper
 from gradguard.clip.fused import fused_clipped_step
 from gradguard.clip.norm import clip_by_global_norm_, clip_per_tensor_norm_
@@ -41,4 +41,5 @@ __all__ = [
     "safe_coefficient",
     "scale_each_grad_",
     "scale_grads_",
+    "step_coefficient",
 ]

@@ -1,8 +1,9 @@
 """Turn one step's device measurements into an :class:`Observation`: the ONE host transfer per step.
 
 Everything the detectors need (global norm, finite flag, loss, parameter norm, the top-k
-per-tensor norms and their indices, optionally every per-tensor norm) is packed into one device
-tensor and copied to the host once. Nothing else in a monitored step reads a device value.
+per-tensor norms and their indices, optionally every per-tensor norm), and the Guard's clipping
+coefficient when a clipper object ran, is packed into one device tensor and copied to the host
+once. Nothing else in a monitored step reads a device value.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def observe(
     top_k: int = 5,
     param_norm: Tensor | None = None,
     want_tensor_norms: bool = False,
+    clip_coef: Tensor | float | None = None,
 ) -> Observation:
     """Copy what one step's detectors need to the host in a single transfer.
 
@@ -42,6 +44,10 @@ def observe(
         top_k: how many of the largest per-tensor norms to transfer, with their names (>= 0).
         param_norm: a 0-d device tensor from :func:`param_norm`, or ``None`` when not measured
             this step.
+        clip_coef: the step's clipping coefficient as a one-element device tensor (from
+            :func:`gradguard.clip.step_coefficient`), packed into the same transfer; a Python
+            number is taken as is; ``None`` when no clipper ran. It lands in
+            ``Observation.clip_coef``.
         want_tensor_norms: also transfer every per-tensor norm (for detectors that keep a
             baseline per tensor). It is still one copy; only its size grows.
 
@@ -49,7 +55,7 @@ def observe(
         An :class:`Observation` of host floats.
 
     Raises:
-        ConfigError: ``top_k`` is negative, or ``loss`` is not a single number.
+        ConfigError: ``top_k`` is negative, or ``loss`` or ``clip_coef`` is not a single number.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise ConfigError(f"top_k must be an integer >= 0, got {top_k!r}. The default is 5.")
@@ -66,9 +72,20 @@ def observe(
             )
         parts.append(loss.detach().reshape(1).to(device))
     elif loss is not None:
-        host_loss = _host_number(loss)
+        host_loss = _host_number(loss, "loss")
     if param_norm is not None:
         parts.append(param_norm.detach().reshape(1).to(device))
+    host_coef: float | None = None
+    if isinstance(clip_coef, Tensor):
+        if clip_coef.numel() != 1:
+            raise ConfigError(
+                f"clip_coef must be a single number, got a tensor of shape "
+                f"{tuple(clip_coef.shape)}. Reduce a clipper's coefficients to one with "
+                "gradguard.clip.step_coefficient(stats, coef) first."
+            )
+        parts.append(clip_coef.detach().reshape(1).to(device))
+    elif clip_coef is not None:
+        host_coef = _host_number(clip_coef, "clip_coef")
     count = stats.norms.numel()
     k = min(top_k, count)
     if k:
@@ -86,6 +103,8 @@ def observe(
     host_param_norm: float | None = None
     if param_norm is not None:
         host_param_norm, i = values[i], i + 1
+    if isinstance(clip_coef, Tensor):
+        host_coef, i = values[i], i + 1
     names = stats.names
     top = tuple(
         (names[int(index)], value)
@@ -104,6 +123,7 @@ def observe(
         num_tensors=count,
         param_norm=host_param_norm,
         tensor_norms=tensor_norms,
+        clip_coef=host_coef,
     )
 
 
@@ -143,10 +163,10 @@ def param_norm(parameters: Parameters, norm_type: float | str = 2.0) -> Tensor:
     return total
 
 
-def _host_number(loss: float) -> float:
+def _host_number(value: float, name: str) -> float:
     try:
-        return float(loss)
+        return float(value)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"loss must be a tensor, a number or None, got {type(loss).__name__} {loss!r:.80}."
+            f"{name} must be a tensor, a number or None, got {type(value).__name__} {value!r:.80}."
         ) from None
