@@ -291,6 +291,36 @@ def test_learning_rate_is_restored_gradually_after_healthy_steps() -> None:
     assert policy.lr_scale == 1.0
 
 
+def test_the_rate_waits_while_the_norms_stay_above_their_healthy_scale() -> None:
+    # Healthy norms of 1, then a fault backs off. The warnings stop but the norms stay at 3x the
+    # healthy median: the run leans on the clip, so no rung comes back while that lasts. Once
+    # the protection window is over, the 3s enter the baseline; once it has moved up to them (a
+    # new level, accepted), 30 healthy steps restore the rate.
+    config = PolicyConfig(skip_budget=0, cooldown=0, restore_after=30, quiet=5)
+    policy = EscalationPolicy(config)
+    _run(policy, 0, 40)
+    policy.decide(_obs(40, norm=math.nan))
+    assert policy.lr_scale == 0.5
+    restored = [
+        t
+        for t in range(41, 200)
+        if policy.decide(_obs(t, norm=3.0)).action.reason is Reason.RECOVERED
+    ]
+    # Protected until 70; from 71 the 3s join 32 healthy 1s. At step 86 they are half of them:
+    # median 2, and 3 is within twice that, so the 30 healthy steps count from there.
+    assert restored == [86 + 29]
+    assert policy.healthy_norm() == 3.0 and policy.lr_scale == 1.0
+    old_rule = EscalationPolicy(dataclasses.replace(config, recovered_ratio=1e9))
+    _run(old_rule, 0, 40)
+    old_rule.decide(_obs(40, norm=math.nan))
+    restored = [
+        t
+        for t in range(41, 200)
+        if old_rule.decide(_obs(t, norm=3.0)).action.reason is Reason.RECOVERED
+    ]
+    assert restored == [70]  # 30 warning-free steps, protection over: straight back up
+
+
 def test_restore_disabled_keeps_the_scale() -> None:
     policy = EscalationPolicy(PolicyConfig(skip_budget=0, restore_after=None, quiet=5))
     policy.decide(_obs(0, norm=math.nan))
@@ -354,6 +384,7 @@ def test_scaler_overflows_are_skipped_without_climbing_the_ladder() -> None:
         ("oscillation_steps", 2),
         ("oscillation_ratio", 1.0),
         ("isolated_clip_factor", 0.5),
+        ("recovered_ratio", 1.0),
     ],
 )
 def test_bad_config_is_rejected_with_the_value(field: str, value: object) -> None:

@@ -76,6 +76,10 @@ class PolicyConfig:
         restore_after: healthy steps (no alert, no incident) before the scale is raised by one
             rung (divided by ``backoff_factor``, capped at 1), and for which the automatic clip
             stays on after an escalation; ``None`` never restores the scale.
+        recovered_ratio: a step counts as healthy toward ``restore_after`` only if its gradient
+            norm is within this many times the healthy median: a run whose norms stay high
+            after an incident still leans on the clip, and raising its learning rate then
+            brings the trouble straight back.
         consecutive_limit: faulty steps in a row that prove the weights themselves are bad
             (skipping cannot help when the weights do not change), triggering a rollback. Two:
             the same weights failed on two different batches.
@@ -136,6 +140,7 @@ class PolicyConfig:
     max_backoffs: int = 2
     min_lr_scale: float = 2.0**-10
     restore_after: int | None = 100
+    recovered_ratio: float = 2.0
     consecutive_limit: int = 2
     max_rollbacks: int = 3
     rollback_window: int = 1000
@@ -180,6 +185,11 @@ class PolicyConfig:
             raise ConfigError(
                 f"oscillation_ratio must be a number > 1, got {self.oscillation_ratio!r}; 1.5 "
                 "means each loss at least 1.5x above or below the one before."
+            )
+        if not self.recovered_ratio > 1.0:
+            raise ConfigError(
+                f"recovered_ratio must be a number > 1, got {self.recovered_ratio!r}; 2 (the "
+                "default) waits until the gradient norm is back within twice its healthy median."
             )
         if not self.isolated_clip_factor >= 1.0:
             raise ConfigError(
@@ -604,7 +614,11 @@ class EscalationPolicy:
                 f"{s.incident_start}."
             )
             return decision(Action(kind, warn, message))
-        s.healthy_streak += 1
+        typical = self.healthy_norm()
+        if typical is not None and obs.total_norm > cfg.recovered_ratio * typical:
+            s.healthy_streak = 0  # no warning, but the run still leans on the clip
+        else:
+            s.healthy_streak += 1
         if not protected:
             s.norms = [*s.norms[-(cfg.baseline - 1) :], obs.total_norm]
             if obs.loss is not None and math.isfinite(obs.loss):
