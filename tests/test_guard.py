@@ -501,3 +501,45 @@ def test_a_rollback_restores_the_detectors_baselines_of_the_snapshot() -> None:
     assert [r.action for r in after if r.action is not ActionKind.PROCEED] == []
     assert all(not r.alerts for r in after)
     assert guard.counters["rollbacks"] == 1 and guard.counters["skipped"] == 2
+
+
+def test_a_new_task_with_a_higher_loss_is_accepted_not_fought_until_abort() -> None:
+    # Targets switch to a new, 30x larger function at step 120 (a curriculum stage, a new
+    # dataset). The guard backs off and clips, finds the loss stuck, rolls back once, sees the
+    # restored weights fail alike on the next batch and accepts the new level; before, it rolled
+    # back three times and aborted.
+    def run(guarded: bool) -> tuple[list[StepRecord], list[float]]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 1))
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        guard = Guard(model, optimizer) if guarded else None
+        old, new = torch.randn(8, 1), torch.randn(8, 1)
+        records, losses = [], []
+        for step in range(240):
+            g = torch.Generator().manual_seed(step)
+            x = torch.randn(32, 8, generator=g)
+            y = torch.tanh(x @ old) if step < 120 else 30**0.5 * torch.tanh(x @ new)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            losses.append(float(loss.detach()))
+            if guard is None:
+                optimizer.step()
+            else:
+                records.append(guard.step(loss))
+        return records, losses
+
+    records, losses = run(guarded=True)
+    _, plain = run(guarded=False)
+    kinds = [r.action for r in records]
+    assert kinds.count(ActionKind.ROLLBACK) == 1 and ActionKind.ABORT not in kinds
+    (rollback,) = [r for r in records if r.action is ActionKind.ROLLBACK]
+    (accepted,) = [r for r in records if r.reason is Reason.REGIME_CHANGE]
+    assert 120 < rollback.step < 140 and accepted.step == rollback.step + 1
+    assert accepted.applied and "data changed" in accepted.message
+    assert all(r.action is ActionKind.PROCEED for r in records[accepted.step :])
+    # It learns the new task, some 30 steps behind the unguarded run (the steps clipped before
+    # the rollback, those it undid, and Adam's moments reset).
+    final = statistics.fmean(losses[-10:])
+    assert accepted.loss is not None and final < 0.3 * accepted.loss
+    assert final < 3 * statistics.fmean(plain[-10:])

@@ -488,3 +488,66 @@ def test_the_incident_stays_open_during_the_protection_window() -> None:
     assert policy.incident_start == 10 and policy.protected(29)
     _run(policy, 30, 41)  # the window ends at step 40
     assert policy.incident_start is None and not policy.protected(41)
+
+
+def _shifted(policy: EscalationPolicy, start: int, stop: int, loss: float) -> list[Decision]:
+    return [
+        policy.decide(_obs(t, loss=loss), [_alert(t, AlertKind.LOSS_SPIKE)])
+        for t in range(start, stop)
+    ]
+
+
+def test_restored_weights_failing_alike_mean_the_data_changed_and_the_level_is_accepted() -> None:
+    policy = EscalationPolicy()
+    _run(policy, 0, 60)  # healthy at loss 1
+    skip, rollback, probe = _shifted(policy, 60, 63, 300.0)
+    assert (skip.action.kind, rollback.action.kind) == (ActionKind.SKIP, ActionKind.ROLLBACK)
+    assert rollback.lr_scale == 0.5 and not rollback.reset_baselines
+    # The restored weights, healthy at step 40 or so, give the same loss on the next batch.
+    assert probe.action.kind is ActionKind.PROCEED and probe.apply
+    assert probe.action.reason is Reason.REGIME_CHANGE and probe.reset_baselines
+    assert probe.lr_scale == 1.0 and policy.lr_scale == 1.0  # the backoff was undone
+    assert _one_sentence(probe.action.message) and "data changed" in probe.action.message
+    state = policy.state_dict()
+    assert state["rollbacks"] == [] and state["norms"] == [] and state["losses"] == []
+    assert policy.incident_start is None
+    # From there the new level is the healthy one: nothing more happens.
+    later = [policy.decide(_obs(t, loss=300.0)) for t in range(63, 200)]
+    assert {d.action.kind for d in later} == {ActionKind.PROCEED}
+    assert policy.healthy_norm() == 1.0
+
+
+def test_a_restored_run_that_recovers_keeps_its_rollback_and_the_check_expires() -> None:
+    policy = EscalationPolicy()
+    _run(policy, 0, 60)
+    _shifted(policy, 60, 62, 300.0)  # skip, rollback
+    _run(policy, 62, 66)  # the restored weights are fine: it was the weights
+    assert policy.state_dict()["rollbacks"] == [61]
+    late = _shifted(policy, 66, 68, 300.0)  # a later spike is judged on its own
+    assert [d.action.kind for d in late] == [ActionKind.SKIP, ActionKind.ROLLBACK]
+    assert all(not d.reset_baselines for d in late)
+
+
+def test_non_finite_values_after_a_rollback_are_never_a_new_normal() -> None:
+    policy = EscalationPolicy()
+    _run(policy, 0, 60)
+    policy.decide(_obs(60, norm=math.nan))
+    assert policy.decide(_obs(61, norm=math.nan)).action.kind is ActionKind.ROLLBACK
+    again = policy.decide(_obs(62, norm=math.nan))
+    assert again.action.kind is ActionKind.SKIP and not again.reset_baselines
+    assert policy.lr_scale == 0.5
+
+
+def test_the_stuck_rule_looks_at_the_loss_level_not_one_heavy_tailed_loss() -> None:
+    # An incident (a warning at step 40), then losses at the healthy level with single 30x
+    # outliers: no rollback. A level that stays 30x up for 5 losses: rollback.
+    policy = EscalationPolicy(PolicyConfig(stuck_after=10, quiet=1000))
+    _run(policy, 0, 40)
+    policy.decide(_obs(40), [_alert(40, AlertKind.GROWTH_TREND, Severity.WARNING)])
+    noisy = [
+        policy.decide(_obs(t, loss=30.0 if t % 7 == 0 and t < 72 else 1.0)) for t in range(41, 80)
+    ]
+    assert ActionKind.ROLLBACK not in {d.action.kind for d in noisy}
+    level = [policy.decide(_obs(t, loss=30.0)) for t in range(80, 90)]
+    kinds = [d.action.kind for d in level]
+    assert kinds.index(ActionKind.ROLLBACK) == 2  # the third 30 makes it the median of five

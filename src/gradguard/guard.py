@@ -341,6 +341,8 @@ class Guard:
         if scaler is not None:
             scaler.update()
         rolled_back_to, lost, message = None, 0, decision.action.message
+        if decision.reset_baselines:
+            self.monitor.reset_detectors()
         if kind is ActionKind.ROLLBACK:
             rolled_back_to, lost, message = self._rollback(decision)
         elif kind is ActionKind.RESET_OPTIMIZER_STATE:

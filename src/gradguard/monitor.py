@@ -8,6 +8,7 @@ returned alerts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections import deque
@@ -138,6 +139,7 @@ class Monitor:
                     f"load_state_dict(state); got {detector!r:.80}. Use the classes in "
                     "gradguard.detect or implement that interface."
                 )
+        self._initial_detectors = copy.deepcopy(self.detector_state())
         self.sinks = tuple(sinks)
         self.top_k = check_int("top_k", top_k, minimum=0, fix="The default is 5.")
         self.norm_type = check_norm_type(norm_type)
@@ -283,6 +285,10 @@ class Monitor:
     def detector_state(self) -> list[dict[str, Any]]:
         """What the detectors learned (their baselines), without the run's history: small."""
         return [{"name": d.name, "state": d.state_dict()} for d in self.detectors]
+
+    def reset_detectors(self) -> None:
+        """Put every detector back as it was when the monitor was built (baselines relearned)."""
+        self.load_detector_state(copy.deepcopy(self._initial_detectors))
 
     def load_detector_state(self, state: Sequence[Mapping[str, Any]]) -> None:
         """Restore :meth:`detector_state`; the run's history and counters stay as they are.

@@ -240,6 +240,8 @@ class Decision:
             (``Observation.clip_coef``) when one ran.
         rollback_before: for a rollback, restore the newest snapshot taken before this step.
         reset_moments: whether to reset the optimizer's moments (after restoring, if rolling back).
+        reset_baselines: the loss level changed for good (see :meth:`EscalationPolicy.decide`):
+            the detectors' baselines must start over, as the policy's did.
     """
 
     action: Action
@@ -249,6 +251,7 @@ class Decision:
     clip_coef: float = 1.0
     rollback_before: int | None = None
     reset_moments: bool = False
+    reset_baselines: bool = False
 
 
 _FAULT_KINDS = {
@@ -268,6 +271,9 @@ _WARNING_REASONS = {
     AlertKind.PARAM_NORM_GROWTH: Reason.GROWTH_TREND,
 }
 
+
+_STUCK_LEVEL = 5
+"""Losses whose median is the loss level the stuck rule compares with the healthy one."""
 
 _UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE)
 """Alerts that say the step size is past the stability limit: the learning rate backs off."""
@@ -293,6 +299,8 @@ class _State:
     first_norm: float | None = None
     incident_losses: list[float] = dataclasses.field(default_factory=list)
     last_step: int | None = None
+    recent_losses: list[float] = dataclasses.field(default_factory=list)
+    probe: list[float] | None = None  # [step, loss, lr scale before] of the last rollback
     history: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -390,6 +398,8 @@ class EscalationPolicy:
         """
         s, cfg, t = self._s, self.config, observation.step
         s.last_step = t
+        if observation.loss is not None and math.isfinite(observation.loss):
+            s.recent_losses = [*s.recent_losses[-(_STUCK_LEVEL - 1) :], observation.loss]
         if s.first_norm is None and observation.finite and observation.total_norm > 0.0:
             s.first_norm = observation.total_norm
         s.overflow_streak = s.overflow_streak + 1 if scaler_overflow else 0
@@ -428,6 +438,8 @@ class EscalationPolicy:
             )
             why = "clipping and backoffs kept the run finite but not on track"
             return self._rollback(t, Reason.DIVERGENCE, what, why, can_rollback)
+        if self._same_after_rollback(observation, fault):
+            return self._accept_new_level(observation)
         if fault is None:
             return self._proceed(observation, warn, trend, culprits, clipper)
 
@@ -500,15 +512,20 @@ class EscalationPolicy:
         return typical > 0.0 and loss >= self.config.loss_jump * typical
 
     def _stuck(self, obs: Observation) -> bool:
+        """Whether the loss *level* (median of the last few losses) stays far above healthy.
+
+        A median, not the step's own loss: with heavy-tailed data single losses 10x the median
+        come and go in a healthy run.
+        """
         s, cfg = self._s, self.config
         if cfg.stuck_after is None or not s.losses or s.incident_start is None:
             return False
         since = max(s.incident_start, s.last_escalation)
-        loss = obs.loss
-        if obs.step - since < cfg.stuck_after or loss is None or not math.isfinite(loss):
+        if obs.step - since < cfg.stuck_after or len(s.recent_losses) < _STUCK_LEVEL:
             return False
         typical = statistics.median(s.losses)
-        return typical > 0.0 and loss >= cfg.stuck_ratio * typical
+        level = statistics.median(s.recent_losses)
+        return typical > 0.0 and level >= cfg.stuck_ratio * typical
 
     def _oscillating(self) -> bool:
         """Whether the last ``oscillation_steps`` losses of the incident zig-zag by a wide margin.
@@ -648,6 +665,61 @@ class EscalationPolicy:
         message = f"Gradient norm {obs.total_norm:.3g} is within bounds: step applied."
         return decision(Action(kind, Reason.HEALTHY, message))
 
+    def _same_after_rollback(self, obs: Observation, fault: Reason | None) -> bool:
+        """Whether the weights just restored fail the way the abandoned ones did.
+
+        Right after a rollback the weights are ones that were healthy. If they, too, give a
+        finite loss far above their healthy level (``stuck_ratio`` times its median) and about
+        as high as the one that triggered the rollback (at least a tenth of it), on new batches,
+        the batches changed (a new task, dataset or curriculum stage), not the weights.
+        Non-finite values, and a loss beyond the user's own divergence threshold, are never a
+        new normal.
+        """
+        s, probe = self._s, self._s.probe
+        if probe is None:
+            return False
+        step, loss, _ = probe
+        if obs.step - step > self.config.consecutive_limit:
+            s.probe = None  # the restored weights got through: the rollback was right
+            return False
+        now = obs.loss
+        if fault in (Reason.DIVERGENCE, Reason.NONFINITE_GRAD, Reason.NONFINITE_LOSS):
+            return False
+        if not obs.finite or now is None or not math.isfinite(now) or not math.isfinite(loss):
+            return False
+        if not s.losses:
+            return False  # no healthy level to compare with
+        typical = statistics.median(s.losses)
+        high = self.config.stuck_ratio * typical
+        return typical > 0.0 and loss >= high and now >= high and now >= 0.1 * loss
+
+    def _accept_new_level(self, obs: Observation) -> Decision:
+        """Take a confirmed change of the data's loss level as the new normal."""
+        s, t = self._s, obs.step
+        step, loss, scale = s.probe or [float(t), math.nan, s.lr_scale]
+        if s.rollbacks and s.rollbacks[-1] == int(step):
+            s.rollbacks.pop()  # the rollback was a diagnosis, not a rescue: refunded
+        s.lr_scale = scale
+        s.probe = None
+        s.norms, s.losses, s.recent_losses, s.incident_losses = [], [], [], []
+        s.first_norm = obs.total_norm if obs.total_norm > 0.0 else None
+        s.incident_start = None
+        s.isolated = False
+        s.faults = []
+        s.consecutive = 0
+        s.backoffs_in_incident = 0
+        s.protect_until = s.cooldown_until = t
+        message = (
+            f"The weights restored by the rollback at step {int(step)}, healthy before, give "
+            f"a loss of {obs.loss:.4g} on new batches, as high as the {loss:.4g} that "
+            "triggered it, so the data changed, not the weights: the new level is accepted "
+            "(loss and gradient baselines start over, the rollback is not counted, "
+            f"learning-rate scale back to {scale:.3g}) and the step applied."
+        )
+        self._remember(message)
+        action = Action(ActionKind.PROCEED, Reason.REGIME_CHANGE, message)
+        return Decision(action, apply=True, lr_scale=s.lr_scale, reset_baselines=True)
+
     def _escalated(self, t: int) -> None:
         s, cfg = self._s, self.config
         s.cooldown_until = t + cfg.cooldown
@@ -700,6 +772,8 @@ class EscalationPolicy:
             action = Action(ActionKind.ABORT, Reason.BUDGET_EXHAUSTED, message)
             return Decision(action, apply=False, lr_scale=s.lr_scale)
         old = s.lr_scale
+        loss = s.recent_losses[-1] if s.recent_losses else math.nan
+        s.probe = [float(t), loss, old] if can_rollback else None
         if cfg.backoff_on_rollback:
             # The k-th rollback in the window backs off k times: a rate 100x too high is found
             # in three rollbacks (x1/64) instead of seven.
@@ -799,6 +873,8 @@ class EscalationPolicy:
         fresh.norms = [float(v) for v in fresh.norms]
         fresh.losses = [float(v) for v in fresh.losses]
         fresh.incident_losses = [float(v) for v in fresh.incident_losses]
+        fresh.recent_losses = [float(v) for v in fresh.recent_losses]
+        fresh.probe = None if fresh.probe is None else [float(v) for v in fresh.probe]
         fresh.isolated = bool(fresh.isolated)
         fresh.history = [str(h) for h in fresh.history]
         fresh.lr_scale = float(fresh.lr_scale)

@@ -96,6 +96,7 @@ class Reason(str, enum.Enum):
     CULPRIT = "culprit"
     SCALER_OVERFLOW = "scaler_overflow"
     OSCILLATION = "oscillation"
+    REGIME_CHANGE = "regime_change"
 
 
 _REASON_OF_KIND = {
