@@ -114,7 +114,7 @@ def run_method(scenario: Any, method: str, seed: int, *, fault_free: bool = Fals
     )
     clipper = _peer_clipper(method)
     losses: list[float] = []
-    interventions, first_bad = 0, None
+    interventions, first_bad, aborted = 0, None, False
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         loss = run.compute_loss(step)
@@ -124,6 +124,7 @@ def run_method(scenario: Any, method: str, seed: int, *, fault_free: bool = Fals
                 guard.step(loss)
             except gg.errors.TrainingDivergedError:
                 losses.append(math.nan)
+                aborted = True
                 break
             losses.append(float(guard.monitor.last.loss))  # type: ignore[union-attr, arg-type]
             continue
@@ -148,7 +149,7 @@ def run_method(scenario: Any, method: str, seed: int, *, fault_free: bool = Fals
         lost = c["skipped"] + c["steps_lost"]
         touched = c["clipped"] + c["skipped"]
         note = f"clip {c['clipped']} skip {c['skipped']} backoff {c['backoffs']} "
-        note += f"rollback {c['rollbacks']}"
+        note += f"rollback {c['rollbacks']}" + (" ABORTED" if aborted else "")
         return Outcome(finite, final, lost, touched, note)
     lost = steps - first_bad if first_bad is not None else 0
     return Outcome(finite, final, lost, interventions)

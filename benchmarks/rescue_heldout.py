@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -121,6 +122,58 @@ def _warmup_adamw(seed: int) -> TrainingRun:
     return TrainingRun(model, optimizer, batch, _mse, schedule)
 
 
+def _task_switch(factor: float) -> Callable[[int], TrainingRun]:
+    # A legitimate change of the loss level: at step 300 the targets become another function,
+    # factor times larger in variance (a new dataset or curriculum stage). Adam at 3e-3.
+    def build(seed: int) -> TrainingRun:
+        model = mlp(8, 64)
+        old = torch.randn(8, 1, generator=generator(seed, -1))
+        new = torch.randn(8, 1, generator=generator(seed, -2))
+
+        def batch(step: int) -> Batch:
+            g = generator(seed, step)
+            x = torch.randn(32, 8, generator=g)
+            w, scale = (old, 1.0) if step < 300 else (new, factor**0.5)
+            return x, scale * torch.tanh(x @ w) + 0.05 * torch.randn(32, 1, generator=g)
+
+        return TrainingRun(model, torch.optim.Adam(model.parameters(), lr=3e-3), batch, _mse)
+
+    return build
+
+
+def _heavy_tailed_labels(seed: int) -> TrainingRun:
+    # Label noise with infinite variance (a normal over the square root of a uniform): single
+    # losses tens of times the median come and go all the time. SGD with momentum.
+    model = mlp(8, 32)
+    w = torch.randn(8, 1, generator=generator(seed, -1))
+
+    def batch(step: int) -> Batch:
+        g = generator(seed, step)
+        x = torch.randn(16, 8, generator=g)
+        noise = (
+            torch.randn(16, 1, generator=g) / torch.rand(16, 1, generator=g).clamp_min(1e-3).sqrt()
+        )
+        return x, torch.tanh(x @ w) + 0.1 * noise
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    return TrainingRun(model, optimizer, batch, _mse)
+
+
+def _slow_drift_sgd(seed: int) -> TrainingRun:
+    # Batches of 8, SGD momentum 0.9 at lr 0.05: a little too much. The loss creeps up from the
+    # first steps and the run blows up after hundreds of steps.
+    model = mlp(16, 64)
+    w = torch.randn(16, 1, generator=generator(seed, -1))
+
+    def batch(step: int) -> Batch:
+        g = generator(seed, step)
+        x = torch.randn(8, 16, generator=g)
+        return x, torch.sin(x @ w) + 0.2 * torch.randn(8, 1, generator=g)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return TrainingRun(model, optimizer, batch, _mse)
+
+
 def _healthy_classifier(seed: int) -> TrainingRun:
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5))
     prototypes = torch.randn(5, 20, generator=generator(seed, -1))
@@ -150,8 +203,12 @@ HELD_OUT = [
     Scenario("rmsprop_lstm", "RMSprop lr 0.05 LSTM", True, 150, "sudden", _rmsprop_lstm),
     Scenario("label_bursts", "noisy-label batches", True, 300, "sudden", _label_bursts),
     Scenario("warmup_adamw", "AdamW warm-up to lr 0.3", True, 250, "gradual", _warmup_adamw),
+    Scenario("slow_drift_sgd", "SGD momentum, batch 8", True, 2000, "gradual", _slow_drift_sgd),
     Scenario("healthy_classifier", "SGD lr 0.1", False, 200, "healthy", _healthy_classifier),
     Scenario("healthy_gru", "GRU, Adam 3e-3", False, 200, "healthy", _healthy_gru),
+    Scenario("task_switch_x30", "new task", False, 600, "healthy", _task_switch(30.0)),
+    Scenario("task_switch_x1000", "new task", False, 600, "healthy", _task_switch(1000.0)),
+    Scenario("heavy_tailed_labels", "label noise", False, 1500, "healthy", _heavy_tailed_labels),
 ]
 """Runs that no default was tuned on."""
 
@@ -171,6 +228,8 @@ def main() -> None:
     ratios: list[tuple[str, float]] = []
     finite = dict.fromkeys(METHODS, 0)
     exploding = healthy = identical = 0
+    healthy_ratios: list[float] = []
+    aborted = 0
     for scenario in HELD_OUT:
         for seed in range(args.seeds):
             outcomes = {m: run_method(scenario, m, seed) for m in METHODS}
@@ -191,12 +250,16 @@ def main() -> None:
                     cell = f"{ratio:.3f} ({best})"
             else:
                 healthy += 1
-                same = guard.final == outcomes["none"].final
+                base = outcomes["none"].final
+                same = guard.final == base
                 identical += same
-                cell = "identical" if same else "CHANGED"
+                ratio = (guard.final + FLOOR) / (base + FLOOR) if guard.finite else math.inf
+                healthy_ratios.append(ratio)
+                cell = "identical" if same else f"{ratio:.3f} (to none)"
             finals = " | ".join(_fmt(o.final) for o in outcomes.values())
             kind = "exploding" if scenario.explodes else "healthy"
             print(f"| {tag} | {kind} | {finals} | {cell} | {guard.note} |")
+            aborted += "ABORTED" in guard.note
     values = [r for _, r in ratios]
     worst_tag, worst = max(ratios, key=lambda item: item[1])
     counts = " ".join(f"{m} {finite[m]}/{exploding}" for m in ("gradguard", *PEERS))
@@ -206,7 +269,7 @@ def main() -> None:
         f"\nheld-out rescue: finite {counts}; final loss gradguard/best-peer median "
         f"{statistics.median(values):.2f}, geometric mean {geomean:.2f}, <= 1.05 on "
         f"{within}/{len(values)}, worst {worst:.2f} ({worst_tag}); healthy {identical}/{healthy} "
-        "identical"
+        f"identical, gradguard/none worst {max(healthy_ratios):.2f}; aborted {aborted}"
     )
 
 
