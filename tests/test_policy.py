@@ -551,3 +551,64 @@ def test_the_stuck_rule_looks_at_the_loss_level_not_one_heavy_tailed_loss() -> N
     level = [policy.decide(_obs(t, loss=30.0)) for t in range(80, 90)]
     kinds = [d.action.kind for d in level]
     assert kinds.index(ActionKind.ROLLBACK) == 2  # the third 30 makes it the median of five
+
+
+def _trend(t: int, since: int) -> Alert:
+    return Alert(
+        step=t,
+        severity=Severity.WARNING,
+        kind=AlertKind.GROWTH_TREND,
+        message="growing",
+        culprits=("w",),
+        since=since,
+    )
+
+
+def test_a_drift_seen_late_rolls_back_to_before_it_began() -> None:
+    # The loss creeps from 1 (step 10) to 20 by step 100, when the trend detector fires and
+    # dates the growth to step 12: the recent "healthy" baselines are poisoned, the loss at the
+    # onset is not. Roll back to before step 12, not merely back off at step 100.
+    policy = EscalationPolicy()
+    _run(policy, 0, 12)
+    for t in range(12, 100):
+        policy.decide(_obs(t, loss=1.0 * 20 ** ((t - 12) / 88)))
+    d = policy.decide(_obs(100, loss=20.0), [_trend(100, since=12)])
+    assert d.action.kind is ActionKind.ROLLBACK and d.action.reason is Reason.GROWTH_TREND
+    assert d.rollback_before == 12 and policy.incident_start == 12 and d.lr_scale == 0.5
+    assert "what it was at step 12" in d.action.message and _one_sentence(d.action.message)
+
+
+def test_a_trend_from_a_loss_that_barely_moved_only_backs_off() -> None:
+    policy = EscalationPolicy()
+    _run(policy, 0, 100)
+    d = policy.decide(_obs(100, loss=2.0), [_trend(100, since=40)])
+    assert d.action.kind is ActionKind.BACKOFF and policy.incident_start == 40
+
+
+def test_a_rate_that_failed_soon_after_coming_back_becomes_the_ceiling() -> None:
+    config = PolicyConfig(skip_budget=0, cooldown=0, restore_after=30, quiet=5)
+    policy = EscalationPolicy(config)
+    _run(policy, 0, 40)
+    policy.decide(_obs(40, norm=math.nan))  # backoff to 0.5
+    restored = [t for t, d in _timed(policy, 41, 120) if d.action.reason is Reason.RECOVERED]
+    assert restored and policy.lr_scale == 1.0
+    # Trouble 20 steps after the raise: 1.0 is not stable here, 0.5 is the most it gets back.
+    policy.decide(_obs(restored[-1] + 20, norm=math.nan))
+    assert policy.lr_scale == 0.5
+    later = _timed(policy, restored[-1] + 21, restored[-1] + 400)
+    assert all(d.lr_scale <= 0.5 for _, d in later) and policy.state_dict()["ceiling"] == 0.5
+
+
+def test_a_rate_that_held_long_after_coming_back_keeps_no_ceiling() -> None:
+    config = PolicyConfig(skip_budget=0, cooldown=0, restore_after=30, quiet=5)
+    policy = EscalationPolicy(config)
+    _run(policy, 0, 40)
+    policy.decide(_obs(40, norm=math.nan))
+    _run(policy, 41, 300)  # restored at ~70, then 230 quiet steps
+    policy.decide(_obs(300, norm=math.nan))
+    _run(policy, 301, 400)
+    assert policy.lr_scale == 1.0 and policy.state_dict()["ceiling"] == 1.0
+
+
+def _timed(policy: EscalationPolicy, start: int, stop: int) -> list[tuple[int, Decision]]:
+    return [(t, policy.decide(_obs(t))) for t in range(start, stop)]

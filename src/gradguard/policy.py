@@ -275,6 +275,12 @@ _WARNING_REASONS = {
 _STUCK_LEVEL = 5
 """Losses whose median is the loss level the stuck rule compares with the healthy one."""
 
+_HISTORY = 512
+"""Losses kept with their steps, to read the loss level at a growth trend's onset."""
+
+_ONSET_WINDOW = 8
+"""Steps either side of a trend's onset whose losses give the level it began from."""
+
 _UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE)
 """Alerts that say the step size is past the stability limit: the learning rate backs off."""
 
@@ -300,6 +306,9 @@ class _State:
     incident_losses: list[float] = dataclasses.field(default_factory=list)
     last_step: int | None = None
     recent_losses: list[float] = dataclasses.field(default_factory=list)
+    loss_history: list[list[float]] = dataclasses.field(default_factory=list)  # [step, loss]
+    last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
+    ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
     probe: list[float] | None = None  # [step, loss, lr scale before] of the last rollback
     history: list[str] = dataclasses.field(default_factory=list)
 
@@ -400,6 +409,7 @@ class EscalationPolicy:
         s.last_step = t
         if observation.loss is not None and math.isfinite(observation.loss):
             s.recent_losses = [*s.recent_losses[-(_STUCK_LEVEL - 1) :], observation.loss]
+            s.loss_history = [*s.loss_history[-(_HISTORY - 1) :], [float(t), observation.loss]]
         if s.first_norm is None and observation.finite and observation.total_norm > 0.0:
             s.first_norm = observation.total_norm
         s.overflow_streak = s.overflow_streak + 1 if scaler_overflow else 0
@@ -412,6 +422,14 @@ class EscalationPolicy:
             action = Action(ActionKind.SKIP, Reason.SCALER_OVERFLOW, message)
             return Decision(action, apply=False, lr_scale=s.lr_scale)
         fault, warn, trend, culprits = self._classify(observation, alerts)
+        onsets = [
+            a.since
+            for a in alerts
+            if a.kind is AlertKind.GROWTH_TREND
+            and a.since is not None
+            and a.severity is not Severity.INFO
+        ]
+        since = min(onsets) if onsets else None
         if fault is None and self._loss_jumped(observation):
             fault = Reason.LOSS_SPIKE
         if fault is not None or warn is not None:
@@ -438,8 +456,18 @@ class EscalationPolicy:
             )
             why = "clipping and backoffs kept the run finite but not on track"
             return self._rollback(t, Reason.DIVERGENCE, what, why, can_rollback)
+        if since is not None and s.incident_start is not None and since < s.incident_start:
+            s.incident_start = since  # the trouble began where the growth did
         if self._same_after_rollback(observation, fault):
             return self._accept_new_level(observation)
+        grown = self._grown_since(since) if fault is None and since is not None else None
+        if grown is not None and since is not None:
+            what = (
+                f"Loss level {grown[0]:.4g}, {grown[1]:.3g}x what it was at step {since} when the "
+                "gradient norm began to grow"
+            )
+            why = "the weights have drifted since then"
+            return self._rollback(t, Reason.GROWTH_TREND, what, why, can_rollback)
         if fault is None:
             return self._proceed(observation, warn, trend, culprits, clipper)
 
@@ -641,17 +669,23 @@ class EscalationPolicy:
             if obs.loss is not None and math.isfinite(obs.loss):
                 s.losses = [*s.losses[-(cfg.baseline - 1) :], obs.loss]
         if (
-            s.lr_scale < 1.0
+            s.lr_scale < s.ceiling
             and cfg.restore_after is not None
             and s.healthy_streak >= cfg.restore_after
             and not protected
         ):
             old = s.lr_scale
-            s.lr_scale = min(1.0, old / cfg.backoff_factor)
+            s.lr_scale = min(s.ceiling, old / cfg.backoff_factor)
             s.healthy_streak = 0
+            s.last_restore = [float(t), s.lr_scale]
+            cap = (
+                f" (its ceiling: {s.ceiling:.3g} failed soon after a raise)"
+                if s.ceiling < 1
+                else ""
+            )
             message = (
                 f"{cfg.restore_after} healthy steps since the last trouble: learning-rate scale "
-                f"raised from {old:.3g} to {s.lr_scale:.3g}, {done}."
+                f"raised from {old:.3g} to {s.lr_scale:.3g}{cap}, {done}."
             )
             self._remember(message)
             return decision(Action(kind, Reason.RECOVERED, message))
@@ -664,6 +698,22 @@ class EscalationPolicy:
             return decision(Action(kind, Reason.NORM_ABOVE_BOUND, message))
         message = f"Gradient norm {obs.total_norm:.3g} is within bounds: step applied."
         return decision(Action(kind, Reason.HEALTHY, message))
+
+    def _grown_since(self, since: int) -> tuple[float, float] | None:
+        """The loss level now and its ratio to the level at ``since``, if ``stuck_ratio`` apart.
+
+        A growth trend that began long before the detectors could see it (a slow drift) has
+        already poisoned the recent "healthy" baselines; the loss around its onset has not.
+        """
+        s = self._s
+        around = [loss for step, loss in s.loss_history if abs(step - since) <= _ONSET_WINDOW]
+        if not around or len(s.recent_losses) < _STUCK_LEVEL:
+            return None
+        then = statistics.median(around)
+        now = statistics.median(s.recent_losses)
+        if then <= 0.0 or now < self.config.stuck_ratio * then:
+            return None
+        return now, now / then
 
     def _same_after_rollback(self, obs: Observation, fault: Reason | None) -> bool:
         """Whether the weights just restored fail the way the abandoned ones did.
@@ -722,6 +772,12 @@ class EscalationPolicy:
 
     def _escalated(self, t: int) -> None:
         s, cfg = self._s, self.config
+        restore = s.last_restore
+        if restore is not None and cfg.restore_after is not None:
+            if t - restore[0] <= 2 * cfg.restore_after:
+                # Trouble soon after the rate came back: that rate is not stable for this run.
+                s.ceiling = min(s.ceiling, restore[1] * cfg.backoff_factor)
+            s.last_restore = None
         s.cooldown_until = t + cfg.cooldown
         s.protect_until = t + (cfg.restore_after if cfg.restore_after is not None else cfg.quiet)
         s.healthy_streak = 0
@@ -874,6 +930,11 @@ class EscalationPolicy:
         fresh.losses = [float(v) for v in fresh.losses]
         fresh.incident_losses = [float(v) for v in fresh.incident_losses]
         fresh.recent_losses = [float(v) for v in fresh.recent_losses]
+        fresh.loss_history = [[float(a), float(b)] for a, b in fresh.loss_history]
+        fresh.last_restore = (
+            None if fresh.last_restore is None else [float(v) for v in fresh.last_restore]
+        )
+        fresh.ceiling = float(fresh.ceiling)
         fresh.probe = None if fresh.probe is None else [float(v) for v in fresh.probe]
         fresh.isolated = bool(fresh.isolated)
         fresh.history = [str(h) for h in fresh.history]

@@ -165,6 +165,7 @@ class Alert:
         value: the measured quantity that tripped the rule (norm, loss, z-score, ...).
         threshold: the bound it was compared with.
         steps_to_overflow: for trends, forecast steps left before the norm reaches its limit.
+        since: for trends, the step at which the growth began, as far as the detector can tell.
     """
 
     step: int
@@ -176,6 +177,7 @@ class Alert:
     value: float | None = None
     threshold: float | None = None
     steps_to_overflow: float | None = None
+    since: int | None = None
 
 
 def most_severe(alerts: Sequence[Alert]) -> Alert | None:

@@ -16,6 +16,12 @@ __all__ = ["FLOAT32_MAX", "GrowthTrendDetector", "LogLinearFit", "fit_log_linear
 FLOAT32_MAX = 3.4028234663852886e38
 """Largest finite float32: a gradient norm beyond it is ``inf``."""
 
+ONSET_ALPHA = 0.1
+"""Weight of a new step in the slow average of ``log(norm)`` whose low point dates a trend."""
+
+ONSET_HORIZON = 500
+"""A trend's onset is looked for within this many steps back."""
+
 
 class LogLinearFit:
     """Least-squares line through ``(step, log norm)`` points.
@@ -104,6 +110,10 @@ class GrowthTrendDetector:
         self.persistence = check_int("persistence", persistence, minimum=1)
         self.seen = 0
         self.streak = 0
+        # Low-water mark of a slow average of log(norm): where the growth began (``since``).
+        self.smooth: float | None = None
+        self.low: float | None = None
+        self.low_step = 0
 
     def update(self, obs: Observation) -> list[Alert]:
         """Add this step's norm to the fit and alert when the growth is sustained and fast."""
@@ -113,6 +123,7 @@ class GrowthTrendDetector:
             return []
         self.steps.append(float(obs.step))
         self.logs.append(math.log(norm))
+        self._track_onset(obs.step, math.log(norm))
         if self.seen <= self.warmup or not self.logs.full:
             return []
         fit = fit_log_linear(self.steps.values(), self.logs.values())
@@ -140,8 +151,24 @@ class GrowthTrendDetector:
                 value=fit.slope,
                 threshold=(math.log(self.limit) - fit.level) / self.horizon,
                 steps_to_overflow=forecast,
+                since=self.low_step,
             )
         ]
+
+    def _track_onset(self, step: int, log_norm: float) -> None:
+        """Follow the lowest point of a slow average of ``log(norm)``: the growth's onset.
+
+        Bounded to the last ``ONSET_HORIZON`` steps, so a dip long ago is not taken as the start
+        of a trend that began recently.
+        """
+        smooth = (
+            log_norm
+            if self.smooth is None
+            else self.smooth + ONSET_ALPHA * (log_norm - self.smooth)
+        )
+        self.smooth = smooth
+        if self.low is None or smooth <= self.low or step - self.low_step > ONSET_HORIZON:
+            self.low, self.low_step = smooth, step
 
     def state_dict(self) -> dict[str, Any]:
         """Steps seen, the rising streak and the fitted window."""
@@ -150,6 +177,9 @@ class GrowthTrendDetector:
             "streak": self.streak,
             "steps": self.steps.state_dict(),
             "logs": self.logs.state_dict(),
+            "smooth": self.smooth,
+            "low": self.low,
+            "low_step": self.low_step,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -158,3 +188,7 @@ class GrowthTrendDetector:
         self.streak = int(state["streak"])
         self.steps.load_state_dict(state["steps"])
         self.logs.load_state_dict(state["logs"])
+        smooth, low = state.get("smooth"), state.get("low")
+        self.smooth = None if smooth is None else float(smooth)
+        self.low = None if low is None else float(low)
+        self.low_step = int(state.get("low_step", 0))
