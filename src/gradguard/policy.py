@@ -409,7 +409,9 @@ class EscalationPolicy:
         s.last_step = t
         if observation.loss is not None and math.isfinite(observation.loss):
             s.recent_losses = [*s.recent_losses[-(_STUCK_LEVEL - 1) :], observation.loss]
-            s.loss_history = [*s.loss_history[-(_HISTORY - 1) :], [float(t), observation.loss]]
+            s.loss_history.append([float(t), observation.loss])  # in place: 512 entries
+            if len(s.loss_history) > _HISTORY:
+                del s.loss_history[0]
         if s.first_norm is None and observation.finite and observation.total_norm > 0.0:
             s.first_norm = observation.total_norm
         s.overflow_streak = s.overflow_streak + 1 if scaler_overflow else 0
