@@ -173,3 +173,21 @@ def test_errors(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("", encoding="utf-8")
     with pytest.raises(ConfigError, match="is not a folder"):
         build_report(log, tmp_path / "file")
+
+
+def test_a_new_loss_level_and_a_restored_rate_are_listed_as_events(tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    with JsonlSink(log) as sink:
+        for step in range(5):
+            sink.write(StepRecord(step, ActionKind.PROCEED, Reason.HEALTHY, "ok", loss=1.0))
+        sink.write(
+            StepRecord(5, ActionKind.PROCEED, Reason.REGIME_CHANGE, "the data changed", loss=30.0)
+        )
+        sink.write(
+            StepRecord(6, ActionKind.PROCEED, Reason.RECOVERED, "scale raised to 1", loss=29.0)
+        )
+    dom = Dom()
+    dom.feed(build_report(log, tmp_path / "out").read_text(encoding="utf-8"))
+    joined = " ".join(dom.text)
+    assert "proceed (regime_change)" in joined and "the data changed" in joined
+    assert "proceed (recovered)" in joined and "scale raised to 1" in joined

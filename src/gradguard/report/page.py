@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from gradguard.records import ActionKind, Severity, StepRecord
+from gradguard.records import ActionKind, Reason, Severity, StepRecord
 from gradguard.report.advisor import Advice
 from gradguard.report.analysis_view import format_value
 from gradguard.report.blocks import Block, Plot, Table
@@ -188,12 +188,16 @@ def _advice_section(advice: Sequence[Advice]) -> str:
     return f'<section id="advice"><h2>Advisor</h2>{"".join(items)}</section>'
 
 
+_NOTED = (Reason.REGIME_CHANGE, Reason.RECOVERED)
+"""Reasons of applied, unclipped steps that are still events: a new loss level, a rate restored."""
+
+
 def _events_section(records: Sequence[StepRecord]) -> str:
     rows: list[tuple[str, ...]] = []
     total = 0
     for record in records:
         events: list[tuple[str, str]] = []
-        if record.action not in (ActionKind.PROCEED, ActionKind.CLIP):
+        if record.action not in (ActionKind.PROCEED, ActionKind.CLIP) or record.reason in _NOTED:
             detail = record.message
             if record.rolled_back_to is not None:
                 detail = (
