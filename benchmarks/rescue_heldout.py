@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from gradguard.scenarios import Scenario, TrainingRun
-from gradguard.scenarios.base import Batch, generator
+from gradguard.scenarios.base import Batch, generator, mse
 from gradguard.scenarios.models import SequenceRegressor, mlp
 from rescue import METHODS, PEERS, run_method
 
@@ -34,9 +34,14 @@ FLOOR = 1e-4
 """Added to both final losses before their ratio is taken."""
 
 
-def _mse(model: nn.Module, batch: Batch) -> Tensor:
-    x, y = batch
-    return F.mse_loss(model(x), y)
+def _recall_batches(seed: int) -> Callable[[int], Batch]:
+    """Length-20 sequences of 4 features; the target sums feature 1 over the first 3 steps."""
+
+    def batch(step: int) -> Batch:
+        x = torch.randn(16, 20, 4, generator=generator(seed, step))
+        return x, x[:, :3, 1].sum(1, keepdim=True)
+
+    return batch
 
 
 def _cross_entropy(model: nn.Module, batch: Batch) -> Tensor:
@@ -83,12 +88,8 @@ def _rmsprop_lstm(seed: int) -> TrainingRun:
     # RMSprop at lr 0.05: its first steps are large (empty second moments) and throw the LSTM
     # into a poor region without any non-finite value.
     model = SequenceRegressor(nn.LSTM(4, 32, batch_first=True), 32, last_only=True)
-
-    def batch(step: int) -> Batch:
-        x = torch.randn(16, 20, 4, generator=generator(seed, step))
-        return x, x[:, :3, 1].sum(1, keepdim=True)
-
-    return TrainingRun(model, torch.optim.RMSprop(model.parameters(), lr=0.05), batch, _mse)
+    batch = _recall_batches(seed)
+    return TrainingRun(model, torch.optim.RMSprop(model.parameters(), lr=0.05), batch, mse)
 
 
 def _label_bursts(seed: int) -> TrainingRun:
@@ -104,7 +105,7 @@ def _label_bursts(seed: int) -> TrainingRun:
             y = y + 300.0 * torch.randn(32, 1, generator=g)
         return x, y
 
-    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=0.05), batch, _mse)
+    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=0.05), batch, mse)
 
 
 def _warmup_adamw(seed: int) -> TrainingRun:
@@ -119,7 +120,7 @@ def _warmup_adamw(seed: int) -> TrainingRun:
         x = torch.randn(32, 16, generator=g)
         return x, torch.sin(x @ w) + 0.05 * torch.randn(32, 1, generator=g)
 
-    return TrainingRun(model, optimizer, batch, _mse, schedule)
+    return TrainingRun(model, optimizer, batch, mse, schedule)
 
 
 def _task_switch(factor: float) -> Callable[[int], TrainingRun]:
@@ -136,7 +137,7 @@ def _task_switch(factor: float) -> Callable[[int], TrainingRun]:
             w, scale = (old, 1.0) if step < 300 else (new, factor**0.5)
             return x, scale * torch.tanh(x @ w) + 0.05 * torch.randn(32, 1, generator=g)
 
-        return TrainingRun(model, torch.optim.Adam(model.parameters(), lr=3e-3), batch, _mse)
+        return TrainingRun(model, torch.optim.Adam(model.parameters(), lr=3e-3), batch, mse)
 
     return build
 
@@ -156,7 +157,7 @@ def _heavy_tailed_labels(seed: int) -> TrainingRun:
         return x, torch.tanh(x @ w) + 0.1 * noise
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    return TrainingRun(model, optimizer, batch, _mse)
+    return TrainingRun(model, optimizer, batch, mse)
 
 
 def _slow_drift_sgd(seed: int) -> TrainingRun:
@@ -171,7 +172,7 @@ def _slow_drift_sgd(seed: int) -> TrainingRun:
         return x, torch.sin(x @ w) + 0.2 * torch.randn(8, 1, generator=g)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    return TrainingRun(model, optimizer, batch, _mse)
+    return TrainingRun(model, optimizer, batch, mse)
 
 
 def _healthy_classifier(seed: int) -> TrainingRun:
@@ -189,12 +190,8 @@ def _healthy_classifier(seed: int) -> TrainingRun:
 
 def _healthy_gru(seed: int) -> TrainingRun:
     model = SequenceRegressor(nn.GRU(4, 32, batch_first=True), 32, last_only=True)
-
-    def batch(step: int) -> Batch:
-        x = torch.randn(16, 20, 4, generator=generator(seed, step))
-        return x, x[:, :3, 1].sum(1, keepdim=True)
-
-    return TrainingRun(model, torch.optim.Adam(model.parameters(), lr=3e-3), batch, _mse)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    return TrainingRun(model, optimizer, _recall_batches(seed), mse)
 
 
 HELD_OUT = [

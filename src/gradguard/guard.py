@@ -191,6 +191,7 @@ class Guard:
                 f"clip must be 'auto', a positive float (max global norm), None, or an object "
                 f"with a clip_(stats) method, got {clip!r:.80}. Guard(clip='auto') is the default."
             )
+        self._clipper_name = type(clip).__name__ if self._clipper is not None else "the clipper"
         if isinstance(policy, EscalationPolicy):
             self.policy = policy
         elif policy is None or isinstance(policy, PolicyConfig):
@@ -304,7 +305,7 @@ class Guard:
             alerts,
             can_rollback=self.snapshot_every is not None and bool(self.store.steps()),
             scaler_overflow=overflow,
-            clipper=type(self._clipper).__name__ if self._clipper is not None else "the clipper",
+            clipper=self._clipper_name,
         )
         if decision.apply:
             self._clip(stats, obs, decision.clip_bound)

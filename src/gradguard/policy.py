@@ -305,7 +305,6 @@ class _State:
     first_norm: float | None = None
     incident_losses: list[float] = dataclasses.field(default_factory=list)
     last_step: int | None = None
-    recent_losses: list[float] = dataclasses.field(default_factory=list)
     loss_history: list[list[float]] = dataclasses.field(default_factory=list)  # [step, loss]
     last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
     ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
@@ -408,7 +407,6 @@ class EscalationPolicy:
         s, cfg, t = self._s, self.config, observation.step
         s.last_step = t
         if observation.loss is not None and math.isfinite(observation.loss):
-            s.recent_losses = [*s.recent_losses[-(_STUCK_LEVEL - 1) :], observation.loss]
             s.loss_history.append([float(t), observation.loss])  # in place: 512 entries
             if len(s.loss_history) > _HISTORY:
                 del s.loss_history[0]
@@ -447,9 +445,7 @@ class EscalationPolicy:
             and t - s.last_alert >= cfg.quiet
             and t >= s.protect_until
         ):
-            s.incident_start = None
-            s.backoffs_in_incident = 0
-            s.incident_losses = []
+            self._close_incident()
 
         if fault is None and self._stuck(observation):
             what = (
@@ -551,10 +547,10 @@ class EscalationPolicy:
         if cfg.stuck_after is None or not s.losses or s.incident_start is None:
             return False
         since = max(s.incident_start, s.last_escalation)
-        if obs.step - since < cfg.stuck_after or len(s.recent_losses) < _STUCK_LEVEL:
+        level = self._loss_level()
+        if obs.step - since < cfg.stuck_after or level is None:
             return False
         typical = statistics.median(s.losses)
-        level = statistics.median(s.recent_losses)
         return typical > 0.0 and level >= cfg.stuck_ratio * typical
 
     def _oscillating(self) -> bool:
@@ -701,6 +697,19 @@ class EscalationPolicy:
         message = f"Gradient norm {obs.total_norm:.3g} is within bounds: step applied."
         return decision(Action(kind, Reason.HEALTHY, message))
 
+    def _loss_level(self) -> float | None:
+        """Median of the last ``_STUCK_LEVEL`` finite losses, or ``None`` before that many."""
+        recent = self._s.loss_history[-_STUCK_LEVEL:]
+        if len(recent) < _STUCK_LEVEL:
+            return None
+        return statistics.median(loss for _, loss in recent)
+
+    def _close_incident(self) -> None:
+        s = self._s
+        s.incident_start = None
+        s.backoffs_in_incident = 0
+        s.incident_losses = []
+
     def _grown_since(self, since: int) -> tuple[float, float] | None:
         """The loss level now and its ratio to the level at ``since``, if ``stuck_ratio`` apart.
 
@@ -709,10 +718,10 @@ class EscalationPolicy:
         """
         s = self._s
         around = [loss for step, loss in s.loss_history if abs(step - since) <= _ONSET_WINDOW]
-        if not around or len(s.recent_losses) < _STUCK_LEVEL:
+        now = self._loss_level()
+        if not around or now is None:
             return None
         then = statistics.median(around)
-        now = statistics.median(s.recent_losses)
         if then <= 0.0 or now < self.config.stuck_ratio * then:
             return None
         return now, now / then
@@ -753,13 +762,12 @@ class EscalationPolicy:
             s.rollbacks.pop()  # the rollback was a diagnosis, not a rescue: refunded
         s.lr_scale = scale
         s.probe = None
-        s.norms, s.losses, s.recent_losses, s.incident_losses = [], [], [], []
+        s.norms, s.losses, s.loss_history = [], [], []
         s.first_norm = obs.total_norm if obs.total_norm > 0.0 else None
-        s.incident_start = None
+        self._close_incident()
         s.isolated = False
         s.faults = []
         s.consecutive = 0
-        s.backoffs_in_incident = 0
         s.protect_until = s.cooldown_until = t
         message = (
             f"The weights restored by the rollback at step {int(step)}, healthy before, give "
@@ -830,7 +838,7 @@ class EscalationPolicy:
             action = Action(ActionKind.ABORT, Reason.BUDGET_EXHAUSTED, message)
             return Decision(action, apply=False, lr_scale=s.lr_scale)
         old = s.lr_scale
-        loss = s.recent_losses[-1] if s.recent_losses else math.nan
+        loss = s.loss_history[-1][1] if s.loss_history else math.nan
         s.probe = [float(t), loss, old] if can_rollback else None
         if cfg.backoff_on_rollback:
             # The k-th rollback in the window backs off k times: a rate 100x too high is found
@@ -931,7 +939,6 @@ class EscalationPolicy:
         fresh.norms = [float(v) for v in fresh.norms]
         fresh.losses = [float(v) for v in fresh.losses]
         fresh.incident_losses = [float(v) for v in fresh.incident_losses]
-        fresh.recent_losses = [float(v) for v in fresh.recent_losses]
         fresh.loss_history = [[float(a), float(b)] for a, b in fresh.loss_history]
         fresh.last_restore = (
             None if fresh.last_restore is None else [float(v) for v in fresh.last_restore]

@@ -26,6 +26,7 @@ __all__ = [
     "Trace",
     "TrainingRun",
     "generator",
+    "mse",
     "train",
 ]
 
@@ -37,6 +38,12 @@ DIVERGENCE_FACTOR = 1e4
 
 EARLY_STEPS = 10
 """The median of the losses of the first this-many steps is the early reference."""
+
+
+def mse(model: nn.Module, batch: Batch) -> Tensor:
+    """Mean squared error of ``model`` on an ``(inputs, targets)`` batch: the scenarios' loss."""
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
 
 
 def generator(seed: int, step: int) -> torch.Generator:

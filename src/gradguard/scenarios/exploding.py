@@ -6,17 +6,11 @@ import functools
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from gradguard.scenarios.base import Batch, Scenario, TrainingRun, generator
+from gradguard.scenarios.base import Batch, Scenario, TrainingRun, generator, mse
 from gradguard.scenarios.models import ScalarChain, SequenceRegressor, deep_mlp, mlp
 
 __all__ = ["EXPLODING"]
-
-
-def _mse(model: nn.Module, batch: Batch) -> Tensor:
-    x, y = batch
-    return F.mse_loss(model(x), y)
 
 
 def _rnn_x3(seed: int) -> TrainingRun:
@@ -63,7 +57,7 @@ def _lstm_high_lr(seed: int) -> TrainingRun:
         x = torch.randn(16, 30, 4, generator=g)
         return x, 0.5 * x[:, :5, 0].sum(1, keepdim=True)
 
-    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=1.0), batch, _mse)
+    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=1.0), batch, mse)
 
 
 def _deep_mlp_gain(seed: int) -> TrainingRun:
@@ -73,7 +67,7 @@ def _deep_mlp_gain(seed: int) -> TrainingRun:
         x = torch.randn(32, 8, generator=generator(seed, step))
         return x, torch.sin(x[:, :1])
 
-    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=1e-3), batch, _mse)
+    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=1e-3), batch, mse)
 
 
 CORRUPT_STEP = 150
@@ -92,7 +86,7 @@ def _corrupted_batch(seed: int, corrupt_step: int | None = CORRUPT_STEP) -> Trai
             return 1e3 * x, 1e3 * y
         return x, y
 
-    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=0.05), batch, _mse)
+    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=0.05), batch, mse)
 
 
 def _feature_drift(seed: int) -> TrainingRun:
@@ -108,7 +102,7 @@ def _feature_drift(seed: int) -> TrainingRun:
         y = 0.3 * (x @ w) + 0.1 * torch.randn(32, 1, generator=g)
         return x * 1.004**step, y
 
-    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=0.05), batch, _mse)
+    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=0.05), batch, mse)
 
 
 def _lr_warmup_overshoot(seed: int) -> TrainingRun:
@@ -124,7 +118,7 @@ def _lr_warmup_overshoot(seed: int) -> TrainingRun:
         x = torch.randn(32, 16, generator=g)
         return x, 0.3 * (x @ w) + 0.1 * torch.randn(32, 1, generator=g)
 
-    return TrainingRun(model, optimizer, batch, _mse, schedule)
+    return TrainingRun(model, optimizer, batch, mse, schedule)
 
 
 def _momentum_overshoot(seed: int) -> TrainingRun:
@@ -140,7 +134,7 @@ def _momentum_overshoot(seed: int) -> TrainingRun:
         x = torch.randn(32, 8, generator=g)
         return x, torch.tanh(x @ w) + 0.1 * torch.randn(32, 1, generator=g)
 
-    return TrainingRun(model, optimizer, batch, _mse)
+    return TrainingRun(model, optimizer, batch, mse)
 
 
 EXPLODING = [

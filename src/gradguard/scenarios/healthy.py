@@ -8,15 +8,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from gradguard.scenarios.base import Batch, Scenario, TrainingRun, generator
+from gradguard.scenarios.base import Batch, Scenario, TrainingRun, generator, mse
 from gradguard.scenarios.models import SequenceRegressor, mlp
 
 __all__ = ["HEALTHY"]
-
-
-def _mse(model: nn.Module, batch: Batch) -> Tensor:
-    x, y = batch
-    return F.mse_loss(model(x), y)
 
 
 def _mlp_adam(seed: int) -> TrainingRun:
@@ -26,7 +21,7 @@ def _mlp_adam(seed: int) -> TrainingRun:
         x = torch.randn(32, 8, generator=generator(seed, step))
         return x, torch.sin(2.0 * x[:, :1]) * torch.cos(x[:, 1:2])
 
-    return TrainingRun(model, torch.optim.Adam(model.parameters(), lr=1e-3), batch, _mse)
+    return TrainingRun(model, torch.optim.Adam(model.parameters(), lr=1e-3), batch, mse)
 
 
 def _rnn_orthogonal(seed: int) -> TrainingRun:
@@ -39,7 +34,7 @@ def _rnn_orthogonal(seed: int) -> TrainingRun:
         x = torch.randn(16, 50, 8, generator=generator(seed, step))
         return x, torch.tanh(0.3 * torch.cumsum(x[..., :1], dim=1))
 
-    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=0.05), batch, _mse)
+    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=0.05), batch, mse)
 
 
 def _lstm_adam(seed: int) -> TrainingRun:
@@ -49,7 +44,7 @@ def _lstm_adam(seed: int) -> TrainingRun:
         x = torch.randn(16, 30, 4, generator=generator(seed, step))
         return x, 0.5 * x[:, :5, 0].sum(1, keepdim=True)
 
-    return TrainingRun(model, torch.optim.Adam(model.parameters(), lr=3e-3), batch, _mse)
+    return TrainingRun(model, torch.optim.Adam(model.parameters(), lr=3e-3), batch, mse)
 
 
 def _noisy_tiny_batches(seed: int) -> TrainingRun:
@@ -69,7 +64,7 @@ def _noisy_tiny_batches(seed: int) -> TrainingRun:
             noise = 0.3 * student.sample((2, 1))
         return x, torch.tanh(x @ w) + noise
 
-    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=0.02), batch, _mse)
+    return TrainingRun(model, torch.optim.SGD(model.parameters(), lr=0.02), batch, mse)
 
 
 def _sum_loss_large_norms(seed: int) -> TrainingRun:
@@ -120,7 +115,7 @@ def _transformer_warmup(seed: int) -> TrainingRun:
         x = torch.randn(16, 12, 4, generator=generator(seed, step))
         return x, x[..., 0].max(1, keepdim=True).values
 
-    return TrainingRun(model, optimizer, batch, _mse, schedule)
+    return TrainingRun(model, optimizer, batch, mse, schedule)
 
 
 HEALTHY = [
