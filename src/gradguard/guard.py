@@ -43,7 +43,7 @@ from gradguard.recover import (
     restore_rng_state,
     scaled_lr,
 )
-from gradguard.sinks import Sink
+from gradguard.sinks import Sink, with_default_logging
 from gradguard.stats import GradStats, NamedTensors, measure, reduce_across_ranks
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ class Guard:
             else MemorySnapshotStore(keep=snapshot_keep)
         )
         self.restore_rng = bool(restore_rng)
-        self.sinks: tuple[Sink, ...] = tuple(sinks)
+        self.sinks: tuple[Sink, ...] = with_default_logging(sinks)
         self._named = _guarded_parameters(model, optimizer)
         if monitor is not None and (process_group is not None or sharded_grads is not None):
             raise ConfigError(

@@ -104,8 +104,7 @@ class LossSpikeDetector:
                         kind=AlertKind.LOSS_SPIKE,
                         message=(
                             f"Loss {fmt(loss)} is {fmt(ratio)}x its recent median {fmt(typical)} "
-                            f"at step {obs.step}: inspect this batch and lower the learning rate "
-                            "if it repeats."
+                            f"at step {obs.step}: this batch or the last update stands out."
                         ),
                         detector=self.name,
                         culprits=culprit_names(obs),

@@ -89,8 +89,7 @@ class SpikeDetector:
                         kind=AlertKind.GRAD_NORM_SPIKE,
                         message=(
                             f"Gradient norm {fmt(norm)} is {fmt(ratio)}x its recent median "
-                            f"{fmt(typical)} at step {obs.step}: inspect this batch, and clip "
-                            "or skip the step."
+                            f"{fmt(typical)} at step {obs.step}: this batch or this step stands out."
                         ),
                         detector=self.name,
                         culprits=culprit_names(obs),

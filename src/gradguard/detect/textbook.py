@@ -94,7 +94,7 @@ class TextbookDetector:
                     Severity.CRITICAL,
                     AlertKind.NONFINITE_GRAD,
                     f"Gradient norm is {fmt(norm)} at step {obs.step} ({', '.join(bad) or '?'}): "
-                    "skip the step and lower the learning rate.",
+                    "applied, this step would write NaN/Inf into the weights.",
                     bad,
                     norm,
                     None,
@@ -108,7 +108,7 @@ class TextbookDetector:
                     Severity.CRITICAL if critical else Severity.WARNING,
                     AlertKind.GRAD_NORM_THRESHOLD,
                     f"Gradient norm {fmt(norm)} exceeds {fmt(self.max_grad_norm)} at step "
-                    f"{obs.step}: clip gradients.",
+                    f"{obs.step}.",
                     culprits,
                     norm,
                     self.max_grad_norm,
@@ -126,7 +126,7 @@ class TextbookDetector:
                             Severity.WARNING,
                             AlertKind.GROWTH_TREND,
                             f"Gradient norms are rising fast: mean {fmt(older)} -> {fmt(recent)} "
-                            f"over the last 10 steps at step {obs.step}; lower the learning rate.",
+                            f"over the last 10 steps at step {obs.step}.",
                             culprits,
                             recent / older,
                             self.acceleration_factor,
@@ -141,7 +141,7 @@ class TextbookDetector:
                     obs,
                     Severity.CRITICAL,
                     AlertKind.NONFINITE_LOSS,
-                    f"Loss is {fmt(loss)} at step {obs.step}: training has diverged; roll back.",
+                    f"Loss is {fmt(loss)} at step {obs.step}: training has diverged.",
                     culprit_names(obs),
                     loss,
                     None,
@@ -154,8 +154,7 @@ class TextbookDetector:
                     obs,
                     Severity.CRITICAL,
                     AlertKind.LOSS_THRESHOLD,
-                    f"Loss {fmt(loss)} exceeds {fmt(self.max_loss)} at step {obs.step}: roll "
-                    "back and lower the learning rate.",
+                    f"Loss {fmt(loss)} exceeds {fmt(self.max_loss)} at step {obs.step}.",
                     culprit_names(obs),
                     loss,
                     self.max_loss,
@@ -269,7 +268,7 @@ class ThresholdGrowthDetector:
                     kind=AlertKind.GRAD_NORM_THRESHOLD,
                     message=(
                         f"Gradient norm {fmt(norm)} exceeds {fmt(self.alert_threshold)} at step "
-                        f"{obs.step}: clip gradients."
+                        f"{obs.step}."
                     ),
                     detector=self.name,
                     culprits=culprits,
@@ -288,7 +287,7 @@ class ThresholdGrowthDetector:
                         kind=AlertKind.GROWTH_TREND,
                         message=(
                             f"Gradient norm grew {fmt(growth)}x over the last {self.window} "
-                            f"steps (now {fmt(norm)}) at step {obs.step}: lower the learning rate."
+                            f"steps (now {fmt(norm)}) at step {obs.step}."
                         ),
                         detector=self.name,
                         culprits=culprits,

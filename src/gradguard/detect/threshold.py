@@ -55,7 +55,7 @@ class ThresholdDetector:
                     kind=AlertKind.GRAD_NORM_THRESHOLD,
                     message=(
                         f"Gradient norm {fmt(norm)} exceeds the bound {fmt(self.max_norm)} at "
-                        f"step {obs.step}: clip to the bound or lower the learning rate."
+                        f"step {obs.step}."
                     ),
                     detector=self.name,
                     culprits=culprit_names(obs),
@@ -71,7 +71,7 @@ class ThresholdDetector:
                     kind=AlertKind.LOSS_THRESHOLD,
                     message=(
                         f"Loss {fmt(obs.loss)} exceeds the bound {fmt(self.max_loss)} at step "
-                        f"{obs.step}: the run is diverging; roll back and lower the learning rate."
+                        f"{obs.step}: the run is diverging."
                     ),
                     detector=self.name,
                     culprits=culprit_names(obs),

@@ -144,7 +144,7 @@ class GrowthTrendDetector:
                 message=(
                     f"Gradient norm has grown {fmt(per_10)}x per 10 steps for {self.streak} steps "
                     f"(now {fmt(norm)}); at this rate it reaches {limit} in about "
-                    f"{forecast:.0f} steps: lower the learning rate or enable clipping now."
+                    f"{forecast:.0f} steps."
                 ),
                 detector=self.name,
                 culprits=culprit_names(obs),

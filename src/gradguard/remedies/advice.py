@@ -32,7 +32,7 @@ from gradguard.errors import ConfigError
 from gradguard.records import Alert, AlertKind, Observation
 from gradguard.stats.recurrent import recurrent_kind
 
-__all__ = ["Advice", "Remedy", "Trigger", "suggest"]
+__all__ = ["Advice", "Remedy", "Trigger", "round_setting", "suggest"]
 
 LONG_SEQUENCE = 100
 """Sequences longer than this get truncated BPTT."""
@@ -138,6 +138,24 @@ def _advice(
     return Advice(action, trigger, message, evidence, tuple(params), priority)
 
 
+_NICE = (5.0, 3.0, 2.0, 1.0)
+
+
+def round_setting(value: float) -> float:
+    """The largest of 1, 2, 3 or 5 times a power of ten not above ``value``: a value to type.
+
+    Settings come from measurements (a median norm, a backed-off rate); ``0.0374`` is advised as
+    ``0.03``. Rounding down keeps a bound or a learning rate on the safe side.
+    """
+    if not (math.isfinite(value) and value > 0.0):
+        return value
+    power = 10.0 ** math.floor(math.log10(value))
+    for mantissa in _NICE:
+        if mantissa * power <= value * (1.0 + 1e-9):
+            return float(f"{mantissa * power:.3g}")
+    return float(f"{power:.3g}")  # pragma: no cover - the mantissa 1 always fits
+
+
 def _num(value: Any) -> float:
     """A float from a to_dict value (``"inf"``/``"nan"`` strings included)."""
     if value is None:
@@ -149,6 +167,7 @@ def _num(value: Any) -> float:
 
 
 def _clip(trigger: Trigger, max_norm: float, evidence: str, why: str) -> Advice:
+    max_norm = round_setting(max_norm)
     return _advice(
         Remedy.CLIP_GRADIENTS,
         trigger,
@@ -242,10 +261,28 @@ def _structure(kinds: Sequence[str], layers: int, seq_len: int | None) -> list[A
     return out
 
 
-def _nonfinite(evidence: str, lr: float | None) -> list[Advice]:
+def _init_message(recurrent: bool | None) -> str:
+    """How to verify the initialisation, worded for the model type when it is known."""
+    if recurrent is False:
+        return (
+            "Verify the initialisation: gradguard.remedies.init_for_stability(model) gives "
+            "Xavier (tanh) or He (ReLU) scaling to every layer."
+        )
+    if recurrent:
+        return (
+            "Verify the initialisation: gradguard.remedies.init_for_stability(model) makes the "
+            "recurrent weights orthogonal per gate and scales the other layers by Xavier/He."
+        )
+    return (
+        "Verify the initialisation: gradguard.remedies.init_for_stability(model) gives "
+        "orthogonal recurrent blocks and Xavier/He elsewhere."
+    )
+
+
+def _nonfinite(evidence: str, lr: float | None, recurrent: bool | None = None) -> list[Advice]:
     lowered: list[tuple[str, float | int | str]] = [("factor", 0.1)]
     if lr is not None:
-        lowered.append(("lr", lr * 0.1))
+        lowered.append(("lr", round_setting(lr * 0.1)))
     return [
         _advice(
             Remedy.LOWER_LEARNING_RATE,
@@ -258,8 +295,7 @@ def _nonfinite(evidence: str, lr: float | None) -> list[Advice]:
         _advice(
             Remedy.STABLE_INIT,
             Trigger.NONFINITE,
-            "Verify the initialisation: gradguard.remedies.init_for_stability(model) gives "
-            "orthogonal recurrent blocks and Xavier/He elsewhere.",
+            _init_message(recurrent),
             evidence,
             urgent=True,
         ),
@@ -280,7 +316,9 @@ def _loss_spike(evidence: str) -> list[Advice]:
     ]
 
 
-def _from_observation(obs: Observation, lr: float | None) -> list[Advice]:
+def _from_observation(
+    obs: Observation, lr: float | None, recurrent: bool | None = None
+) -> list[Advice]:
     problems = []
     if not obs.loss_finite:
         problems.append(f"loss {obs.loss!r} at step {obs.step}")
@@ -290,15 +328,17 @@ def _from_observation(obs: Observation, lr: float | None) -> list[Advice]:
             f"gradient norm {obs.total_norm!r} at step {obs.step}"
             + (f" (largest: {culprits})" if culprits else "")
         )
-    return _nonfinite("; ".join(problems), lr) if problems else []
+    return _nonfinite("; ".join(problems), lr, recurrent) if problems else []
 
 
-def _from_alerts(alerts: Sequence[Alert], lr: float | None) -> list[Advice]:
+def _from_alerts(
+    alerts: Sequence[Alert], lr: float | None, recurrent: bool | None = None
+) -> list[Advice]:
     out: list[Advice] = []
     for alert in alerts:
         evidence = f"step {alert.step}: {alert.message}".rstrip(".")
         if alert.kind in (AlertKind.NONFINITE_LOSS, AlertKind.NONFINITE_GRAD):
-            out += _nonfinite(evidence, lr)
+            out += _nonfinite(evidence, lr, recurrent)
         elif alert.kind in (AlertKind.LOSS_SPIKE, AlertKind.LOSS_THRESHOLD):
             out += _loss_spike(evidence)
         elif alert.kind in (
@@ -410,8 +450,8 @@ def _from_report(data: Mapping[str, Any], lr: float | None) -> tuple[list[Advice
             out.append(_clip(Trigger.DEPTH_GROWTH, 1.0, evidence, "the gradient grows with depth."))
     elif kind == "cliff_check":
         if data.get("falls_off"):
-            safe_clip = _num(data.get("safe_clip"))
-            safe_lr = _num(data.get("safe_lr"))
+            safe_clip = round_setting(_num(data.get("safe_clip")))
+            safe_lr = round_setting(_num(data.get("safe_lr")))
             step_lr = _num(data.get("lr"))
             evidence = f"a plain step with lr={step_lr:g} falls off a cliff"
             if math.isfinite(safe_lr):
@@ -425,7 +465,7 @@ def _from_report(data: Mapping[str, Any], lr: float | None) -> tuple[list[Advice
                     _advice(
                         Remedy.LOWER_LEARNING_RATE,
                         Trigger.CLIFF,
-                        f"Or lower the learning rate to at most {safe_lr:.4g}.",
+                        f"Or lower the learning rate to at most {safe_lr:g}.",
                         evidence,
                         ("lr", safe_lr),
                     )
@@ -485,6 +525,7 @@ def suggest(
     *,
     seq_len: int | None = None,
     lr: float | None = None,
+    recurrent: bool | None = None,
 ) -> list[Advice]:
     """Say what to do about exploding gradients, with the evidence behind each remedy.
 
@@ -499,6 +540,8 @@ def suggest(
             "seq_len": 200}``, as a run log's metadata holds it), or a list mixing these.
         seq_len: the training sequence length, when no analysis names it.
         lr: the current learning rate, to turn "lower it" into a number.
+        recurrent: whether the model is recurrent, when known without ``model`` (a log's
+            tensor names tell): the initialisation advice is worded for it.
 
     Returns:
         One :class:`Advice` per remedy, most urgent first (clip bounds merged to the tightest).
@@ -517,16 +560,18 @@ def suggest(
         )
     if model is not None and not isinstance(model, nn.Module):
         raise ConfigError(f"model must be an nn.Module or None, got {type(model).__name__}.")
+    if model is not None and recurrent is None:
+        recurrent = any(recurrent_kind(m) is not None for m in model.modules())
     out: list[Advice] = []
     items = evidence if isinstance(evidence, (list, tuple)) else [evidence]
     alerts = [item for item in items if isinstance(item, Alert)]
     if alerts:
-        out += _from_alerts(alerts, lr)
+        out += _from_alerts(alerts, lr, recurrent)
     for item in items:
         if item is None or isinstance(item, Alert):
             continue
         if isinstance(item, Observation):
-            out += _from_observation(item, lr)
+            out += _from_observation(item, lr, recurrent)
             continue
         data = item.to_dict() if hasattr(item, "to_dict") else item
         if not isinstance(data, Mapping):

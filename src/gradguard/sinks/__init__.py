@@ -4,21 +4,30 @@ from gradguard.sinks.base import Sink
 from gradguard.sinks.console import ConsoleSink
 from gradguard.sinks.csvfile import CSV_COLUMNS, CsvSink
 from gradguard.sinks.jsonl import LOG_FORMAT, JsonlSink
+from gradguard.sinks.logger import LOGGER_NAME, LoggingSink, with_default_logging
 from gradguard.sinks.rank import RankZeroSink, is_rank_zero
 from gradguard.sinks.read import LogHeader, RunLog, read_jsonl
+from gradguard.sinks.tally import StepTally, done_phrase, is_clipped, shown_severity
 from gradguard.sinks.tboard import TensorBoardSink
 
 __all__ = [
     "CSV_COLUMNS",
+    "LOGGER_NAME",
     "LOG_FORMAT",
     "ConsoleSink",
     "CsvSink",
     "JsonlSink",
     "LogHeader",
+    "LoggingSink",
     "RankZeroSink",
     "RunLog",
     "Sink",
+    "StepTally",
     "TensorBoardSink",
+    "done_phrase",
+    "is_clipped",
     "is_rank_zero",
     "read_jsonl",
+    "shown_severity",
+    "with_default_logging",
 ]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from gradguard.errors import ConfigError
 from gradguard.records import ActionKind, AlertKind, Severity, StepRecord
+from gradguard.sinks.tally import StepTally, is_clipped, shown_severity
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -78,6 +79,7 @@ class ConsoleSink:
         self.every = every
         self.console = console if console is not None else Console(stderr=True)
         self._seen = 0
+        self._tally = StepTally()
         self._recent: set[tuple[AlertKind, Severity]] = set()
         self._reset_window()
 
@@ -92,20 +94,23 @@ class ConsoleSink:
         """Take one step's record; print only what is due."""
         self._seen += 1
         self._window_steps += 1
-        if record.action is ActionKind.CLIP:
+        self._tally.add(record)
+        if is_clipped(record):
             self._clipped += 1
-            self._min_coef = min(self._min_coef, record.clip_coef)
-        elif record.action is not ActionKind.PROCEED:
+            if math.isfinite(record.clip_coef):
+                self._min_coef = min(self._min_coef, record.clip_coef)
+        if record.action not in (ActionKind.PROCEED, ActionKind.CLIP):
             self._print_intervention(record)
         for alert in record.alerts:
-            if alert.severity.rank < self.min_severity.rank:
+            severity = shown_severity(record, alert)  # a GradScaler overflow is routine: info
+            if severity.rank < self.min_severity.rank:
                 self._quiet_alerts += 1
                 continue
-            key = (alert.kind, alert.severity)
+            key = (alert.kind, severity)
             repeats = self._repeats.get(key)
             if repeats is None and key not in self._recent:
                 self._repeats[key] = _Repeats(0, alert.step, alert.step)
-                self._print_alert(alert.step, alert.severity, alert.kind, alert.message)
+                self._print_alert(alert.step, severity, alert.kind, alert.message)
             elif repeats is None:
                 self._repeats[key] = _Repeats(1, alert.step, alert.step)
             else:
@@ -117,17 +122,16 @@ class ConsoleSink:
             self._print_periodic(record)
 
     def close(self) -> None:
-        """Print what is still counted (repeats, clipped steps) and a closing line."""
+        """Print the repeats still counted and a closing line with the whole run's counts."""
         if not self._seen:
             return
         self._flush_repeats()
         from rich.text import Text
 
-        line = Text(f"gradguard: {self._seen} steps logged", style="dim")
-        self._append_window_counts(line)
-        self.console.print(line)
+        self.console.print(Text(f"gradguard: {_run_counts(self._tally)}", style="dim"))
         self._reset_window()
         self._seen = 0
+        self._tally = StepTally()
 
     # ---------------------------------------------------------------------------------------
     # Formatting: only reached for lines that are printed.
@@ -179,7 +183,8 @@ class ConsoleSink:
                 style="yellow",
             )
         if self._quiet_alerts:
-            line.append(f" | {self._quiet_alerts} minor alerts", style="dim")
+            below = self.min_severity.value
+            line.append(f" | {self._quiet_alerts} alert(s) below {below} not shown", style="dim")
 
     def _flush_repeats(self) -> None:
         from rich.text import Text
@@ -193,6 +198,22 @@ class ConsoleSink:
                 self.console.print(line)
         self._recent = set(self._repeats)
         self._repeats = {}
+
+
+def _run_counts(tally: StepTally) -> str:
+    """The closing line's counts, from the same tally the report and the guard's counters use."""
+    parts = [f"{tally.steps} steps", f"{tally.clipped} clipped", f"{tally.skipped} skipped"]
+    for count, what in (
+        (tally.scaler_overflows, "of them GradScaler overflows"),
+        (tally.backoffs, "back-offs"),
+        (tally.rollbacks, f"rollbacks ({tally.steps_lost} steps lost)"),
+        (tally.resets, "optimizer resets"),
+        (tally.aborted, "aborted"),
+    ):
+        if count:
+            parts.append(f"{count} {what}")
+    alerts = tally.alert_counts()
+    return ", ".join(parts) + (f"; {alerts}" if alerts else "; no alerts")
 
 
 def _append_number(line: Text, value: float | None, fmt: str) -> None:

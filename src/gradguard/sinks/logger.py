@@ -1,0 +1,196 @@
+"""A sink that speaks through Python's ``logging``: the channel every framework already routes.
+
+The guard adds one by default (see :func:`with_default_logging`), so a user who ignores the
+returned records still hears about trouble: with no logging configured, Python prints WARNING
+records to stderr. Healthy steps log nothing above DEBUG. One incident does not flood: the first
+step of a situation is logged at once, its repeats are counted and told in one line when the
+situation has been quiet for ``quiet`` steps (or every ``window`` steps while it lasts, and at
+:meth:`LoggingSink.close`). Only rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+
+from gradguard.errors import ConfigError
+from gradguard.records import ActionKind, Reason, Severity, StepRecord
+from gradguard.sinks.base import Sink
+from gradguard.sinks.console import ConsoleSink
+from gradguard.sinks.rank import RankZeroSink, is_rank_zero
+from gradguard.sinks.tally import done_phrase, shown_severity
+
+__all__ = ["LOGGER_NAME", "LoggingSink", "with_default_logging"]
+
+LOGGER_NAME = "gradguard"
+"""Name of the logger records go to; ``logging.getLogger("gradguard").setLevel(...)`` tunes it."""
+
+_LEVEL_OF = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING}
+_NOTED = (Reason.REGIME_CHANGE, Reason.RECOVERED)
+"""Reasons of an unchanged step that are still news (at INFO): a new loss level, a rate restored."""
+
+_Key = tuple[ActionKind, Reason, tuple[str, ...]]
+
+
+@dataclasses.dataclass
+class _Episode:
+    level: int
+    first: int
+    last: int
+    told_until: int
+    repeats: int = 0
+    first_repeat: int = 0
+
+
+class LoggingSink:
+    """Log alerts and interventions to the ``gradguard`` logger, one line per situation.
+
+    Levels: WARNING for alerts of severity warning or critical and for every intervention (clip,
+    skip, back-off, rollback, reset), ERROR for an abort, INFO for info alerts, routine GradScaler
+    overflows and restored learning rates, DEBUG for a healthy step (formatted only when DEBUG is
+    enabled).
+
+    Args:
+        logger: the logger, or its name; ``"gradguard"`` by default.
+        quiet: steps without a repeat after which a situation's repeats are told and it closes.
+        window: while a situation keeps repeating, its count is told at most every this many steps.
+
+    Raises:
+        ConfigError: ``quiet`` or ``window`` is not a positive integer.
+    """
+
+    def __init__(
+        self, logger: logging.Logger | str = LOGGER_NAME, *, quiet: int = 50, window: int = 1000
+    ) -> None:
+        for name, value in (("quiet", quiet), ("window", window)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}; try {name}=50.")
+        self.logger = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger)
+        self.quiet = quiet
+        self.window = window
+        self._open: dict[_Key, _Episode] = {}
+        self._next_check: int | None = None
+
+    def write(self, record: StepRecord) -> None:
+        """Log what this step calls for; a healthy step costs a couple of comparisons."""
+        if self._next_check is not None and record.step >= self._next_check:
+            self._tell_repeats(record.step)
+        if (
+            not record.alerts
+            and record.action is ActionKind.PROCEED
+            and record.reason not in _NOTED
+        ):
+            if self.logger.isEnabledFor(logging.DEBUG) and is_rank_zero():
+                self.logger.debug(
+                    "step %d: healthy (loss %s, gradient norm %s)",
+                    record.step,
+                    record.loss,
+                    record.total_norm,
+                )
+            return
+        if not is_rank_zero():
+            return
+        level = self._level(record)
+        if level is None:
+            return
+        kinds = tuple(sorted({a.kind.value for a in record.alerts}))
+        key = (record.action, record.reason, kinds)
+        episode = self._open.get(key)
+        if episode is not None and record.step > episode.last:
+            if not episode.repeats:
+                episode.first_repeat = record.step
+            episode.repeats += 1
+            episode.last = record.step
+            episode.level = max(episode.level, level)
+        else:
+            self._open[key] = _Episode(level, record.step, record.step, record.step)
+            if self.logger.isEnabledFor(level):
+                self.logger.log(level, "%s", _line(record))
+        self._schedule()
+
+    def close(self) -> None:
+        """Tell the repeats still counted."""
+        self._tell_repeats(None)
+
+    # ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _level(record: StepRecord) -> int | None:
+        if record.action is ActionKind.ABORT:
+            return logging.ERROR
+        levels = [
+            _LEVEL_OF.get(shown_severity(record, a), logging.WARNING) for a in record.alerts
+        ]
+        if record.reason is Reason.SCALER_OVERFLOW:
+            levels.append(logging.INFO)
+        elif record.action is not ActionKind.PROCEED:
+            levels.append(logging.WARNING)
+        elif record.reason in _NOTED:
+            levels.append(logging.INFO)
+        return max(levels) if levels else None
+
+    def _tell_repeats(self, step: int | None) -> None:
+        """Tell and close quiet situations (all of them when ``step`` is ``None``)."""
+        for key, episode in list(self._open.items()):
+            ended = step is None or step - episode.last > self.quiet
+            due = step is not None and step - episode.told_until >= self.window
+            if (ended or due) and episode.repeats and self.logger.isEnabledFor(episode.level):
+                action, reason, kinds = key
+                what = f"{action.value} ({reason.value})" + (
+                    f" with {', '.join(kinds)}" if kinds else ""
+                )
+                self.logger.log(
+                    episode.level,
+                    "%d more step(s) of %s at steps %d-%d",
+                    episode.repeats,
+                    what,
+                    episode.first_repeat,
+                    episode.last,
+                )
+            if ended:
+                del self._open[key]
+            elif due:
+                episode.repeats, episode.told_until = 0, episode.last
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._open:
+            self._next_check = None
+            return
+        self._next_check = min(
+            min(e.last + self.quiet + 1, e.told_until + self.window) for e in self._open.values()
+        )
+
+
+def _line(record: StepRecord) -> str:
+    """One sentence: the step, what was done and why, and the most severe alert's message."""
+    parts = [f"step {record.step}:"]
+    done = done_phrase(record)
+    if done:
+        parts.append(f"gradguard {done} ({record.reason.value}).")
+    shown = sorted(record.alerts, key=lambda a: -shown_severity(record, a).rank)
+    if shown:
+        top = shown[0]
+        parts.append(f"{shown_severity(record, top).value.upper()} {top.kind.value}: {top.message}")
+        if len(shown) > 1:
+            others = ", ".join(a.kind.value for a in shown[1:])
+            parts.append(f"(also: {others})")
+    elif record.message:
+        parts.append(record.message)
+    return " ".join(parts)
+
+
+def with_default_logging(sinks: Iterable[Sink]) -> tuple[Sink, ...]:
+    """``sinks`` plus a :class:`LoggingSink`, unless one, or a console, already shows the run.
+
+    The guard calls this on the sinks it is given, so a guard with no configuration warns
+    through ``logging``; a :class:`~gradguard.sinks.ConsoleSink` already prints the same events,
+    and a second voice would repeat them. Silence it with
+    ``logging.getLogger("gradguard").setLevel(logging.ERROR)``.
+    """
+    given = tuple(sinks)
+    inner = [s.sink if isinstance(s, RankZeroSink) else s for s in given]
+    if any(isinstance(s, (ConsoleSink, LoggingSink)) for s in inner):
+        return given
+    return (*given, LoggingSink())
