@@ -58,7 +58,7 @@ def test_periodic_line_on_first_step_and_every_n() -> None:
     assert [line.split("|")[0].split()[1] for line in lines] == ["0", "9", "19"]
     assert lines[0] == "step      0 | loss 0.5 | grad norm 2 | lr 0.01"
     sink.close()
-    assert _lines(buffer)[-1] == "gradguard: 25 steps logged"
+    assert _lines(buffer)[-1] == "gradguard: 25 steps, 0 clipped, 0 skipped; no alerts"
 
 
 def test_a_persistent_alert_never_floods() -> None:
@@ -80,7 +80,7 @@ def test_a_persistent_alert_never_floods() -> None:
         "step    149 | loss 0.5 | grad norm 2 | lr 0.01",
         "       ... grad_norm_spike x50 more (steps 150-199)",
         "step    199 | loss 0.5 | grad norm 2 | lr 0.01",
-        "gradguard: 200 steps logged",
+        "gradguard: 200 steps, 0 clipped, 0 skipped; 200 warning alerts",
     ]
     assert sum("WARNING" in line for line in lines) == 1
 
@@ -155,7 +155,7 @@ def test_minor_alerts_are_only_counted() -> None:
         sink.write(_record(step, _spike(step, Severity.INFO)))
     lines = _lines(buffer)
     assert len(lines) == 2
-    assert lines[1].endswith("| 4 minor alerts")
+    assert lines[1].endswith("| 4 alert(s) below warning not shown")
 
 
 def test_user_text_is_not_read_as_markup() -> None:

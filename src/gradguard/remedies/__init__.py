@@ -4,7 +4,7 @@
 drives a hand-written recurrent loop; ``suggest`` turns what was observed into structured advice.
 """
 
-from gradguard.remedies.advice import Advice, Remedy, Trigger, suggest
+from gradguard.remedies.advice import Advice, Remedy, Trigger, round_setting, suggest
 from gradguard.remedies.constrain import ScaledOrthogonal, SpectralBound, constrain_recurrent_
 from gradguard.remedies.init import InitSummary, init_for_stability
 from gradguard.remedies.tbptt import TBPTTResult, TruncatedBPTT, detach_state
@@ -21,5 +21,6 @@ __all__ = [
     "constrain_recurrent_",
     "detach_state",
     "init_for_stability",
+    "round_setting",
     "suggest",
 ]

@@ -138,22 +138,17 @@ def _advice(
     return Advice(action, trigger, message, evidence, tuple(params), priority)
 
 
-_NICE = (5.0, 3.0, 2.0, 1.0)
-
-
 def round_setting(value: float) -> float:
-    """The largest of 1, 2, 3 or 5 times a power of ten not above ``value``: a value to type.
+    """``value`` cut to two significant digits, rounding down: a setting a person types.
 
-    Settings come from measurements (a median norm, a backed-off rate); ``0.0374`` is advised as
-    ``0.03``. Rounding down keeps a bound or a learning rate on the safe side.
+    Settings come from measurements (a median norm, a backed-off rate): ``0.03742668`` is advised
+    as ``0.037``. Rounding down keeps a bound or a learning rate on the safe side.
     """
     if not (math.isfinite(value) and value > 0.0):
         return value
-    power = 10.0 ** math.floor(math.log10(value))
-    for mantissa in _NICE:
-        if mantissa * power <= value * (1.0 + 1e-9):
-            return float(f"{mantissa * power:.3g}")
-    return float(f"{power:.3g}")  # pragma: no cover - the mantissa 1 always fits
+    power = 10.0 ** (math.floor(math.log10(value)) - 1)
+    digits = math.floor(value / power * (1.0 + 1e-9))
+    return float(f"{digits * power:.2g}")
 
 
 def _num(value: Any) -> float:
