@@ -15,6 +15,7 @@ the rescue layer. The story, step by step (60 steps):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,39 @@ def write_synthetic_log(path: Path, metadata: dict[str, Any] | None = None) -> P
         for record in synthetic_records():
             sink.write(record)
     return path
+
+
+def ruined_mlp_records() -> list[StepRecord]:
+    """300 steps of an MLP at lr 0.1: rollbacks undo 213 steps, a back-off to 0.00125 holds."""
+    records = []
+    lr = 0.1
+    for step in range(300):
+        loss = 2.3 + 0.05 * math.sin(step)
+        record = StepRecord(
+            step,
+            ActionKind.PROCEED,
+            Reason.HEALTHY,
+            loss=loss,
+            total_norm=1.0,
+            lr=lr,
+            top=(("net.2.weight", 0.9),),
+        )
+        if step % 20 == 10 and step < 240:  # 12 rollbacks
+            lost = 18 if step < 230 else 15  # 11 x 18 + 15 = 213
+            record = dataclasses.replace(
+                record,
+                action=ActionKind.ROLLBACK,
+                reason=Reason.NONFINITE_LOSS,
+                loss=math.inf,
+                applied=False,
+                rolled_back_to=step - lost,
+                steps_lost=lost,
+                alerts=(Alert(step, Severity.CRITICAL, AlertKind.NONFINITE_LOSS, "loss inf"),),
+            )
+        if step in (150, 245):
+            lr = 0.01 if step == 150 else 0.00125
+            record = dataclasses.replace(
+                record, action=ActionKind.BACKOFF, reason=Reason.REPEATED_FAULTS, lr=lr
+            )
+        records.append(record)
+    return records

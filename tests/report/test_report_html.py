@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import html.parser
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from gradguard.errors import ConfigError, LogFormatError
 from gradguard.records import ActionKind, Reason, StepRecord
 from gradguard.report import REPORT_NAME, build_report, default_report_dir
 from gradguard.sinks import JsonlSink
-from tests.report.synthetic import EVIL, write_synthetic_log
+from tests.report.synthetic import EVIL, ruined_mlp_records, write_synthetic_log
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SECTIONS = {"summary", "advice", "gradient-norm", "loss", "culprits", "clip-lr", "events", "run"}
@@ -121,8 +122,9 @@ def test_user_strings_are_escaped(report: tuple[Path, str, Dom]) -> None:
 def test_outcome_advice_and_events(report: tuple[Path, str, Dom]) -> None:
     _, _, dom = report
     joined = " ".join(dom.text)
-    assert "gradguard intervened on 14 of 60 steps; the run ended finite" in joined
-    assert "Lower the learning rate tenfold" in joined
+    verdict = "Rescued: gradguard intervened on 14 of 60 steps, 9 warning(s); 7 of 60 steps lost"
+    assert verdict in joined
+    assert "Restart with the learning rate at about 0.005 (it started at 0.01)" in joined
     assert "first at step 36" in joined
     assert "back to step 30, 7 steps lost." in joined
     assert "Sequence length T = 150 (> 100)." in joined
@@ -156,9 +158,12 @@ def test_healthy_log(tmp_path: Path) -> None:
     log = tmp_path / "ok.jsonl"
     with JsonlSink(log) as sink:
         for i in range(30):
-            sink.write(StepRecord(i, ActionKind.PROCEED, Reason.HEALTHY, loss=1.0, total_norm=0.1))
+            loss = 2.0 * 0.9**i
+            sink.write(StepRecord(i, ActionKind.PROCEED, Reason.HEALTHY, loss=loss, total_norm=0.1))
     text = build_report(log, tmp_path / "out").read_text(encoding="utf-8")
-    assert "Healthy run: 30 steps without alerts or interventions." in text
+    # first and final: medians of the first and last 3 losses (a tenth of 30)
+    verdict = "Healthy run: 30 steps without warnings or interventions; loss 1.8 at the start, "
+    assert verdict + "0.1047 at the end, best 0.0942 at step 29." in text
     assert "No instability seen" in text
 
 
@@ -191,3 +196,27 @@ def test_a_new_loss_level_and_a_restored_rate_are_listed_as_events(tmp_path: Pat
     joined = " ".join(dom.text)
     assert "proceed (regime_change)" in joined and "the data changed" in joined
     assert "proceed (recovered)" in joined and "scale raised to 1" in joined
+
+
+def _verdict(page: str) -> str:
+    """The first line under the title: the header's verdict paragraph."""
+    start = page.index('<p class="verdict">') + len('<p class="verdict">')
+    return html.unescape(page[start : page.index("</p>", start)])
+
+
+def test_a_run_that_did_not_train_says_so_first_with_the_rate_to_try(tmp_path: Path) -> None:
+    log = tmp_path / "ruined.jsonl"
+    with JsonlSink(log) as sink:
+        for record in ruined_mlp_records():
+            sink.write(record)
+    page = build_report(log, tmp_path / "out").read_text(encoding="utf-8")
+    header = page[page.index("<header>") : page.index("</header>")]
+    assert header.index("<h1>") < header.index('class="verdict"')  # right under the title
+    verdict = _verdict(page)
+    assert verdict.startswith("Kept finite but did not train: loss 2.3")
+    assert "213 of 300 steps lost to rollbacks" in verdict
+    assert verdict.endswith(
+        "Learning rate to try: 0.0012 (the rate gradguard's back-offs held without faults)."
+    )
+    assert "the run ended finite" not in page
+    assert 'class="outcome bad"' in page

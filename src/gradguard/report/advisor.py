@@ -1,12 +1,20 @@
-"""Turn a run's events into remedies, each with the evidence (steps, norms) that calls for it.
+"""Turn a run's events into remedies, each with the evidence that calls for it and a confidence.
 
-The rules live in one place, :func:`gradguard.remedies.suggest` (clip every RNN at 1.0; after a
-NaN/Inf lower the learning rate, check the initialisation and clip; after loss spikes clip lower
-and check the data; deep RNNs clip at 0.5 with gated cells; sequences longer than 100 steps get
-truncated BPTT; recurrent weights that drive the explosion get a spectral constraint). This
-module gathers from the log what each situation needs (the alerts, the first non-finite step, the
-model's description in the metadata), asks ``suggest`` what to do, and words the evidence from
-the log: steps, norms and tensor names.
+Advice follows from what the log shows, not from a checklist:
+
+- the learning rate: when gradguard's own back-offs found a rate the run held without faults,
+  that rate (rounded) is the advice, with a confidence from how long it held; repeated faults
+  without a back-off give a tenth of the rate, as a guess (low confidence); one non-finite step
+  that was skipped, followed by healthy training, is reported as what it is (info, nothing to
+  change);
+- the initialisation: only when faults begin within the first steps, worded for the model type;
+- the data: only for loss spikes that look like a bad batch (the loss before and after is
+  ordinary), not for spikes that follow a gradient blow-up;
+- the model type (recurrent or not) comes from the tensor names in the log (``weight_hh``,
+  ``rnn``, ``lstm``, ``gru``) or from the metadata; recurrent remedies are never given to a
+  feed-forward model;
+- clipping, recurrent structure and analysis results go through the rule table of
+  :func:`gradguard.remedies.suggest`, whose settings are rounded to two digits.
 
 References:
     Pascanu, Mikolov, Bengio (2013), "On the difficulty of training recurrent neural networks",
@@ -18,18 +26,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from gradguard.errors import GradguardError
-from gradguard.records import Alert, AlertKind, Observation, Severity, StepRecord
+from gradguard.records import ActionKind, Alert, AlertKind, Observation, Severity, StepRecord
 from gradguard.remedies import Advice as Suggestion
-from gradguard.remedies import Remedy, suggest
-from gradguard.report.summary import RunSummary, record_nonfinite, summarize
+from gradguard.remedies import Remedy, round_setting, suggest
+from gradguard.report.summary import RunSummary, is_fault, summarize
+from gradguard.sinks import shown_severity
 
-__all__ = ["Advice", "ModelFacts", "advise", "model_facts"]
+__all__ = ["Advice", "Confidence", "ModelFacts", "RateEvidence", "advise", "model_facts", "rates"]
+
+Confidence = Literal["high", "medium", "low"]
 
 _RECURRENT = re.compile(r"weight_hh(?:_l(\d+))?")
+_RECURRENT_MODULE = re.compile(r"(?:^|[._])(?:rnn|lstm|gru)\d*(?:[._]|$)", re.IGNORECASE)
 _GRADIENT_ALERTS = {
     AlertKind.GRAD_NORM_SPIKE,
     AlertKind.GRAD_NORM_THRESHOLD,
@@ -38,6 +51,12 @@ _GRADIENT_ALERTS = {
 }
 _LOSS_ALERTS = {AlertKind.LOSS_SPIKE, AlertKind.LOSS_THRESHOLD}
 _MAX_LISTED = 8
+_EARLY_STEPS = 20
+"""Faults that begin within this many steps (or 5% of the run) point at the initialisation."""
+_HELD_HIGH, _HELD_MEDIUM = 50, 10
+"""Fault-free steps at a backed-off rate for high and medium confidence in that rate."""
+_ISOLATION = 10
+"""Steps after a skipped fault that must pass without warnings for it to count as isolated."""
 _TITLES = {
     Remedy.CLIP_GRADIENTS: "Clip the gradient norm",
     Remedy.LOWER_LEARNING_RATE: "Lower the learning rate",
@@ -48,6 +67,7 @@ _TITLES = {
     Remedy.CHECK_DATA: "Check the data at the spikes",
     Remedy.ADD_NORMALIZATION: "Add normalisation",
 }
+_RANK = {"low": 0, "medium": 1, "high": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +76,15 @@ class Advice:
 
     Attributes:
         key: the remedy's identifier (a :class:`gradguard.remedies.Remedy` value such as
-            ``"clip_gradients"``), or ``"healthy"`` when nothing went wrong.
+            ``"clip_gradients"``), ``"isolated_fault"`` for a lone skipped NaN/Inf, or
+            ``"healthy"`` when nothing went wrong.
         severity: how pressing it is.
         title: a few words.
-        action: what to do, in the words of :func:`gradguard.remedies.suggest`.
+        action: what to do, with rounded settings.
         evidence: the facts from the log that triggered it (steps, norms, names).
+        confidence: how firmly the evidence supports the action: ``"high"`` (measured in this
+            run, e.g. a rate the run held for 50+ steps), ``"medium"``, ``"low"`` (a rule of
+            thumb or a guess).
     """
 
     key: str
@@ -68,6 +92,7 @@ class Advice:
     title: str
     action: str
     evidence: tuple[str, ...]
+    confidence: Confidence = "medium"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +100,8 @@ class ModelFacts:
     """What the log tells about the model: from metadata ``model`` or from tensor names.
 
     Attributes:
-        recurrent: recurrent weights (``weight_hh*``) were seen or declared.
+        recurrent: recurrent weights were seen (``weight_hh*``, or a module named ``rnn``,
+            ``lstm``, ``gru``) or declared.
         recurrent_names: the recurrent tensor names seen in the records.
         num_layers: number of stacked recurrent layers, when known.
         cell: ``"RNN"``, ``"LSTM"``, ``"GRU"`` or ``None`` when unknown.
@@ -87,6 +113,30 @@ class ModelFacts:
     num_layers: int | None
     cell: str | None
     seq_len: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RateEvidence:
+    """What the log shows about the learning rate.
+
+    Attributes:
+        start: learning rate of the first record that has one.
+        backoffs: ``(step, rate after it)`` of each back-off.
+        held: the rate the last back-off set, when the run then applied steps at it.
+        held_steps: applied steps at (or below) ``held`` after the last back-off, up to the
+            first fault at that rate or the end.
+        faults_after: whether NaN/Inf or rollbacks still came at or below ``held``.
+        suggested: the rate to try, rounded down to two digits (``None``: no evidence).
+        confidence: how firmly the log supports ``suggested``.
+    """
+
+    start: float | None
+    backoffs: tuple[tuple[int, float], ...]
+    held: float | None
+    held_steps: int
+    faults_after: bool
+    suggested: float | None
+    confidence: Confidence
 
 
 def model_facts(records: Sequence[StepRecord], metadata: Mapping[str, Any]) -> ModelFacts:
@@ -106,9 +156,9 @@ def model_facts(records: Sequence[StepRecord], metadata: Mapping[str, Any]) -> M
     layers = -1
     for name in _tensor_names(records):
         match = _RECURRENT.search(name)
-        if match:
+        if match or _RECURRENT_MODULE.search(name):
             names.setdefault(name)
-            if match.group(1) is not None:
+            if match and match.group(1) is not None:
                 layers = max(layers, int(match.group(1)))
     cell = declared.get("cell")
     cell = str(cell).upper() if isinstance(cell, str) else None
@@ -123,6 +173,43 @@ def model_facts(records: Sequence[StepRecord], metadata: Mapping[str, Any]) -> M
         cell=cell,
         seq_len=_int_or_none(declared.get("seq_len")),
     )
+
+
+def rates(records: Sequence[StepRecord]) -> RateEvidence:
+    """Read the learning rate the run held after gradguard's back-offs (see :class:`RateEvidence`).
+
+    The rate set by the last back-off is the evidence: if the run then applied steps at it without
+    NaN/Inf or rollbacks, that is a rate this model trains at (high confidence after 50 such
+    steps, medium after 10). If faults went on at it, or there was no back-off but faults
+    repeated, a tenth of the lowest rate seen is a guess (low confidence).
+    """
+    start = next((r.lr for r in records if r.lr is not None), None)
+    backoffs = tuple(
+        (r.step, r.lr) for r in records if r.action is ActionKind.BACKOFF and r.lr is not None
+    )
+    faults = [r for r in records if is_fault(r) or r.action is ActionKind.ROLLBACK]
+    if backoffs:
+        last = max(i for i, r in enumerate(records) if r.action is ActionKind.BACKOFF)
+        held = backoffs[-1][1]
+        steps, faults_after = 0, False
+        for record in records[last + 1 :]:
+            at_rate = record.lr is None or record.lr <= held * (1.0 + 1e-6)
+            if at_rate and (is_fault(record) or record.action is ActionKind.ROLLBACK):
+                faults_after = True
+                break
+            steps += at_rate and record.applied
+        if faults_after:
+            lowest = min(lr for _, lr in backoffs)
+            return RateEvidence(
+                start, backoffs, held, steps, True, round_setting(lowest / 10.0), "low"
+            )
+        confidence: Confidence = (
+            "high" if steps >= _HELD_HIGH else "medium" if steps >= _HELD_MEDIUM else "low"
+        )
+        return RateEvidence(start, backoffs, held, steps, False, round_setting(held), confidence)
+    if len(faults) >= 2 and start is not None:
+        return RateEvidence(start, (), None, 0, True, round_setting(start / 10.0), "low")
+    return RateEvidence(start, (), None, 0, False, None, "low")
 
 
 def advise(
@@ -141,24 +228,45 @@ def advise(
             (``recurrent_report``, ``bptt_profile``, ``depth_profile``, ...) add their remedies.
 
     Returns:
-        One :class:`Advice` per remedy :func:`gradguard.remedies.suggest` gives for the run's
-        situations; a single "no instability" entry when nothing went wrong.
+        One :class:`Advice` per remedy the evidence supports; a single "no instability" entry
+        when nothing went wrong.
     """
     summary = summary or summarize(records)
     facts = model_facts(records, metadata or {})
-    situations = _situations(records, summary, facts) + _analyses(analysis or {})
-    lr = next((r.lr for r in records if record_nonfinite(r) and r.lr is not None), None)
+    rate = rates(records)
+    faults = [r for r in records if is_fault(r)]
+    advice: list[Advice] = []
+    isolated = _isolated(records, faults, summary)
+    if isolated is not None:
+        advice.append(isolated)
+    else:
+        advice += _learning_rate(records, faults, rate, summary)
+        advice += _initialisation(records, faults, facts)
+    situations = _situations(records, summary, facts, rate) + _analyses(analysis or {})
     lines: dict[Remedy, list[str]] = {}
-    for items, evidence in situations:
-        for suggestion in suggest(None, items, lr=lr):
+    confidence: dict[Remedy, Confidence] = {}
+    for items, evidence, sure in situations:
+        for suggestion in suggest(None, items, recurrent=facts.recurrent):
             listed = lines.setdefault(suggestion.action, [])
             listed.extend(e for e in evidence if e not in listed)
-    everything = [item for items, _ in situations for item in items]
-    advice: list[Advice] = []
+            known = confidence.get(suggestion.action)
+            if known is None or _RANK[sure] > _RANK[known]:
+                confidence[suggestion.action] = sure
+    everything = [item for items, _, _ in situations for item in items]
     if everything:
         clipped = any(r.clip_coef < 1.0 for r in records)
-        for suggestion in suggest(None, everything, lr=lr):
-            advice.append(_worded(suggestion, lines.get(suggestion.action, []), clipped))
+        have = {a.key for a in advice}
+        for suggestion in suggest(None, everything, recurrent=facts.recurrent):
+            if suggestion.action.value in have:
+                continue
+            advice.append(
+                _worded(
+                    suggestion,
+                    lines.get(suggestion.action, []),
+                    clipped,
+                    confidence.get(suggestion.action, "medium"),
+                )
+            )
     if not advice:
         advice.append(
             Advice(
@@ -167,49 +275,188 @@ def advise(
                 title="No instability seen",
                 action="Nothing to change: no alert, no intervention, no NaN/Inf in the log.",
                 evidence=(f"{summary.steps} steps logged without alerts or interventions.",),
+                confidence="high",
             )
         )
-    advice.sort(key=lambda a: -a.severity.rank)
+    advice.sort(key=lambda a: (-a.severity.rank, -_RANK[a.confidence]))
     return advice
 
 
-def _worded(suggestion: Suggestion, lines: Sequence[str], clipped: bool) -> Advice:
+def _worded(
+    suggestion: Suggestion, lines: Sequence[str], clipped: bool, confidence: Confidence
+) -> Advice:
     if suggestion.priority == 0:
         severity = Severity.CRITICAL
     elif suggestion.action is Remedy.CLIP_GRADIENTS and clipped:
         severity = Severity.INFO  # clipping was already on: keep it
     else:
         severity = Severity.WARNING
-    settings = ", ".join(f"{k}={v}" for k, v in suggestion.params)
+    settings = ", ".join(f"{k}={_setting(v)}" for k, v in suggestion.params)
     return Advice(
         key=suggestion.action.value,
         severity=severity,
         title=_TITLES[suggestion.action],
         action=suggestion.message + (f" Settings: {settings}." if settings else ""),
         evidence=tuple(lines) or (suggestion.evidence,),
+        confidence=confidence,
     )
 
 
 # ------------------------------------------------------------------------------------------------
-# The situations: what to show ``suggest`` and how to word the log's evidence for each.
+# Learning rate, initialisation, a lone fault: read from the log directly.
 
-_Situation = tuple[list[Any], list[str]]
+
+def _isolated(
+    records: Sequence[StepRecord], faults: Sequence[StepRecord], summary: RunSummary
+) -> Advice | None:
+    """Info advice for one skipped NaN/Inf step that training shrugged off, else ``None``."""
+    if len(faults) != 1 or summary.tally.rollbacks or summary.tally.backoffs:
+        return None
+    fault = faults[0]
+    if fault.applied or summary.progress.verdict in ("did_not_train", "lost_ground"):
+        return None
+    after = [r for r in records if fault.step < r.step <= fault.step + _ISOLATION]
+    troubled = any(
+        shown_severity(r, a).rank >= Severity.WARNING.rank for r in after for a in r.alerts
+    )
+    if troubled:
+        return None
+    what = "loss" if fault.loss is not None and not math.isfinite(fault.loss) else "gradient norm"
+    value = fault.loss if what == "loss" else fault.total_norm
+    return Advice(
+        key="isolated_fault",
+        severity=Severity.INFO,
+        title="One non-finite step, skipped",
+        action=(
+            f"Nothing to change: gradguard skipped step {fault.step} and training went on "
+            f"healthy. If it recurs, look at the batch of step {fault.step}."
+        ),
+        evidence=(
+            f"One step with a NaN/Inf {what} ({_num(value)}) at step {fault.step}, not applied.",
+            f"No warning in the {len(after)} steps after it; no rollback, no back-off.",
+        ),
+        confidence="high" if len(after) >= _ISOLATION else "medium",
+    )
+
+
+def _learning_rate(
+    records: Sequence[StepRecord],
+    faults: Sequence[StepRecord],
+    rate: RateEvidence,
+    summary: RunSummary,
+) -> list[Advice]:
+    if rate.suggested is None:
+        return []
+    ruined = summary.progress.verdict in ("did_not_train", "lost_ground")
+    severity = Severity.CRITICAL if ruined or summary.tally.aborted else Severity.WARNING
+    start = f" (it started at {rate.start:g})" if rate.start is not None else ""
+    evidence: list[str] = []
+    if rate.backoffs:
+        evidence.append(
+            f"gradguard backed the learning rate off {len(rate.backoffs)} time(s), at steps "
+            f"{_steps(s for s, _ in rate.backoffs)}, down to {_num(rate.held)}."
+        )
+    if faults:
+        evidence.append(
+            f"{len(faults)} step(s) with a NaN/Inf loss or gradient norm, first at step "
+            f"{faults[0].step}; steps {_steps(r.step for r in faults)}."
+        )
+    if summary.tally.rollbacks:
+        evidence.append(
+            f"{summary.tally.rollbacks} rollback(s) undid {summary.tally.steps_lost} of "
+            f"{summary.steps} steps."
+        )
+    if rate.held is not None and not rate.faults_after:
+        evidence.append(
+            f"At {_num(rate.held)} the run applied {rate.held_steps} steps without NaN/Inf or "
+            "rollback."
+        )
+        action = (
+            f"Restart with the learning rate at about {rate.suggested:g}{start}: the rate "
+            "gradguard's back-offs found stable in this run."
+        )
+    elif rate.held is not None:
+        evidence.append(f"Faults went on at {_num(rate.held)}, the lowest rate tried.")
+        action = (
+            f"Lower the learning rate to about {rate.suggested:g}{start}, a tenth of the lowest "
+            "rate tried, which still failed; if that fails too, look at the initialisation "
+            "and the data."
+        )
+    else:
+        evidence.append("No back-off measured a stable rate: a tenth of it is a guess.")
+        action = (
+            f"Lower the learning rate to about {rate.suggested:g}{start}, a tenth, and watch "
+            "whether the faults stop."
+        )
+    return [
+        Advice(
+            key=Remedy.LOWER_LEARNING_RATE.value,
+            severity=severity,
+            title=_TITLES[Remedy.LOWER_LEARNING_RATE],
+            action=action + f" Settings: lr={rate.suggested:g}.",
+            evidence=tuple(evidence),
+            confidence=rate.confidence,
+        )
+    ]
+
+
+def _initialisation(
+    records: Sequence[StepRecord], faults: Sequence[StepRecord], facts: ModelFacts
+) -> list[Advice]:
+    if not faults or not records:
+        return []
+    first = faults[0]
+    into = first.step - records[0].step
+    early = max(_EARLY_STEPS, len(records) // 20)
+    if into >= early:
+        return []
+    observation = Observation(
+        step=first.step,
+        loss=first.loss,
+        total_norm=first.total_norm if first.total_norm is not None else math.nan,
+        finite=False,
+    )
+    init = next(
+        s
+        for s in suggest(None, observation, recurrent=facts.recurrent)
+        if s.action is Remedy.STABLE_INIT
+    )
+    return [
+        Advice(
+            key=Remedy.STABLE_INIT.value,
+            severity=Severity.WARNING,
+            title=_TITLES[Remedy.STABLE_INIT],
+            action=init.message,
+            evidence=(
+                f"The first NaN/Inf came at step {first.step}, {into} step(s) into the run: "
+                "before training could have drifted, so the starting weights are suspect.",
+            ),
+            confidence="low",
+        )
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# The situations for the rule table: what to show ``suggest``, how to word the log's evidence for
+# each, and how sure the evidence is.
+
+_Situation = tuple[list[Any], list[str], Confidence]
 
 
 def _situations(
-    records: Sequence[StepRecord], summary: RunSummary, facts: ModelFacts
+    records: Sequence[StepRecord], summary: RunSummary, facts: ModelFacts, rate: RateEvidence
 ) -> list[_Situation]:
     out = [
-        _nonfinite(records),
-        _loss_spikes(records),
+        _data_spikes(records),
         _gradient_alerts(records, recurrent=True),
         _gradient_alerts(records, recurrent=False),
-        _param_growth(records),
         _recurrent(records, summary, facts),
         _deep(facts),
         _long_sequence(facts),
     ]
-    return [(items, lines) for items, lines in out if items]
+    if rate.suggested is None:  # the rate advice above already covers growing weights
+        out.append(_param_growth(records))
+    return [(items, lines, sure) for items, lines, sure in out if items]
 
 
 def _analyses(results: Mapping[str, Any]) -> list[_Situation]:
@@ -222,48 +469,48 @@ def _analyses(results: Mapping[str, Any]) -> list[_Situation]:
             suggestions = suggest(None, [value])
         except GradguardError:  # a result of a kind that calls for no remedy rule
             continue
-        out.append(([value], [f"{s.evidence}." for s in suggestions if s.evidence]))
+        out.append(([value], [f"{s.evidence}." for s in suggestions if s.evidence], "high"))
     return out
 
 
-def _nonfinite(records: Sequence[StepRecord]) -> _Situation:
-    bad = [r for r in records if record_nonfinite(r)]
-    if not bad:
-        return [], []
-    first = bad[0]
-    norm = first.total_norm if first.total_norm is not None else 0.0
-    observation = Observation(
-        step=first.step, loss=first.loss, total_norm=norm, finite=math.isfinite(norm), top=first.top
-    )
-    evidence = [
-        f"{len(bad)} step(s) with a NaN/Inf loss or gradient norm, first at step {first.step} "
-        f"(loss {_num(first.loss)}, gradient norm {_num(first.total_norm)}); steps "
-        f"{_steps(r.step for r in bad)}."
+def _data_spikes(records: Sequence[StepRecord]) -> _Situation:
+    """Loss spikes that look like a bad batch: ordinary loss and no warning just before and after.
+
+    A spike that follows a gradient blow-up (or leaves the loss high) comes from the weights,
+    not the data: those are left to the learning-rate and clipping advice.
+    """
+    finite = [
+        (i, r.loss) for i, r in enumerate(records) if r.loss is not None and math.isfinite(r.loss)
     ]
-    before = [
-        r
-        for r in records
-        if r.step < first.step and r.total_norm is not None and math.isfinite(r.total_norm)
-    ]
-    if before:
-        last = before[-1]
-        evidence.append(
-            f"Last finite gradient norm before it: {_num(last.total_norm)} at step {last.step}."
+    position = {i: k for k, (i, _) in enumerate(finite)}
+    spikes: list[Alert] = []
+    for i, record in enumerate(records):
+        alerts = [a for a in record.alerts if a.kind in _LOSS_ALERTS]
+        if not alerts or i not in position or i == 0 or i + 1 >= len(records):
+            continue
+        k = position[i]
+        before = [v for _, v in finite[max(0, k - 10) : k]]
+        after = records[i + 1].loss
+        if not before or after is None or not math.isfinite(after):
+            continue
+        level = statistics.median(before)
+        calm = not any(
+            shown_severity(records[j], a).rank >= Severity.WARNING.rank
+            for j in (i - 1, i + 1)
+            for a in records[j].alerts
         )
-    if first.lr is not None:
-        evidence.append(f"Learning rate at step {first.step}: {_num(first.lr)}.")
-    return [observation], evidence
-
-
-def _loss_spikes(records: Sequence[StepRecord]) -> _Situation:
-    spikes = [a for r in records for a in r.alerts if a.kind in _LOSS_ALERTS]
+        if calm and abs(after) <= 2.0 * abs(level) + 1e-12:
+            spikes.extend(alerts)
     if not spikes:
-        return [], []
+        return [], [], "low"
     worst = max(spikes, key=lambda a: -math.inf if a.value is None else a.value)
-    evidence = [f"{len(spikes)} loss spike(s) at steps {_steps(a.step for a in spikes)}."]
+    evidence = [
+        f"{len(spikes)} loss spike(s) at steps {_steps(a.step for a in spikes)} with an ordinary "
+        "loss and no warning on the steps before and after: a batch stood out.",
+    ]
     if worst.value is not None:
         evidence.append(f"Largest at step {worst.step}: value {_num(worst.value)}.")
-    return list(spikes), evidence
+    return list(spikes), evidence, "medium" if len(spikes) >= 2 else "low"
 
 
 def _gradient_alerts(records: Sequence[StepRecord], *, recurrent: bool) -> _Situation:
@@ -294,23 +541,24 @@ def _gradient_alerts(records: Sequence[StepRecord], *, recurrent: bool) -> _Situ
             f"{kind} on {tensor}: {len(events)} alert(s) at steps "
             f"{_steps(step for step, _ in events)}{peak}."
         )
-    return list(alerts), evidence
+    sure: Confidence = "medium" if len(alerts) >= 2 else "low"
+    return list(alerts), evidence, sure
 
 
 def _param_growth(records: Sequence[StepRecord]) -> _Situation:
     alerts = [a for r in records for a in r.alerts if a.kind is AlertKind.PARAM_NORM_GROWTH]
     if not alerts:
-        return [], []
+        return [], [], "low"
     evidence = [
         f"The parameter norm grew too fast: {len(alerts)} alert(s) at steps "
         f"{_steps(a.step for a in alerts)}."
     ]
-    return list(alerts), evidence
+    return list(alerts), evidence, "medium"
 
 
 def _recurrent(records: Sequence[StepRecord], summary: RunSummary, facts: ModelFacts) -> _Situation:
     if not facts.recurrent:
-        return [], []
+        return [], [], "low"
     described = {"kind": "model", "recurrent": True, "cell": facts.cell, "num_layers": 1}
     evidence = []
     if facts.recurrent_names:
@@ -331,26 +579,26 @@ def _recurrent(records: Sequence[StepRecord], summary: RunSummary, facts: ModelF
     if summary.max_norm is not None:
         step, norm = summary.max_norm
         evidence.append(f"Largest finite gradient norm: {_num(norm)} at step {step}.")
-    return [described], evidence
+    return [described], evidence, "medium"
 
 
 def _deep(facts: ModelFacts) -> _Situation:
     if not facts.recurrent or facts.num_layers is None or facts.num_layers < 2:
-        return [], []
+        return [], [], "low"
     described = {
         "kind": "model",
         "recurrent": True,
         "cell": facts.cell,
         "num_layers": facts.num_layers,
     }
-    return [described], [f"{facts.num_layers} stacked recurrent layers."]
+    return [described], [f"{facts.num_layers} stacked recurrent layers."], "medium"
 
 
 def _long_sequence(facts: ModelFacts) -> _Situation:
     if facts.seq_len is None:
-        return [], []
+        return [], [], "low"
     described = {"kind": "model", "recurrent": False, "seq_len": facts.seq_len}
-    return [described], [f"Sequence length T = {facts.seq_len} (> 100)."]
+    return [described], [f"Sequence length T = {facts.seq_len} (> 100)."], "medium"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,6 +616,10 @@ def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return int(value) if math.isfinite(value) else None
+
+
+def _setting(value: float | int | str) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _num(value: float | None) -> str:

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from html import escape
 
 from gradguard.records import ActionKind, Reason, Severity, StepRecord
-from gradguard.report.advisor import Advice
+from gradguard.report.advisor import Advice, rates
 from gradguard.report.analysis_view import format_value
 from gradguard.report.blocks import Block, Plot, Table
 from gradguard.report.summary import RunSummary, record_nonfinite
-from gradguard.sinks import RunLog
+from gradguard.sinks import RunLog, done_phrase, shown_severity
 
-__all__ = ["CSP", "MAX_EVENT_ROWS", "Page", "render_page"]
+__all__ = ["CSP", "MAX_EVENT_ROWS", "Page", "outcome", "render_page"]
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 MAX_EVENT_ROWS = 300
@@ -32,6 +32,7 @@ background:#f5f6f8;line-height:1.45}
 main{max-width:1100px;margin:0 auto;padding:24px}
 header{background:#1d2330;color:#fff;padding:20px 24px}
 header h1{margin:0 0 4px;font-size:24px}header p{margin:0;color:#c5cad6;font-size:14px}
+header p.verdict{color:#fff;font-size:16px;font-weight:600;margin:0 0 6px}
 section{background:#fff;border-radius:8px;padding:16px 20px;margin:16px 0;
 box-shadow:0 1px 3px rgba(0,0,0,.08)}
 h2{font-size:19px;margin:0 0 12px}h3{font-size:16px;margin:12px 0 4px}
@@ -78,14 +79,16 @@ class Page:
 
 def render_page(page: Page) -> str:
     """Render the report as one HTML string (every user string escaped)."""
+    css, verdict = outcome(page.summary, page.log.records)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(page.title)}</title><style>{_STYLE}</style></head><body>",
-        f"<header><h1>{escape(page.title)}</h1><p>{_subtitle(page.log)}</p></header><main>",
-        _summary_section(page),
+        f"<header><h1>{escape(page.title)}</h1>"
+        f'<p class="verdict">{escape(verdict)}</p><p>{_subtitle(page.log)}</p></header><main>',
+        _summary_section(page, css, verdict),
     ]
     figures = [f'<section id="{plot.slug}">{_plot(plot)}</section>' for plot in page.figures]
     # The norm curve first, right under the outcome: it shows the whole story at a glance.
@@ -111,9 +114,12 @@ def _subtitle(log: RunLog) -> str:
     )
 
 
-def _outcome(page: Page) -> tuple[str, str]:
-    summary = page.summary
-    records = page.log.records
+def outcome(summary: RunSummary, records: Sequence[StepRecord]) -> tuple[str, str]:
+    """The verdict on a run in one sentence, and its style (``ok``, ``rescued`` or ``bad``).
+
+    "Finite" is not "trained": the first, best and final loss decide whether the run learned,
+    and a run that did not is told so first, with the learning rate the log supports.
+    """
     if not records:
         return "bad", "The log holds no steps."
     last = records[-1]
@@ -124,21 +130,51 @@ def _outcome(page: Page) -> tuple[str, str]:
             f"The run diverged: NaN/Inf first at step {summary.first_nonfinite_step}, "
             f"still non-finite at its last step {last.step}."
         )
-    if summary.interventions:
-        return "rescued", (
-            f"gradguard intervened on {summary.interventions} of {summary.steps} steps; "
-            f"the run ended finite (final loss {_num(summary.final_loss)})."
+    tally, progress = summary.tally, summary.progress
+    losses = ""
+    if progress.first is not None and progress.final is not None and progress.best is not None:
+        losses = (
+            f"loss {_num(progress.first)} at the start, {_num(progress.final)} at the end, best "
+            f"{_num(progress.best[1])} at step {progress.best[0]}"
         )
-    if summary.alerts_by_severity:
-        return "rescued", (
-            f"The run ended finite with {sum(summary.alerts_by_severity.values())} alert(s)."
+    lost = (
+        f"; {tally.steps_lost} of {tally.steps} steps lost to rollbacks" if tally.steps_lost else ""
+    )
+    rate = rates(records)
+    to_try = ""
+    if rate.suggested is not None:
+        why = (
+            "the rate gradguard's back-offs held without faults"
+            if rate.held is not None and not rate.faults_after
+            else "a tenth of the rate that failed; a guess"
         )
-    return "ok", f"Healthy run: {summary.steps} steps without alerts or interventions."
+        to_try = f" Learning rate to try: {rate.suggested:g} ({why})."
+    acted = summary.interventions - tally.scaler_overflows
+    warned = sum(n for s, n in tally.alerts.items() if s.rank >= Severity.WARNING.rank)
+    if progress.verdict == "did_not_train":
+        if not (acted or warned or tally.steps_lost):
+            return "bad", f"Did not train, with no instability seen: {losses}."
+        return "bad", f"Kept finite but did not train: {losses}{lost}.{to_try}"
+    if progress.verdict == "lost_ground":
+        return "bad", f"Trained, then lost most of it: {losses}{lost}.{to_try}"
+    routine = (
+        f" ({tally.scaler_overflows} routine GradScaler overflow(s) skipped)"
+        if tally.scaler_overflows
+        else ""
+    )
+    trained = f"; {losses}" if losses else ""
+    if acted or warned:
+        return "rescued", (
+            f"Rescued: gradguard intervened on {acted} of {summary.steps} steps, {warned} "
+            f"warning(s){lost}; the run ended finite and trained{trained}.{routine}{to_try}"
+        )
+    return "ok", (
+        f"Healthy run: {summary.steps} steps without warnings or interventions{trained}.{routine}"
+    )
 
 
-def _summary_section(page: Page) -> str:
+def _summary_section(page: Page, css: str, sentence: str) -> str:
     summary = page.summary
-    css, sentence = _outcome(page)
     warning = summary.first_warning
     cards = [
         (str(summary.steps), "steps logged"),
@@ -160,9 +196,22 @@ def _summary_section(page: Page) -> str:
     card_html = "".join(
         f'<div class="card"><b>{escape(v)}</b><span>{escape(k)}</span></div>' for v, k in cards
     )
-    rows = [(kind.value, str(n)) for kind, n in sorted(summary.actions.items())]
-    rows += [(f"{s.value} alerts", str(n)) for s, n in summary.alerts_by_severity.items()]
-    table = _table(Table("Counts", ("what", "steps"), tuple(rows))) if rows else ""
+    tally = summary.tally
+    counted = [
+        ("applied", tally.applied),
+        ("clipped", tally.clipped),
+        ("skipped (not applied)", tally.skipped),
+        ("of them GradScaler overflows (routine)", tally.scaler_overflows),
+        ("learning-rate back-offs", tally.backoffs),
+        ("rollbacks", tally.rollbacks),
+        ("steps lost to rollbacks", tally.steps_lost),
+        ("optimizer-state resets", tally.resets),
+    ]
+    rows = [(what, str(n)) for what, n in counted if n or what in ("applied", "skipped")]
+    rows += [
+        (f"{s.value} alerts", str(tally.alerts[s])) for s in reversed(Severity) if s in tally.alerts
+    ]
+    table = _table(Table("Counts (the same as the console's)", ("what", "steps"), tuple(rows)))
     note = ""
     if page.log.skipped_last_line is not None:
         note = (
@@ -182,7 +231,8 @@ def _advice_section(advice: Sequence[Advice]) -> str:
         items.append(
             f'<div class="advice {item.severity.value}"><h3>'
             f'<span class="sev {item.severity.value}">{item.severity.value}</span> '
-            f"{escape(item.title)}</h3><p>{escape(item.action)}</p>"
+            f"{escape(item.title)} <small>(confidence: {escape(item.confidence)})</small></h3>"
+            f"<p>{escape(item.action)}</p>"
             f"<ul>{evidence}</ul></div>"
         )
     return f'<section id="advice"><h2>Advisor</h2>{"".join(items)}</section>'
@@ -206,10 +256,13 @@ def _events_section(records: Sequence[StepRecord]) -> str:
                 )
             events.append((f"{record.action.value} ({record.reason.value})", detail))
         for alert in record.alerts:
-            if alert.severity.rank >= Severity.WARNING.rank:
+            severity = shown_severity(record, alert)  # a GradScaler overflow is routine: info
+            if severity.rank >= Severity.WARNING.rank:
                 culprits = f" [{', '.join(alert.culprits)}]" if alert.culprits else ""
+                done = done_phrase(record)
+                done = f" gradguard {done}." if done else ""
                 events.append(
-                    (f"{alert.severity.value} {alert.kind.value}", alert.message + culprits)
+                    (f"{severity.value} {alert.kind.value}", alert.message + culprits + done)
                 )
         for event, detail in events:
             total += 1

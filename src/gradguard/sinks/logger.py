@@ -119,9 +119,7 @@ class LoggingSink:
     def _level(record: StepRecord) -> int | None:
         if record.action is ActionKind.ABORT:
             return logging.ERROR
-        levels = [
-            _LEVEL_OF.get(shown_severity(record, a), logging.WARNING) for a in record.alerts
-        ]
+        levels = [_LEVEL_OF.get(shown_severity(record, a), logging.WARNING) for a in record.alerts]
         if record.reason is Reason.SCALER_OVERFLOW:
             levels.append(logging.INFO)
         elif record.action is not ActionKind.PROCEED:

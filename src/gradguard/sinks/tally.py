@@ -36,13 +36,11 @@ def shown_severity(record: StepRecord, alert: Alert) -> Severity:
 
 
 def is_clipped(record: StepRecord) -> bool:
-    """``True`` for an applied step whose gradients were scaled down (clip, or a clipped backoff)."""
+    """``True`` for an applied step whose gradients were scaled down (a clip or clipped backoff)."""
     if not record.applied:
         return False
     coef = record.clip_coef
-    return record.action is ActionKind.CLIP or (
-        math.isfinite(coef) and coef < 1.0 - CLIP_TOLERANCE
-    )
+    return record.action is ActionKind.CLIP or (math.isfinite(coef) and coef < 1.0 - CLIP_TOLERANCE)
 
 
 def done_phrase(record: StepRecord) -> str:
@@ -115,7 +113,5 @@ class StepTally:
 
     def alert_counts(self) -> str:
         """``"2 critical, 1 warning, 3 info alerts"`` (only the severities seen; ``""`` if none)."""
-        parts = [
-            f"{self.alerts[s]} {s.value}" for s in reversed(Severity) if self.alerts.get(s, 0)
-        ]
+        parts = [f"{self.alerts[s]} {s.value}" for s in reversed(Severity) if self.alerts.get(s, 0)]
         return ", ".join(parts) + " alerts" if parts else ""
