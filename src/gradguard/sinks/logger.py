@@ -2,9 +2,10 @@
 
 The guard adds one by default (see :func:`with_default_logging`), so a user who ignores the
 returned records still hears about trouble: with no logging configured, Python prints WARNING
-records to stderr. Healthy steps log nothing above DEBUG. One incident does not flood: the first
-step of a situation is logged at once, its repeats are counted and told in one line when the
-situation has been quiet for ``quiet`` steps (or every ``window`` steps while it lasts, and at
+records to stderr. Healthy steps log nothing above DEBUG. One incident does not flood: its first step
+is logged at once, and so is each escalation (the first skip, back-off, rollback, reset or abort
+of the incident, or a higher level); the other steps are counted and told in one line when the
+incident has been quiet for ``quiet`` steps (or every ``window`` steps while it lasts, and at
 :meth:`LoggingSink.close`). Only rank 0 logs.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Iterable
 
 from gradguard.errors import ConfigError
@@ -30,17 +32,26 @@ _LEVEL_OF = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING}
 _NOTED = (Reason.REGIME_CHANGE, Reason.RECOVERED)
 """Reasons of an unchanged step that are still news (at INFO): a new loss level, a rate restored."""
 
-_Key = tuple[ActionKind, Reason, tuple[str, ...]]
+_ESCALATIONS = (
+    ActionKind.SKIP,
+    ActionKind.BACKOFF,
+    ActionKind.ROLLBACK,
+    ActionKind.RESET_OPTIMIZER_STATE,
+    ActionKind.ABORT,
+)
+"""Actions logged at once the first time they happen in an incident; later ones are counted."""
 
 
 @dataclasses.dataclass
-class _Episode:
-    level: int
-    first: int
+class _Incident:
+    level: int  # the highest level logged so far
     last: int
     told_until: int
-    repeats: int = 0
-    first_repeat: int = 0
+    seen: set[ActionKind]
+    counted: Counter[str] = dataclasses.field(default_factory=Counter)
+    counted_level: int = logging.NOTSET
+    first_counted: int = 0
+    last_counted: int = 0
 
 
 class LoggingSink:
@@ -69,7 +80,7 @@ class LoggingSink:
         self.logger = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger)
         self.quiet = quiet
         self.window = window
-        self._open: dict[_Key, _Episode] = {}
+        self._incident: _Incident | None = None
         self._next_check: int | None = None
 
     def write(self, record: StepRecord) -> None:
@@ -94,26 +105,35 @@ class LoggingSink:
         level = self._level(record)
         if level is None:
             return
-        kinds = tuple(sorted({a.kind.value for a in record.alerts}))
-        key = (record.action, record.reason, kinds)
-        episode = self._open.get(key)
-        if episode is not None and record.step > episode.last:
-            if not episode.repeats:
-                episode.first_repeat = record.step
-            episode.repeats += 1
-            episode.last = record.step
-            episode.level = max(episode.level, level)
+        incident = self._incident
+        if incident is None:
+            incident = self._incident = _Incident(level, record.step, record.step, set())
+            incident.seen.add(record.action)
+            self._log(level, _line(record))
+        elif level > incident.level or (
+            record.action in _ESCALATIONS and record.action not in incident.seen
+        ):
+            incident.level = max(incident.level, level)
+            incident.seen.add(record.action)
+            incident.last = record.step
+            self._log(level, _line(record))
         else:
-            self._open[key] = _Episode(level, record.step, record.step, record.step)
-            if self.logger.isEnabledFor(level):
-                self.logger.log(level, "%s", _line(record))
-        self._schedule()
+            if not incident.counted:
+                incident.first_counted = record.step
+            incident.counted[f"{record.action.value} ({record.reason.value})"] += 1
+            incident.counted_level = max(incident.counted_level, level)
+            incident.last = incident.last_counted = record.step
+        self._next_check = min(incident.last + self.quiet + 1, incident.told_until + self.window)
 
     def close(self) -> None:
         """Tell the repeats still counted."""
         self._tell_repeats(None)
 
     # ------------------------------------------------------------------------------------------
+
+    def _log(self, level: int, line: str) -> None:
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, "%s", line)
 
     @staticmethod
     def _level(record: StepRecord) -> int | None:
@@ -129,36 +149,25 @@ class LoggingSink:
         return max(levels) if levels else None
 
     def _tell_repeats(self, step: int | None) -> None:
-        """Tell and close quiet situations (all of them when ``step`` is ``None``)."""
-        for key, episode in list(self._open.items()):
-            ended = step is None or step - episode.last > self.quiet
-            due = step is not None and step - episode.told_until >= self.window
-            if (ended or due) and episode.repeats and self.logger.isEnabledFor(episode.level):
-                action, reason, kinds = key
-                what = f"{action.value} ({reason.value})" + (
-                    f" with {', '.join(kinds)}" if kinds else ""
-                )
-                self.logger.log(
-                    episode.level,
-                    "%d more step(s) of %s at steps %d-%d",
-                    episode.repeats,
-                    what,
-                    episode.first_repeat,
-                    episode.last,
-                )
-            if ended:
-                del self._open[key]
-            elif due:
-                episode.repeats, episode.told_until = 0, episode.last
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if not self._open:
+        """Tell the counted steps of the incident; close it when quiet (or when ``step`` is None)."""
+        incident = self._incident
+        if incident is None:
             self._next_check = None
             return
-        self._next_check = min(
-            min(e.last + self.quiet + 1, e.told_until + self.window) for e in self._open.values()
-        )
+        if incident.counted:
+            parts = ", ".join(f"{n} {what}" for what, n in incident.counted.most_common())
+            self._log(
+                incident.counted_level,
+                f"{sum(incident.counted.values())} more step(s) of this incident at steps "
+                f"{incident.first_counted}-{incident.last_counted}: {parts}",
+            )
+            incident.counted.clear()
+            incident.counted_level = logging.NOTSET
+        if step is None or step - incident.last > self.quiet:
+            self._incident = self._next_check = None
+            return
+        incident.told_until = step
+        self._next_check = min(incident.last + self.quiet + 1, step + self.window)
 
 
 def _line(record: StepRecord) -> str:
