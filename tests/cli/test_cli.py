@@ -182,6 +182,67 @@ def test_inspect_finds_nan_and_inf(tmp_path: Path, lstm_state: dict[str, torch.T
     assert "non-finite" in out  # the NaN gate block has no radius
 
 
+def _lightning_checkpoint(model: torch.nn.Module) -> dict[str, object]:
+    """The shape of a default Lightning checkpoint, with its inf placeholders in callback state."""
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 1, 2))[0].sum().backward()
+    optimizer.step()
+    inf = torch.tensor(float("inf"))
+    return {
+        "epoch": 0,
+        "global_step": 1,
+        "pytorch-lightning_version": "2.5.0",
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 1}}}},
+        "callbacks": {
+            "ModelCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 0}": {
+                "monitor": None,
+                "best_model_score": None,
+                "best_model_path": "",
+                "kth_value": inf,
+                "best_k_models": {},
+            },
+            "EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}": {
+                "wait_count": 0,
+                "best_score": inf,
+                "patience": 3,
+            },
+        },
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [],
+    }
+
+
+def test_inspect_passes_a_healthy_lightning_checkpoint(tmp_path: Path) -> None:
+    model = torch.nn.GRU(2, 3)
+    path = tmp_path / "epoch=0-step=1.ckpt"
+    torch.save(_lightning_checkpoint(model), path)
+    code, out, _ = _invoke("inspect", str(path), "--all")
+    text = " ".join(out.split())
+    assert code == EXIT_OK, out
+    # 4 weights + step, exp_avg, exp_avg_sq for each of them; the two inf placeholders aside.
+    assert "OK: all 16 weight and optimizer tensors (optimizer_states, state_dict) are finite" in (
+        text
+    )
+    assert "note: 2 bookkeeping tensor(s) outside the weights hold NaN/Inf" in text
+    assert "0 NaN, 1 Inf (bookkeeping, not judged)" in text
+
+
+def test_inspect_fails_a_lightning_checkpoint_with_a_nan_weight(tmp_path: Path) -> None:
+    model = torch.nn.GRU(2, 3)
+    checkpoint = _lightning_checkpoint(model)
+    states = checkpoint["state_dict"]
+    assert isinstance(states, dict)
+    states["model.weight_hh_l0"][0, 0] = float("nan")
+    path = tmp_path / "bad.ckpt"
+    torch.save(checkpoint, path)
+    code, out, _ = _invoke("inspect", str(path))
+    assert code == EXIT_NONFINITE
+    assert "FAIL: 1 of 16 tensors hold NaN/Inf: state_dict.model.weight_hh_l0 (1 NaN, 0 Inf)" in (
+        " ".join(out.split())
+    )
+
+
 def test_inspect_lists_at_most_40_rows_unless_all(tmp_path: Path) -> None:
     state = {f"t{i}": torch.ones(2) for i in range(45)}
     state["t44"][0] = float("nan")

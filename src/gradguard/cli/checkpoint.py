@@ -14,12 +14,15 @@ from gradguard.analysis import BlockSpectrum, RecurrentReport, critical_radius, 
 from gradguard.errors import ConfigError
 
 __all__ = [
+    "WEIGHT_SECTIONS",
     "CheckpointSpectra",
     "TensorHealth",
     "flatten_tensors",
+    "is_judged",
     "load_checkpoint",
     "recurrent_spectra",
     "tensor_health",
+    "weight_sections",
 ]
 
 _RECURRENT = re.compile(r"weight_hh")
@@ -33,6 +36,52 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
         RuntimeError, EOFError, ValueError: the file is not a PyTorch checkpoint.
     """
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+WEIGHT_SECTIONS = frozenset(
+    {
+        "state_dict",
+        "model",
+        "model_state_dict",
+        "model_state",
+        "module",
+        "net",
+        "ema",
+        "ema_state_dict",
+        "optimizer",
+        "optimizer_states",
+        "optimizer_state_dict",
+        "optimizer_state",
+        "optim",
+    }
+)
+"""Top-level keys of a training checkpoint that hold weights or optimizer state.
+
+A framework checkpoint also keeps bookkeeping beside them: Lightning's ``callbacks`` (a
+``ModelCheckpoint`` stores ``inf`` as its initial best score), ``loops``, ``lr_schedulers``;
+NaN or Inf there is a placeholder, not a broken model.
+"""
+
+
+def weight_sections(obj: Any) -> frozenset[str] | None:
+    """The top-level keys of ``obj`` that hold weights or optimizer state.
+
+    Returns ``None`` (judge every tensor) for a plain ``state_dict`` or any dict without a
+    container under a :data:`WEIGHT_SECTIONS` key.
+    """
+    if not isinstance(obj, Mapping):
+        return None
+    found = frozenset(
+        str(key)
+        for key, value in obj.items()
+        if str(key) in WEIGHT_SECTIONS and isinstance(value, (Mapping, list, tuple))
+    )
+    return found or None
+
+
+def is_judged(name: str, sections: frozenset[str] | None) -> bool:
+    """Whether the tensor ``name`` (dotted) counts toward the verdict: weights, optimizer state."""
+    return sections is None or name.split(".", 1)[0] in sections
 
 
 def flatten_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:

@@ -39,21 +39,32 @@ def inspect(
 
     Loads with torch.load(weights_only=True): no Python object is unpickled. Each recurrent
     weight's gate blocks get their spectral radius and a verdict for sequences of --seq-len
-    steps (gradguard.analysis.recurrent_report). Exit code 1 when any tensor holds NaN or Inf
-    (use it as a CI gate), 0 otherwise, 2 for a bad path or file.
+    steps (gradguard.analysis.recurrent_report). Exit code 1 when a weight or optimizer tensor
+    holds NaN or Inf (use it as a CI gate), 0 otherwise, 2 for a bad path or file. In a training
+    checkpoint (Lightning's, or any dict with state_dict / model / optimizer keys) only the
+    weights and optimizer state are judged: bookkeeping such as callback state, where inf is a
+    placeholder, is listed but does not fail the check.
     """
-    from gradguard.cli.checkpoint import recurrent_spectra, tensor_health
-    from gradguard.cli.target import load_tensors
+    from gradguard.cli.checkpoint import (
+        is_judged,
+        recurrent_spectra,
+        tensor_health,
+        weight_sections,
+    )
+    from gradguard.cli.target import load_object
 
-    tensors = load_tensors(checkpoint)
+    obj, tensors = load_object(checkpoint)
+    sections = weight_sections(obj)
     health = [tensor_health(name, tensor) for name, tensor in tensors]
+    judged = {h.name for h in health if is_judged(h.name, sections)}
     spectra = recurrent_spectra(tensors, seq_len=seq_len)
 
     console = Console(highlight=False)
     if not console.is_terminal:  # logs and CI: keep long tensor names on one line
         console.width = max(console.width, 160)
-    bad = [h for h in health if not h.finite]
-    shown = bad + [h for h in health if h.finite]
+    bad = [h for h in health if not h.finite and h.name in judged]
+    placeholders = [h for h in health if not h.finite and h.name not in judged]
+    shown = bad + [h for h in health if h.finite or h.name not in judged]
     if not show_all:
         shown = shown[: max(MAX_ROWS, len(bad))]
     table = Table(title=f"{checkpoint.name}: {len(health)} tensors", title_justify="left")
@@ -61,13 +72,15 @@ def inspect(
         table.add_column(column, justify="right" if column != "tensor" else "left")
     for h in shown:
         problem = f"{h.nan} NaN, {h.inf} Inf" if not h.finite else "-"
+        if not h.finite and h.name not in judged:
+            problem += " (bookkeeping, not judged)"
         table.add_row(
             Text(h.name),
             "x".join(map(str, h.shape)) or "scalar",
             h.dtype,
             _num(h.norm),
             _num(h.max_abs),
-            Text(problem, style="bold red" if not h.finite else "dim"),
+            Text(problem, style="bold red" if h.name in {b.name for b in bad} else "dim"),
         )
     console.print(table)
     if len(shown) < len(health):
@@ -97,11 +110,28 @@ def inspect(
         listed = ", ".join(f"{h.name} ({h.nan} NaN, {h.inf} Inf)" for h in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         console.print(
-            Text(f"FAIL: {len(bad)} of {len(health)} tensors hold NaN/Inf: {listed}{more}"),
+            Text(f"FAIL: {len(bad)} of {len(judged)} tensors hold NaN/Inf: {listed}{more}"),
             style="bold red",
         )
         raise typer.Exit(EXIT_NONFINITE)
-    console.print(Text(f"OK: all {len(health)} tensors are finite"), style="bold green")
+    if sections is None:
+        console.print(Text(f"OK: all {len(health)} tensors are finite"), style="bold green")
+    else:
+        kept = ", ".join(sorted(sections))
+        console.print(
+            Text(f"OK: all {len(judged)} weight and optimizer tensors ({kept}) are finite"),
+            style="bold green",
+        )
+    if placeholders:
+        listed = ", ".join(h.name for h in placeholders[:5])
+        more = f" and {len(placeholders) - 5} more" if len(placeholders) > 5 else ""
+        console.print(
+            Text(
+                f"note: {len(placeholders)} bookkeeping tensor(s) outside the weights hold "
+                f"NaN/Inf, as frameworks store placeholders there (not judged): {listed}{more}"
+            ),
+            style="dim",
+        )
     raise typer.Exit(EXIT_OK)
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from gradguard.cli.errors import fail
 
-__all__ = ["LoadedModel", "is_factory_spec", "load_factory", "load_tensors"]
+__all__ = ["LoadedModel", "is_factory_spec", "load_factory", "load_object", "load_tensors"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -156,6 +156,11 @@ def load_tensors(checkpoint: Path) -> list[tuple[str, Tensor]]:
     Returns:
         The tensors, at least one.
     """
+    return load_object(checkpoint)[1]
+
+
+def load_object(checkpoint: Path) -> tuple[Any, list[tuple[str, Tensor]]]:
+    """The loaded checkpoint object and its tensors (at least one); a bad file exits with a hint."""
     from gradguard.cli.checkpoint import flatten_tensors, load_checkpoint
 
     if not checkpoint.exists():
@@ -189,4 +194,4 @@ def load_tensors(checkpoint: Path) -> list[tuple[str, Tensor]]:
             f"{str(checkpoint)!r} holds no tensors (a {type(obj).__name__})",
             "pass a state_dict or a dict that contains one",
         )
-    return tensors
+    return obj, tensors
