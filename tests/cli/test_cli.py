@@ -40,13 +40,40 @@ COMMANDS = ("demo", "run", "analyze", "inspect", "report")
 def test_help_lists_the_five_commands_and_exit_codes() -> None:
     code, out, _ = _invoke("--help")
     assert code == EXIT_OK
-    listed = [line.split()[1] for line in out.splitlines() if line.startswith("│ ")]
-    assert tuple(name for name in listed if name in COMMANDS) == COMMANDS
+    commands = out[out.index("Commands:") :].splitlines()[1:6]
+    assert tuple(line.split()[0] for line in commands) == COMMANDS
+    assert not any(line.rstrip().endswith("...") for line in commands)  # short help fits
     assert "Exit codes" in out
     for command in COMMANDS:
         code, out, _ = _invoke(command, "--help")
         assert code == EXIT_OK
         assert "Exit code" in " ".join(out.split()), command
+
+
+def test_help_shows_the_defaults() -> None:
+    def help_of(command: str) -> str:
+        code, out, _ = _invoke(command, "--help")
+        assert code == EXIT_OK
+        return " ".join(out.split())
+
+    assert "[default: 100; x>=1]" in help_of("inspect")  # --seq-len
+    assert "[default: <log name>-report beside it]" in help_of("report")
+    assert "[default: runs/gradguard-<time>.jsonl]" in help_of("run")
+
+
+def test_bare_gradguard_prints_its_help_once() -> None:
+    code, out, err = _invoke()
+    assert code == EXIT_USAGE
+    assert out.count("Usage: gradguard") == 1 and out.count("Commands:") == 1
+    assert err == ""
+
+
+def test_version() -> None:
+    from gradguard import __version__
+
+    code, out, _ = _invoke("--version")
+    assert code == EXIT_OK
+    assert out == f"gradguard {__version__} (torch {torch.__version__})\n"
 
 
 def test_entry_point_runs_in_a_subprocess() -> None:

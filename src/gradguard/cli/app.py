@@ -8,6 +8,8 @@ after Ctrl-C.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from gradguard.cli.analyze_cmd import analyze
@@ -38,12 +40,46 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich markup would read "[default: ...]" in a help text as a tag and drop it,
+    # and it prints the help while the no-arguments error is being built (so it came twice).
+    rich_markup_mode=None,
 )
-app.command("demo")(demo)
-app.command("run", context_settings=RUN_CONTEXT)(run)
-app.command("analyze")(analyze)
-app.command("inspect")(inspect)
-app.command("report")(report)
+app.command("demo", short_help="Watch gradguard rescue an exploding RNN; write its report.")(demo)
+app.command(
+    "run",
+    context_settings=RUN_CONTEXT,
+    short_help="Run a training script unchanged, every optimizer step guarded.",
+)(run)
+app.command("analyze", short_help="Explain why a model's gradients can explode.")(analyze)
+app.command("inspect", short_help="Check a checkpoint's weights for NaN/Inf; recurrent spectra.")(
+    inspect
+)
+app.command("report", short_help="Build the HTML report of a run from its JSONL log.")(report)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import torch
+
+        from gradguard import __version__
+
+        typer.echo(f"gradguard {__version__} (torch {torch.__version__})")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the versions of gradguard and torch, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Catch exploding gradients in PyTorch training, rescue the run, explain why."""
 
 
 def main() -> None:

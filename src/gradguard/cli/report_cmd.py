@@ -25,7 +25,7 @@ def report(
         typer.Option(
             "-o",
             "--out",
-            help="Folder for report.html and its PNGs [default: <log name>-report beside it].",
+            help="Folder for report.html and its PNGs.  [default: <log name>-report beside it]",
             show_default=False,
         ),
     ] = None,

@@ -43,8 +43,8 @@ class NonFiniteDetector:
                     severity=Severity.CRITICAL,
                     kind=AlertKind.NONFINITE_GRAD,
                     message=(
-                        f"Gradient norm is {fmt(obs.total_norm)} at step {obs.step}{where}: applied, "
-                        "this step would write NaN/Inf into the weights."
+                        f"Gradient norm is {fmt(obs.total_norm)} at step {obs.step}{where}: "
+                        "applied, this step would write NaN/Inf into the weights."
                     ),
                     detector=self.name,
                     culprits=culprits,
@@ -59,8 +59,8 @@ class NonFiniteDetector:
                     severity=Severity.CRITICAL,
                     kind=AlertKind.NONFINITE_LOSS,
                     message=(
-                        f"Loss is {fmt(obs.loss)} at step {obs.step}: the forward pass overflowed on "
-                        "this batch."
+                        f"Loss is {fmt(obs.loss)} at step {obs.step}: the forward pass "
+                        "overflowed on this batch."
                     ),
                     detector=self.name,
                     culprits=culprit_names(obs),

@@ -89,7 +89,8 @@ class SpikeDetector:
                         kind=AlertKind.GRAD_NORM_SPIKE,
                         message=(
                             f"Gradient norm {fmt(norm)} is {fmt(ratio)}x its recent median "
-                            f"{fmt(typical)} at step {obs.step}: this batch or this step stands out."
+                            f"{fmt(typical)} at step {obs.step}: this batch or this step stands "
+                            "out."
                         ),
                         detector=self.name,
                         culprits=culprit_names(obs),
