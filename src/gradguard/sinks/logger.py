@@ -2,11 +2,11 @@
 
 The guard adds one by default (see :func:`with_default_logging`), so a user who ignores the
 returned records still hears about trouble: with no logging configured, Python prints WARNING
-records to stderr. Healthy steps log nothing above DEBUG. One incident does not flood: its first
-step is logged at once, and so is each escalation (the first skip, back-off, rollback, reset or abort
-of the incident, or a higher level); the other steps are counted and told in one line when the
-incident has been quiet for ``quiet`` steps (or every ``window`` steps while it lasts, and at
-:meth:`LoggingSink.close`). Only rank 0 logs.
+records to stderr. Healthy steps log nothing above DEBUG. One incident does not flood: its
+first step is logged at once, and so is each escalation (the first skip, back-off, rollback,
+reset or abort of the incident, or a higher level); the other steps are counted and told in one
+line when the incident has been quiet for ``quiet`` steps (or every ``window`` steps while it
+lasts, and at :meth:`LoggingSink.close`). Only rank 0 logs.
 """
 
 from __future__ import annotations
