@@ -12,13 +12,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradguard.records import ActionKind, Severity, StepRecord
+from gradguard.sinks import shown_severity
 
 __all__ = [
     "clip_lr_figure",
     "culprit_heatmap",
     "label",
+    "lines_figure",
     "loss_figure",
     "norm_figure",
+    "place_legend",
     "png_bytes",
     "series_figure",
 ]
@@ -52,6 +55,19 @@ def png_bytes(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def place_legend(ax: Any) -> None:
+    """Put the legend under the axes, outside them: it never hides data (an early spike)."""
+    if not ax.get_legend_handles_labels()[0]:
+        return
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        fontsize=8,
+        ncols=4,
+        frameon=False,
+    )
 
 
 def _figure(rows: int = 1, height: float = 3.6) -> tuple[Any, Any]:
@@ -122,7 +138,7 @@ def norm_figure(records: Sequence[StepRecord]) -> bytes:
     _mark_nonfinite(ax, steps, norms)
     by_step = dict(zip(steps, finite, strict=True))
     for severity in (Severity.INFO, Severity.WARNING, Severity.CRITICAL):
-        xs = [a.step for r in records for a in r.alerts if a.severity is severity]
+        xs = [a.step for r in records for a in r.alerts if shown_severity(r, a) is severity]
         if not xs:
             continue
         ys = [by_step.get(x, math.nan) for x in xs]
@@ -144,7 +160,7 @@ def norm_figure(records: Sequence[StepRecord]) -> bytes:
     ax.set_ylabel("global gradient norm")
     ax.set_title("Gradient norm")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, ncols=3)
+    place_legend(ax)
     return png_bytes(fig)
 
 
@@ -162,7 +178,7 @@ def loss_figure(records: Sequence[StepRecord]) -> bytes:
     ax.set_ylabel("loss")
     ax.set_title("Loss")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, ncols=3)
+    place_legend(ax)
     return png_bytes(fig)
 
 
@@ -248,8 +264,7 @@ def clip_lr_figure(records: Sequence[StepRecord]) -> bytes:
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("step")
     bottom.grid(True, alpha=0.3)
-    if bottom.get_legend_handles_labels()[0]:
-        bottom.legend(loc="lower left", fontsize=8, ncols=3)
+    place_legend(bottom)
     return png_bytes(fig)
 
 
@@ -264,6 +279,22 @@ def series_figure(title: str, series: Sequence[tuple[str, Sequence[float]]]) -> 
         ax.grid(True, alpha=0.3)
     axes[0].set_title(label(title, 80))
     axes[-1].set_xlabel("index")
+    return png_bytes(fig)
+
+
+def lines_figure(title: str, lines: Sequence[tuple[str, Sequence[float]]]) -> bytes:
+    """One panel, one labelled line per series, x = index: e.g. a growth curve per radius."""
+    fig, (ax,) = _figure(height=3.2)
+    everything: list[float] = []
+    for name, values in lines:
+        finite = _finite(values)
+        everything += finite
+        ax.plot(range(len(finite)), finite, label=label(name, 32))
+    _log_if_wide(ax, everything)
+    ax.set_title(label(title, 80))
+    ax.set_xlabel("index")
+    ax.grid(True, alpha=0.3)
+    place_legend(ax)
     return png_bytes(fig)
 
 
