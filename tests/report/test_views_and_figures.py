@@ -93,7 +93,7 @@ def test_an_explosion_table_reads_as_tables_and_plots_not_json() -> None:
     assert rows.rows[1][:2] == ("1.5", format_value(1.5**50))
     assert isinstance(crossings, Table)
     assert crossings.columns == ("radius", "threshold", "step", "eventually")
-    assert crossings.rows[2] == ("1.5", "1e+06", "35", "35")  # 1.5^35 > 1e6 > 1.5^34
+    assert crossings.rows[3] == ("1.5", "1e+06", "35", "35")  # 1.5^35 > 1e6 > 1.5^34
     for block in blocks:
         if isinstance(block, Table):
             assert not any(cell.startswith(("[", "{")) for row in block.rows for cell in row)
