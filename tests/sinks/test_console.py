@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 
@@ -191,3 +192,31 @@ def test_bad_every(every: object) -> None:
 def test_bad_severity() -> None:
     with pytest.raises(ConfigError, match=r"min_severity must be one of .* got 'loud'"):
         ConsoleSink(min_severity="loud")
+
+
+def test_an_alert_on_a_clipped_step_says_it_was_clipped() -> None:
+    console, buffer = _console()
+    sink = ConsoleSink(every=100, console=console)
+    sink.write(_record(0, _spike(0), action=ActionKind.CLIP))
+    (line,) = [line for line in _lines(buffer) if "grad_norm_spike" in line]
+    assert line.endswith("norm spiked at 0 -> gradguard clipped the gradients by x0.5.")
+
+
+def test_a_scaler_overflow_is_counted_as_info_not_shown_as_critical() -> None:
+    console, buffer = _console()
+    sink = ConsoleSink(every=100, console=console)
+    overflow = Alert(0, Severity.CRITICAL, AlertKind.NONFINITE_GRAD, "inf gradient")
+    sink.write(
+        StepRecord(0, ActionKind.SKIP, Reason.SCALER_OVERFLOW, applied=False, alerts=(overflow,))
+    )
+    sink.write(_record(1, _spike(1, Severity.CRITICAL)))
+    skipped = _record(2, _spike(2, Severity.CRITICAL), action=ActionKind.SKIP)
+    sink.write(dataclasses.replace(skipped, applied=False))
+    sink.close()
+    lines = _lines(buffer)
+    assert sum("CRITICAL" in line for line in lines) == 1  # the spike; the overflow is info
+    # The closing counts agree with what was shown: 2 critical (one repeat), 1 info.
+    assert lines[-1] == (
+        "gradguard: 3 steps, 0 clipped, 2 skipped, 1 of them GradScaler overflows; "
+        "2 critical, 1 info alerts"
+    )

@@ -253,7 +253,7 @@ class ThresholdGrowthDetector:
                     step=obs.step,
                     severity=Severity.CRITICAL,
                     kind=AlertKind.NONFINITE_GRAD,
-                    message=f"Gradient norm is {fmt(norm)} at step {obs.step}: skip the step.",
+                    message=f"Gradient norm is {fmt(norm)} at step {obs.step}: the step cannot be applied.",
                     detector=self.name,
                     culprits=bad,
                     value=norm,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from gradguard.errors import ConfigError
 from gradguard.records import ActionKind, AlertKind, Severity, StepRecord
-from gradguard.sinks.tally import StepTally, is_clipped, shown_severity
+from gradguard.sinks.tally import StepTally, done_phrase, is_clipped, shown_severity
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -110,7 +110,9 @@ class ConsoleSink:
             repeats = self._repeats.get(key)
             if repeats is None and key not in self._recent:
                 self._repeats[key] = _Repeats(0, alert.step, alert.step)
-                self._print_alert(alert.step, severity, alert.kind, alert.message)
+                done = done_phrase(record)  # the alert says what was seen; this, what was done
+                message = f"{alert.message} -> gradguard {done}." if done else alert.message
+                self._print_alert(alert.step, severity, alert.kind, message)
             elif repeats is None:
                 self._repeats[key] = _Repeats(1, alert.step, alert.step)
             else:
