@@ -253,7 +253,10 @@ class ThresholdGrowthDetector:
                     step=obs.step,
                     severity=Severity.CRITICAL,
                     kind=AlertKind.NONFINITE_GRAD,
-                    message=f"Gradient norm is {fmt(norm)} at step {obs.step}: the step cannot be applied.",
+                    message=(
+                        f"Gradient norm is {fmt(norm)} at step {obs.step}: applied, this step "
+                        "would write NaN/Inf into the weights."
+                    ),
                     detector=self.name,
                     culprits=bad,
                     value=norm,
