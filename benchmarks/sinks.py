@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import math
 import tempfile
 import time
@@ -29,7 +30,7 @@ from gradguard.records import (
     StepRecord,
     to_json_dict,
 )
-from gradguard.sinks import ConsoleSink, CsvSink, JsonlSink, TensorBoardSink
+from gradguard.sinks import ConsoleSink, CsvSink, JsonlSink, LoggingSink, TensorBoardSink
 
 
 def _record(step: int) -> StepRecord:
@@ -49,6 +50,15 @@ def _record(step: int) -> StepRecord:
         alerts=alerts,
         top=(("rnn.weight_hh_l0", 1.2), ("rnn.weight_ih_l0", 0.3), ("fc.weight", 0.1)),
     )
+
+
+def _quiet_logger() -> logging.Logger:
+    """A logger that formats what is due but writes nowhere (the cost is the sink's own)."""
+    logger = logging.getLogger("gradguard.benchmark")
+    logger.propagate = False
+    logger.addHandler(logging.NullHandler())
+    logger.setLevel(logging.INFO)
+    return logger
 
 
 def _best_of(fn: Callable[[int], None], steps: int, repeats: int) -> float:
@@ -83,6 +93,10 @@ def main() -> None:
     steps, repeats = (300, 3) if args.quick else (3000, 5)
     torch.set_num_threads(1)
     records = [_record(i) for i in range(steps)]
+    healthy = [
+        StepRecord(i, ActionKind.PROCEED, Reason.HEALTHY, loss=1.0, total_norm=1.0)
+        for i in range(steps)
+    ]
 
     model = torch.nn.RNN(16, 32)
     head = torch.nn.Linear(32, 1)
@@ -106,11 +120,19 @@ def main() -> None:
                 50, console=Console(file=io.StringIO(), width=120)
             ),
             "TensorBoardSink": TensorBoardSink(folder / "tb"),
+            "LoggingSink (the guard's default)": LoggingSink(_quiet_logger()),
         }
         step_s = _best_of(train_step, max(steps // 10, 30), repeats)
         rows = [("RNN training step (16->32, T=20, batch 4)", step_s)]
         for name, sink in sinks.items():
             rows.append((name, _best_of(lambda i, s=sink: s.write(records[i]), steps, repeats)))
+        quiet = LoggingSink(_quiet_logger())
+        rows.append(
+            (
+                "LoggingSink, healthy steps only",
+                _best_of(lambda i: quiet.write(healthy[i]), steps, repeats),
+            )
+        )
         for sink in sinks.values():
             sink.close()
 
@@ -124,7 +146,8 @@ def main() -> None:
         f"sinks: jsonl flush-per-write/buffered {flushed / buffered:.2f}x; "
         f"jsonl/train-step {flushed / step_s:.3f}; "
         f"console/train-step {cost['ConsoleSink (every=50)'] / step_s:.3f}; "
-        f"tensorboard/train-step {cost['TensorBoardSink'] / step_s:.3f}"
+        f"tensorboard/train-step {cost['TensorBoardSink'] / step_s:.3f}; "
+        f"logging(healthy)/train-step {cost['LoggingSink, healthy steps only'] / step_s:.4f}"
     )
 
 
