@@ -163,3 +163,16 @@ def test_jsonl_alone_still_gets_the_default(tmp_path: object) -> None:
     sinks = with_default_logging([sink])
     assert sinks[0] is sink and isinstance(sinks[1], LoggingSink)
     sink.close()
+
+
+def test_a_sink_set_to_error_tells_only_an_abort(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="gradguard")
+    sink = LoggingSink(level=logging.ERROR)  # what `gradguard run --quiet` gives its guards
+    for step in range(5):
+        sink.write(_record(step, _inf_alert(step), action=ActionKind.SKIP, applied=False))
+    sink.write(_record(5, action=ActionKind.ABORT, reason=Reason.BUDGET_EXHAUSTED, applied=False))
+    sink.close()
+    assert [(r.levelno, r.getMessage()) for r in _ours(caplog)] == [
+        (logging.ERROR, "step 5: gradguard stopped the run (budget_exhausted).")
+    ]
+    assert with_default_logging([sink]) == (sink,)  # and the guard adds no second one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import runpy
 import sys
 import traceback
@@ -145,9 +146,10 @@ def run(
 
     from gradguard.errors import TrainingDivergedError
     from gradguard.integrations import GlobalGuard
-    from gradguard.sinks import ConsoleSink
+    from gradguard.sinks import ConsoleSink, LoggingSink
 
-    sinks = [] if quiet else [ConsoleSink(every=10**9)]  # alerts and interventions only
+    # alerts and interventions only; --quiet: only an abort (the guard would log warnings)
+    sinks = [LoggingSink(level=logging.ERROR)] if quiet else [ConsoleSink(every=10**9)]
     meta = {"source": "gradguard run", "script": str(script), "argv": script_args}
     protection = GlobalGuard(log=path, sinks=sinks, metadata=meta, clip=bound, preset=preset)
     code, ending = 0, "finished"

@@ -64,6 +64,8 @@ class LoggingSink:
 
     Args:
         logger: the logger, or its name; ``"gradguard"`` by default.
+        level: the lowest level this sink logs at (``logging.ERROR``: only an abort), on top of
+            the logger's own level; for a caller that shows alerts elsewhere or not at all.
         quiet: steps without a repeat after which a situation's repeats are told and it closes.
         window: while a situation keeps repeating, its count is told at most every this many steps.
 
@@ -72,12 +74,18 @@ class LoggingSink:
     """
 
     def __init__(
-        self, logger: logging.Logger | str = LOGGER_NAME, *, quiet: int = 50, window: int = 1000
+        self,
+        logger: logging.Logger | str = LOGGER_NAME,
+        *,
+        level: int = logging.DEBUG,
+        quiet: int = 50,
+        window: int = 1000,
     ) -> None:
         for name, value in (("quiet", quiet), ("window", window)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}; try {name}=50.")
         self.logger = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger)
+        self.level = level
         self.quiet = quiet
         self.window = window
         self._incident: _Incident | None = None
@@ -92,7 +100,8 @@ class LoggingSink:
             and record.action is ActionKind.PROCEED
             and record.reason not in _NOTED
         ):
-            if self.logger.isEnabledFor(logging.DEBUG) and is_rank_zero():
+            debug = self.level <= logging.DEBUG and self.logger.isEnabledFor(logging.DEBUG)
+            if debug and is_rank_zero():
                 self.logger.debug(
                     "step %d: healthy (loss %s, gradient norm %s)",
                     record.step,
@@ -132,7 +141,7 @@ class LoggingSink:
     # ------------------------------------------------------------------------------------------
 
     def _log(self, level: int, line: str) -> None:
-        if self.logger.isEnabledFor(level):
+        if level >= self.level and self.logger.isEnabledFor(level):
             self.logger.log(level, "%s", line)
 
     @staticmethod
