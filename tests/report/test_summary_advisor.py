@@ -297,3 +297,22 @@ def test_analysis_results_add_their_remedies() -> None:
         "1 recurrent block(s) explosive for T=100, worst weight_hh_l0 gate h: rho=2 > "
         "critical 1.148.",
     )
+
+
+def test_a_clip_bound_from_the_log_is_rounded() -> None:
+    records = _falling(40)
+    spike = Alert(
+        20,
+        Severity.WARNING,
+        AlertKind.GRAD_NORM_SPIKE,
+        "spike",
+        culprits=("net.0.weight",),
+        value=3.0,
+        threshold=0.03742668283845565,
+    )
+    records[20] = dataclasses.replace(records[20], alerts=(spike,), total_norm=3.0)
+    (clip,) = advise(records)
+    assert clip.key == "clip_gradients"
+    assert clip.action.endswith("Settings: max_norm=0.037.")
+    assert "0.0374266" not in clip.action
+    assert clip.confidence == "low"  # one spike
