@@ -233,7 +233,9 @@ def test_abort_raises_with_advice_and_the_record() -> None:
     sink = _Sink()
     config = PolicyConfig(consecutive_limit=1, max_rollbacks=1)
     guard = Guard(model, opt, policy=config, sinks=[sink])
-    guard.step(_backward(model, opt, poison=math.nan))
+    guard.step(_backward(model, opt, poison=math.nan))  # rollback: the budget of one is spent
+    last = guard.step(_backward(model, opt, poison=math.nan))  # the last resort, then give up
+    assert last.action is ActionKind.ROLLBACK and "Last resort" in last.message
     with pytest.raises(TrainingDivergedError, match="lower the learning rate") as err:
         guard.step(_backward(model, opt, poison=math.nan))
     record = err.value.record

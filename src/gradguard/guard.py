@@ -20,10 +20,12 @@ One :meth:`Guard.step` after ``loss.backward()``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -33,23 +35,33 @@ from gradguard.detect import Detector, Preset
 from gradguard.errors import ConfigError, SnapshotError, TrainingDivergedError, check_positive
 from gradguard.monitor import Monitor
 from gradguard.policy import EPS, ClipMode, Decision, EscalationPolicy, PolicyConfig, abort_advice
-from gradguard.records import ActionKind, Alert, Observation, StepRecord
+from gradguard.records import Action, ActionKind, Alert, Observation, Reason, StepRecord
 from gradguard.recover import (
     DiskSnapshotStore,
     MemorySnapshotStore,
+    RateCeiling,
     SnapshotStore,
     capture_rng_state,
     reset_optimizer_state_,
     restore_rng_state,
-    scaled_lr,
 )
 from gradguard.sinks import Sink
 from gradguard.stats import GradStats, NamedTensors, measure, reduce_across_ranks
+from gradguard.stats.params import local_tensor
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-__all__ = ["Guard", "PendingStep"]
+__all__ = ["GiveUp", "Guard", "PendingStep"]
+
+GiveUp: TypeAlias = Literal["raise", "stop", "continue"]
+"""What the guard does when every rescue failed: raise, ask the loop to stop, or go on."""
+
+_FP16_MAX = 65504.0
+_SCALER_HEADROOM = 2.0**6
+"""A GradScaler overflow is the scale's doing only while ``scale * healthy norm`` reaches within
+this factor of float16's largest value (gradients inside backward can exceed the final norm);
+below that the scale cannot be what overflowed, so the non-finite gradient is a real fault."""
 
 _STATE_VERSION = 1
 _COUNTERS = (
@@ -136,6 +148,12 @@ class Guard:
             :class:`~gradguard.monitor.Monitor`). Norms are reduced before clipping and deciding,
             so every rank takes the same action.
         sharded_grads: as for :class:`~gradguard.monitor.Monitor` (same rule with ``monitor``).
+        on_give_up: when every rescue failed (the rollback budget spent, then the last resort of
+            tight clipping with the rate capped spent too): ``"raise"`` (the default) raises
+            :class:`~gradguard.errors.TrainingDivergedError` with advice; ``"stop"`` sets
+            :attr:`should_stop` and skips every later step (for framework loops that poll it);
+            ``"continue"`` skips the failing step and carries on in the last resort. In every
+            case the weights are left finite.
 
     Raises:
         ConfigError: an argument is out of range or of the wrong kind, or ``process_group`` /
@@ -161,6 +179,7 @@ class Guard:
         restore_rng: bool = False,
         process_group: ProcessGroup | None = None,
         sharded_grads: bool | None = None,
+        on_give_up: GiveUp = "raise",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(
@@ -172,10 +191,19 @@ class Guard:
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__} "
                 f"{optimizer!r:.80}. Pass the optimizer whose step() the guard replaces."
             )
+        if on_give_up not in ("raise", "stop", "continue"):
+            raise ConfigError(
+                f"on_give_up must be 'raise', 'stop' or 'continue', got {on_give_up!r}. 'raise' "
+                "(the default) stops a script with advice; 'stop' sets guard.should_stop for "
+                "framework loops."
+            )
+        self.on_give_up: GiveUp = on_give_up
+        self.should_stop = False
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
         self.scheduler = scheduler
+        self.rates = RateCeiling(optimizer)
         self._clipper: Clipper | None = None
         mode: ClipMode
         if clip is None or clip == "auto":
@@ -241,11 +269,17 @@ class Guard:
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._last_culprits: tuple[str, ...] = ()
         self._restored: tuple[int, int] | None = None  # (incident start, key) of the last rollback
+        self._last_applied = False  # the last step was applied on finite gradients
         if snapshot_every is not None and not self.store.steps():
             self.snapshot()
 
     # ------------------------------------------------------------------------------ the step
-    def step(self, loss: Tensor | float | None = None) -> StepRecord:
+    def step(
+        self,
+        loss: Tensor | float | None = None,
+        *,
+        closure: Callable[[], Any] | None = None,
+    ) -> StepRecord:
         """Measure, detect, decide, clip and step (or not); call it instead of ``optimizer.step()``.
 
         Call it once per optimizer step, after ``backward`` (with gradient accumulation: after
@@ -254,6 +288,11 @@ class Guard:
         Args:
             loss: the loss of this step (a tensor stays on the device until the one transfer),
                 or ``None``.
+            closure: for optimizers that re-evaluate the model (``LBFGS``): the closure you
+                would pass to ``optimizer.step`` (zero the gradients, forward, backward, return
+                the loss). The guard calls it once to measure and decide; the optimizer's first
+                evaluation reuses that result (with the gradients as clipped), later ones call
+                it again. Do not call ``backward`` yourself then, nor pass ``loss``.
 
         Returns:
             The :class:`~gradguard.records.StepRecord` of what was done and why.
@@ -262,11 +301,46 @@ class Guard:
             TrainingDivergedError: the policy spent its rescue budget; the message says what
                 happened and what to try. The record is attached as ``err.record``.
         """
-        pending = self.begin_step(loss)
+        if closure is None:
+            pending = self.begin_step(loss)
+            if pending.decision.apply:
+                with self.learning_rate(pending):
+                    self.optimizer.step()
+            return self.finish_step(pending)
+        if loss is not None:
+            raise ConfigError(
+                "pass either loss or closure to Guard.step, not both: with a closure the guard "
+                "computes the loss itself (guard.step(closure=closure))."
+            )
+        if not callable(closure):
+            raise ConfigError(
+                f"closure must be callable (zero_grad, forward, backward, return the loss), got "
+                f"{closure!r:.80}."
+            )
+        with torch.enable_grad():
+            first = [closure()]
+        pending = self.begin_step(first[0])
+
+        def replay() -> Any:
+            if first:  # the optimizer's first evaluation: the gradients measured above
+                return first.pop()
+            with torch.enable_grad():
+                return closure()
+
         if pending.decision.apply:
-            with scaled_lr(self.optimizer, pending.decision.lr_scale):
-                self.optimizer.step()
+            with self.learning_rate(pending):
+                self.optimizer.step(replay)
         return self.finish_step(pending)
+
+    @contextlib.contextmanager
+    def learning_rate(self, pending: PendingStep) -> Iterator[None]:
+        """Inside the block every group's rate is what ``pending`` decided (backoffs, ceilings).
+
+        For callers of :meth:`begin_step` that step the optimizer themselves: wrap that call.
+        """
+        self.rates.set_scale(pending.decision.lr_scale)
+        with self.rates.applied():
+            yield
 
     def begin_step(self, loss: Tensor | float | None = None) -> PendingStep:
         """First half of :meth:`step`: measure, observe, decide, and clip in place.
@@ -284,8 +358,8 @@ class Guard:
             The :class:`PendingStep` to pass to :meth:`finish_step`.
         """
         scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
+        if scaler is not None and not _unscaled(scaler, self.optimizer):
+            scaler.unscale_(self.optimizer)  # unless the script did (to clip), as nanoGPT does
         stats = measure(self._named)
         # Global norms before clipping or deciding, so every rank clips and decides alike.
         group = self.monitor.process_group
@@ -299,7 +373,22 @@ class Guard:
         obs = self.monitor.last
         if obs is None:  # pragma: no cover - Monitor.observe always sets it
             raise RuntimeError("Monitor.observe() left no observation")
-        overflow = scaler is not None and obs.loss_finite and not obs.finite
+        overflow = False
+        if not obs.finite or not obs.loss_finite:
+            # Rare path (a fault): one more host read each, to tell what went wrong.
+            overflow = scaler is not None and obs.loss_finite and self._scale_overflowed(scaler)
+            local = self.monitor.process_group is None  # a rank-local read must not decide
+            if not overflow and local and not _all_finite(self._params()):
+                obs = dataclasses.replace(obs, param_norm=math.nan)  # the weights are corrupt
+        if self.should_stop:
+            action = Action(
+                ActionKind.SKIP,
+                Reason.BUDGET_EXHAUSTED,
+                "The guard gave up earlier (on_give_up='stop'): step skipped; stop the loop "
+                "when guard.should_stop is set.",
+            )
+            decision = Decision(action, apply=False, lr_scale=self.policy.lr_scale)
+            return PendingStep(self._step, obs, tuple(alerts), decision, overflow)
         decision = self.policy.decide(
             obs,
             alerts,
@@ -340,8 +429,15 @@ class Guard:
                 self.scheduler.step()
             self._progress += 1
         if scaler is not None:
-            scaler.update()
+            if obs.finite or overflow:
+                scaler.update()
+            else:
+                # A real fault, not the scale's: keep the scale, or intermittent faults halve
+                # it to nothing and every later gradient underflows to zero.
+                scaler.update(new_scale=scaler._scale)
         rolled_back_to, lost, message = None, 0, decision.action.message
+        if decision.action.reason is Reason.NONFINITE_PARAM:
+            message = f"{message.rstrip('.')}. {self._nonfinite_weights_cause()}"
         if decision.reset_baselines:
             self.monitor.reset_detectors()
         if kind is ActionKind.ROLLBACK:
@@ -369,9 +465,8 @@ class Guard:
         for sink in self.sinks:
             sink.write(record)
         if kind is ActionKind.ABORT:
-            lr = record.lr
-            advice = abort_advice(self.policy.history(), lr=lr, culprits=self._last_culprits)
-            raise TrainingDivergedError(advice, record)
+            self._give_up(record)
+        self._last_applied = decision.apply and obs.finite
         if decision.apply:
             self._since_snapshot += 1
             self._maybe_snapshot()
@@ -392,8 +487,54 @@ class Guard:
     def _effective_lr(self, scale: float) -> float | None:
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer.param_groups else None
         if isinstance(lr, (int, float)):
-            return float(lr) * scale
+            self.rates.set_scale(scale)
+            return self.rates.rate(0, float(lr))
         return None  # a tensor learning rate would need a host sync to read
+
+    def _params(self) -> list[Tensor]:
+        return [local_tensor(p) for _, p in self._named]
+
+    def _scale_overflowed(self, scaler: torch.amp.GradScaler) -> bool:
+        """Whether a non-finite gradient under a finite loss is the GradScaler's own overflow.
+
+        Only a scale that puts the healthy gradients near float16's range can overflow them;
+        before any healthy norm exists (a scaler warming up from a huge ``init_scale``), any
+        scale above 1 can.
+        """
+        scale = float(scaler.get_scale())  # HOST SYNC: rare path, a fault step only
+        typical = self.policy.healthy_norm()
+        if typical is None:
+            return scale > 1.0
+        return scale * typical * _SCALER_HEADROOM >= _FP16_MAX
+
+    def _nonfinite_weights_cause(self) -> str:
+        """Why the weights may have become non-finite, for the rollback's message."""
+        if not self._last_applied:
+            return "Restored from a snapshot."
+        half = any(p.dtype in (torch.float16, torch.bfloat16) for p in self._params())
+        eps = [g.get("eps") for g in self.optimizer.param_groups]
+        tiny = [e for e in eps if isinstance(e, float) and e < 6e-8]
+        name = type(self.optimizer).__name__
+        if half and tiny:
+            return (
+                f"The last optimizer step was applied on finite gradients, so {name}'s update "
+                f"itself produced them: with half-precision weights its eps={tiny[0]:g} rounds "
+                "to 0, and a zero gradient divides 0 by 0. Keep fp32 master weights (torch.amp "
+                "autocast with a GradScaler) or raise eps to 1e-4 or more."
+            )
+        return (
+            f"The last optimizer step was applied on finite gradients, so {name}'s update itself "
+            "produced them (an overflow inside the optimizer, or a weight changed outside it)."
+        )
+
+    def _give_up(self, record: StepRecord) -> None:
+        """Every rescue failed: leave finite weights, then raise, ask to stop, or go on."""
+        if not _all_finite(self._params()) and self.store.steps():
+            self._restore(self.store.load(self.store.steps()[-1]))
+        if self.on_give_up == "raise":
+            advice = abort_advice(self.policy.history(), lr=record.lr, culprits=self._last_culprits)
+            raise TrainingDivergedError(advice, record)
+        self.should_stop = self.should_stop or self.on_give_up == "stop"
 
     def _count(self, decision: Decision, overflow: bool, lost: int) -> None:
         c, kind = self.counters, decision.action.kind
@@ -482,10 +623,7 @@ class Guard:
         key, why = self._choose_snapshot(before)
         self._restored = (before, key)
         state = self.store.load(key)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        self._restore(state)
         if self.restore_rng:
             restore_rng_state(state["rng"])
         if state.get("baselines") is not None and self.policy.load_baselines(state["baselines"]):
@@ -503,6 +641,15 @@ class Guard:
             f"{lost} applied steps lost."
         )
         return key, lost, message
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Load the training objects of a snapshot: model, optimizer, scheduler, scaler."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
 
     def resume(self, step: int | None = None) -> int:
         """Restore a snapshot completely (RNG, and guard state from disk), e.g. after a crash.
@@ -523,12 +670,7 @@ class Guard:
                 "no snapshot to resume from; pass snapshot_dir= to keep snapshots on disk."
             )
         state = self.store.load(key)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
+        self._restore(state)
         restore_rng_state(state["rng"])
         if state.get("guard") is not None:
             self.load_state_dict(state["guard"])
@@ -563,6 +705,8 @@ class Guard:
             "policy": self.policy.state_dict(),
             "monitor": self.monitor.state_dict(),
             "clipper": _state_of(self._clipper),
+            "rates": self.rates.state_dict(),
+            "should_stop": self.should_stop,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -580,6 +724,9 @@ class Guard:
         self.counters = {name: int(state["counters"].get(name, 0)) for name in _COUNTERS}
         self.policy.load_state_dict(state["policy"])
         self.monitor.load_state_dict(state["monitor"])
+        if state.get("rates") is not None:
+            self.rates.load_state_dict(state["rates"])
+        self.should_stop = bool(state.get("should_stop", False))
         load = getattr(self._clipper, "load_state_dict", None)
         if load is not None and state.get("clipper") is not None:
             load(state["clipper"])
@@ -588,6 +735,22 @@ class Guard:
         """Close the sinks."""
         for sink in self.sinks:
             sink.close()
+
+
+def _unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``scaler.unscale_(optimizer)`` was already called since the last update."""
+    states = getattr(scaler, "_per_optimizer_states", None)
+    stage = states.get(id(optimizer), {}).get("stage") if isinstance(states, Mapping) else None
+    return getattr(stage, "name", None) == "UNSCALED"
+
+
+def _all_finite(tensors: Sequence[Tensor]) -> bool:
+    """Whether every tensor holds only finite values (one host read: a fault path only)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    flags = [torch.stack(torch._foreach_norm(ts)).isfinite().all() for ts in groups.values()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def _state_of(clipper: Clipper | None) -> Any:
