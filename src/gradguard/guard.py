@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -204,6 +205,10 @@ class Guard:
         self.scaler = scaler
         self.scheduler = scheduler
         self.rates = RateCeiling(optimizer)
+        closure_param = inspect.signature(optimizer.step).parameters.get("closure")
+        self._needs_closure = (
+            closure_param is not None and closure_param.default is closure_param.empty
+        )
         self._clipper: Clipper | None = None
         mode: ClipMode
         if clip is None or clip == "auto":
@@ -302,6 +307,12 @@ class Guard:
                 happened and what to try. The record is attached as ``err.record``.
         """
         if closure is None:
+            if self._needs_closure:
+                raise ConfigError(
+                    f"{type(self.optimizer).__name__} re-evaluates the model inside its step, so "
+                    "it needs the closure: call guard.step(closure=closure) with the function "
+                    "you would pass to optimizer.step (zero_grad, forward, backward, return loss)."
+                )
             pending = self.begin_step(loss)
             if pending.decision.apply:
                 with self.learning_rate(pending):
@@ -436,14 +447,16 @@ class Guard:
                 # it to nothing and every later gradient underflows to zero.
                 scaler.update(new_scale=scaler._scale)
         rolled_back_to, lost, message = None, 0, decision.action.message
+        cause = ""
         if decision.action.reason is Reason.NONFINITE_PARAM:
-            message = f"{message.rstrip('.')}. {self._nonfinite_weights_cause()}"
+            cause = f" {self._nonfinite_weights_cause()}"
         if decision.reset_baselines:
             self.monitor.reset_detectors()
         if kind is ActionKind.ROLLBACK:
             rolled_back_to, lost, message = self._rollback(decision)
         elif kind is ActionKind.RESET_OPTIMIZER_STATE:
             reset_optimizer_state_(self.optimizer)
+        message += cause
         self._count(decision, overflow, lost)
         self._last_culprits = tuple(name for name, _ in obs.top[:3])
         record = StepRecord(

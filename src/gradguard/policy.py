@@ -100,9 +100,10 @@ class PolicyConfig:
             grows geometrically) or a loss-spike warning (the loss jumped tenfold): the step
             size is past the stability limit, and clipping alone leaves the run oscillating at
             the edge; once per ``cooldown``, at most ``max_backoffs`` times per incident.
-        max_scaler_overflows: with a GradScaler, a non-finite gradient under a finite loss is
-            the scaler's overflow, which it fixes itself by lowering its scale: such steps are
-            skipped without climbing the ladder, up to this many in a row.
+        max_scaler_overflows: a GradScaler's overflow (the guard tells it from a real fault by
+            the scale: only a scale that lifts the healthy gradients near float16's range can
+            overflow) is skipped without climbing the ladder, up to this many in a row. 128
+            halvings take any float32 scale below 1: a warm-up from Megatron's 2**32 needs ~30.
         restart_fraction: while fewer than ``min_history`` healthy norms exist (the run went
             wrong in its first steps), the automatic bound is this fraction of the first finite
             norm of the run: that scale proved too large to take, and cutting the step by about
@@ -149,7 +150,7 @@ class PolicyConfig:
     reset_moments: bool = True
     backoff_on_rollback: bool = True
     backoff_on_trend: bool = True
-    max_scaler_overflows: int = 20
+    max_scaler_overflows: int = 128
     fallback_bound: float = 1.0
     restart_fraction: float = 0.02
     baseline: int = 32
@@ -479,6 +480,16 @@ class EscalationPolicy:
             s.incident_start = since  # the trouble began where the growth did
         if self._same_after_rollback(observation, fault):
             return self._accept_new_level(observation)
+        early = [a for a in alerts if a.kind is AlertKind.EARLY_EXPLOSION]
+        if fault is None and early and early[0].severity is not Severity.INFO:
+            # The run blew up before it had a healthy history: what the policy learned so far
+            # is the explosion itself, and the weights it reached are not worth keeping.
+            start = early[0].since if early[0].since is not None else t
+            s.incident_start = min(s.incident_start or start, start)
+            s.norms, s.losses = [], []
+            what = early[0].message.split(":")[0]
+            why = "the run is exploding from its first steps"
+            return self._rollback(t, Reason.EARLY_EXPLOSION, what, why, can_rollback)
         grown = self._grown_since(since) if fault is None and since is not None else None
         if grown is not None and since is not None:
             what = (

@@ -76,7 +76,7 @@ class EarlyExplosionDetector:
         loss_ok = loss is not None and math.isfinite(loss) and loss > 0.0
         norms, losses = self.norms, self.losses
         previous = norms[-1] if norms else None
-        message = None
+        message, since = None, obs.step
         if previous is not None and previous > 0.0 and norm >= self.jump * previous:
             message = (
                 f"Gradient norm jumped {fmt(norm / previous)}x in one step ({fmt(previous)} -> "
@@ -92,28 +92,34 @@ class EarlyExplosionDetector:
                 and loss >= self.loss_factor * loss_then
                 and norm >= self.norm_factor * norm_then
             ):
+                # The climb is no history to compare with: later steps (after a rollback, say)
+                # are judged against what came before it.
+                since = obs.step - self.rising
+                del norms[-self.rising :]
+                del losses[-self.rising :]
                 message = (
                     f"Loss {fmt(loss)} is {fmt(loss / loss_then)}x its earlier median and the "
                     f"gradient norm {fmt(norm)}, up at each of the last {self.rising} steps, "
                     f"{fmt(norm / norm_then)}x its earlier median, {obs.step} steps in: the run "
                     "is exploding from the start; lower the learning rate and clip."
                 )
+        if message is not None:
+            return [
+                Alert(
+                    step=obs.step,
+                    severity=Severity.CRITICAL,
+                    kind=AlertKind.EARLY_EXPLOSION,
+                    message=message,
+                    detector=self.name,
+                    culprits=culprit_names(obs),
+                    value=norm,
+                    since=max(since, 0),
+                )
+            ]
         norms.append(norm)
         if loss_ok and loss is not None:
             losses.append(loss)
-        if message is None:
-            return []
-        return [
-            Alert(
-                step=obs.step,
-                severity=Severity.CRITICAL,
-                kind=AlertKind.EARLY_EXPLOSION,
-                message=message,
-                detector=self.name,
-                culprits=culprit_names(obs),
-                value=norm,
-            )
-        ]
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         """All mutable state as plain values."""
