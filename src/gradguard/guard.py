@@ -521,34 +521,39 @@ class Guard:
         return state
 
     def _load_readable(self, key: int) -> tuple[int, dict[str, Any], str]:
-        """Load ``key``, or the newest older snapshot that loads, saying which were skipped.
+        """Load ``key``, else the nearest snapshot that loads: older ones first, then newer.
 
-        A damaged file (a checksum mismatch: truncated, bit rot, a partial copy) must not stop a
-        rescue while older intact snapshots exist.
+        A damaged file (truncated, bit rot, a partial copy) must not stop a rescue while intact
+        snapshots exist. Returns the key loaded, its state, and a note naming what was skipped.
 
         Raises:
-            SnapshotError: no snapshot from ``key`` back loads.
+            SnapshotError: no stored snapshot loads.
         """
+        steps = self.store.steps()
+        candidates = [s for s in reversed(steps) if s <= key] + [s for s in steps if s > key]
         failures: list[str] = []
-        for candidate in [s for s in reversed(self.store.steps()) if s <= key]:
+        skipped: list[int] = []
+        for candidate in candidates:
             try:
                 state = self._load(candidate)
             except SnapshotError as err:
                 failures.append(str(err))
+                skipped.append(candidate)
                 continue
             if not failures:
                 return candidate, state, ""
-            note = f"; skipped {len(failures)} newer snapshot(s) that could not be loaded"
             warnings.warn(
                 f"{' '.join(failures)} Restored the snapshot of step {candidate} instead.",
                 RuntimeWarning,
                 stacklevel=4,
             )
-            return candidate, state, note
+            which = ", ".join(str(s) for s in skipped)
+            plural = "s of steps" if len(skipped) > 1 else " of step"
+            return candidate, state, f"the snapshot{plural} {which} could not be loaded"
         tried = " ".join(failures) or "none is stored."
         raise SnapshotError(
-            f"no snapshot from step {key} back could be restored: {tried} Restart from a "
-            "checkpoint of your own, with a lower learning rate."
+            f"no snapshot could be restored: {tried} Restart from a checkpoint of your own, "
+            "with a lower learning rate."
         )
 
     def _choose_snapshot(self, before: int) -> tuple[int, str]:
@@ -576,8 +581,10 @@ class Guard:
 
     def _rollback(self, decision: Decision) -> tuple[int, int, str]:
         before = decision.rollback_before if decision.rollback_before is not None else self._step
-        key, why = self._choose_snapshot(before)
-        key, state, note = self._load_readable(key)
+        chosen, why = self._choose_snapshot(before)
+        key, state, skipped = self._load_readable(chosen)
+        if skipped:
+            why = f"the nearest that loads: {skipped}"
         self._restored = (before, key)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -597,7 +604,7 @@ class Guard:
         self._progress = int(state["progress"])
         message = (
             f"{decision.action.message.rstrip('.')}: restored the snapshot of step {key} "
-            f"({why}{note}), {lost} applied steps lost."
+            f"({why}), {lost} applied steps lost."
         )
         return key, lost, message
 

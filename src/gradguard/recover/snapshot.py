@@ -281,31 +281,43 @@ class DiskSnapshotStore:
     def load(self, step: int) -> dict[str, Any]:
         """Verify the checksum of this run's snapshot of ``step``, then read it.
 
+        A damaged file (checksum mismatch, or not a snapshot) leaves the index and is renamed
+        ``<name>.damaged``, kept for inspection but never offered again.
+
         Raises:
-            SnapshotError: no such snapshot, or its file is missing, damaged (checksum mismatch)
-                or not a snapshot.
+            SnapshotError: no such snapshot, or its file cannot be read, is damaged or is not a
+                snapshot.
         """
         path = self.path(step)
         named = _NAME.match(path.name)
         expected = int(named["crc"], 16) if named is not None else -1
         try:
             crc = _file_crc(path)
-            if crc != expected:
-                raise SnapshotError(
-                    f"the snapshot {str(path)!r} is damaged: its bytes have checksum "
-                    f"{crc:08x}, not the {expected:08x} written (truncated or altered since)."
-                )
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except SnapshotError:
-            raise
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-            raise SnapshotError(
-                f"cannot load the snapshot {str(path)!r}: {err}. This run's stored steps are "
-                f"{self.steps()!r}."
-            ) from err
-        if not isinstance(loaded, dict):
-            raise SnapshotError(f"{str(path)!r} does not hold a gradguard snapshot dict.")
-        return loaded
+        except OSError as err:
+            raise SnapshotError(f"cannot read the snapshot {str(path)!r}: {err}.") from err
+        problem = None
+        if crc != expected:
+            problem = (
+                f"its bytes have checksum {crc:08x}, not the {expected:08x} written (truncated "
+                "or altered since)"
+            )
+        else:
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+                problem = f"cannot load it: {err}"
+            else:
+                if not isinstance(loaded, dict):
+                    problem = "it does not hold a gradguard snapshot dict"
+        if problem is None:
+            return loaded
+        del self._index[step]
+        with contextlib.suppress(OSError):
+            path.rename(path.with_name(path.name + ".damaged"))
+        raise SnapshotError(
+            f"the snapshot {str(path)!r} is damaged: {problem}. It was set aside as "
+            f"'{path.name}.damaged'; this run's remaining steps are {self.steps()!r}."
+        )
 
     def discard_after(self, step: int) -> None:
         """Delete this run's snapshot files taken after ``step``."""
@@ -381,11 +393,13 @@ def _lock_directory(directory: Path) -> int:
     """Take an exclusive ``flock`` on the directory's lock file; returns the descriptor holding it.
 
     The lock file says who holds it, so a refusal can name the process. The lock lasts until the
-    descriptor is closed, which the kernel also does when the process dies (even by SIGKILL).
+    descriptor is closed, which the kernel also does when the process dies (even by SIGKILL). The
+    descriptor is read-only: a file held open for writing would keep the filesystem from being
+    remounted read-only.
     """
     path = directory / _LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError as err:
         raise SnapshotError(
             f"cannot create the lock file {str(path)!r}: {err}. Pass a writable snapshot_dir, "
@@ -408,8 +422,7 @@ def _lock_directory(directory: Path) -> int:
         ) from err
     me = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
     with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, me.encode(), 0)
+        path.write_text(me)
     return fd
 
 
