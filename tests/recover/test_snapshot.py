@@ -169,3 +169,27 @@ def test_sigkill_while_writing_leaves_the_previous_snapshot_loadable(tmp_path: P
             assert torch.equal(loaded["w"], payload)
         assert not any(p.name.startswith(".snapshot-") for p in directory.iterdir())
     assert mid_write >= 3, f"only {mid_write} of 12 kills hit a write in progress"
+
+
+def test_a_second_process_is_refused_while_a_store_holds_the_directory(tmp_path: Path) -> None:
+    store = DiskSnapshotStore(tmp_path)
+    store.save(1, {"w": torch.ones(1)})
+    in_progress = tmp_path / f".snapshot-000000000002-{store.run}.pt.tmp-{os.getpid()}"
+    in_progress.write_bytes(b"being written")  # as if this process were in the middle of save()
+    with warnings.catch_warnings():  # Python >= 3.12 warns about fork with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 3
+        try:
+            DiskSnapshotStore(tmp_path)
+        except SnapshotError as err:
+            code = 0 if f"in use by another snapshot store (pid {os.getppid()} " in str(err) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert in_progress.exists()  # the refused opener deleted nothing
+    store.close()
+    reopened = DiskSnapshotStore(tmp_path)  # the lock is free again; the dead writer's file goes
+    assert not in_progress.exists() and reopened.other_runs() == {store.run: [1]}
