@@ -25,7 +25,7 @@ import weakref
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
 
 import torch
 
@@ -256,7 +256,7 @@ class DiskSnapshotStore:
         try:
             with open(temp, "wb") as handle:
                 writer = _ChecksumWriter(handle)
-                torch.save(dict(state), writer)
+                torch.save(dict(state), cast(BinaryIO, writer))
                 handle.flush()
                 os.fsync(handle.fileno())
             final = self.directory / _file_name(step, self.run, writer.crc)
@@ -295,7 +295,6 @@ class DiskSnapshotStore:
             crc = _file_crc(path)
         except OSError as err:
             raise SnapshotError(f"cannot read the snapshot {str(path)!r}: {err}.") from err
-        problem = None
         if crc != expected:
             problem = (
                 f"its bytes have checksum {crc:08x}, not the {expected:08x} written (truncated "
@@ -307,10 +306,10 @@ class DiskSnapshotStore:
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
                 problem = f"cannot load it: {err}"
             else:
-                if not isinstance(loaded, dict):
-                    problem = "it does not hold a gradguard snapshot dict"
-        if problem is None:
-            return loaded
+                if isinstance(loaded, dict):
+                    snapshot: dict[str, Any] = loaded
+                    return snapshot
+                problem = "it does not hold a gradguard snapshot dict"
         del self._index[step]
         with contextlib.suppress(OSError):
             path.rename(path.with_name(path.name + ".damaged"))
