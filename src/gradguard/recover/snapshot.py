@@ -130,7 +130,7 @@ class DiskSnapshotStore:
     it belongs to and the checksum of its bytes travel in the name, so both are written by the
     same atomic rename as the data (temporary file, ``fsync``, rename, directory ``fsync``).
     Loading verifies the checksum, then reads with ``torch.load(weights_only=True)``, which never
-    runs code from the file.
+    runs code from the file; a damaged file is renamed ``*.damaged`` and leaves the index.
 
     The directory is listed once, when the store opens; from then on the store keeps its index in
     memory (a training step asks for it every time). Snapshots of other runs found there are
