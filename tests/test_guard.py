@@ -403,6 +403,7 @@ def test_disk_snapshots_resume_a_crashed_run(tmp_path: Path) -> None:
     assert guard.store.steps() == [0, 5, 10]
     weights, moments = _params(model), opt.state_dict()["state"][0]["exp_avg"].clone()
     state = guard.state_dict()
+    guard.close()  # a crashed process releases snapshot_dir's lock with its file descriptors
     # A new process: fresh objects, same directory.
     model2 = _mlp(seed=9)
     opt2 = torch.optim.Adam(model2.parameters(), lr=0.01)
@@ -413,7 +414,7 @@ def test_disk_snapshots_resume_a_crashed_run(tmp_path: Path) -> None:
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], moments)
     assert sched2.last_epoch == 10 and guard2.state_dict()["counters"] == state["counters"]
     with pytest.raises(SnapshotError, match="snapshot_dir"):
-        Guard(_mlp(), torch.optim.SGD(_mlp().parameters(), 0.1), snapshot_every=None).resume()
+        Guard(model, torch.optim.SGD(model.parameters(), 0.1), snapshot_every=None).resume()
 
 
 @pytest.mark.parametrize(

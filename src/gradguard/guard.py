@@ -25,6 +25,7 @@ import dataclasses
 import inspect
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -118,7 +119,8 @@ class Guard:
             ``scaler.scale(loss).backward()`` and do not call ``scaler.step`` yourself.
         scheduler: a learning-rate scheduler stepped once per *applied* optimizer step (a
             skipped step does not advance the schedule). Do not call ``scheduler.step()``
-            yourself.
+            yourself. ``ReduceLROnPlateau`` is refused: it needs a validation metric the guard
+            does not have; step it yourself (``plateau.step(val_loss)``) and pass ``None``.
         clip: ``"auto"`` (the default) never clips a healthy step, and while an incident is
             open (and for ``policy.restore_after`` steps after an escalation) clips to the run's
             own healthy scale, the median of recent healthy norms (1.0 before any was seen). A
@@ -136,7 +138,10 @@ class Guard:
             ``policy.quiet`` steps without a warning); ``None`` disables snapshots and thereby
             rollback (the guard then resets optimizer moments instead).
         snapshot_keep: how many snapshots to keep (bounded memory or disk).
-        snapshot_dir: write snapshots atomically into this directory instead of memory.
+        snapshot_dir: write snapshots atomically into this directory instead of memory. The
+            guard locks it, and refuses to step while it holds another run's snapshots unless
+            :meth:`resume` continues that run. When a write fails (disk full, read-only or
+            deleted folder) the guard warns once and keeps its snapshots in memory instead.
         sinks: receive one :class:`~gradguard.records.StepRecord` per step.
         monitor: a ready :class:`~gradguard.monitor.Monitor` (its sinks get its own records);
             ``None`` builds one on the guarded parameters from ``preset`` and ``detectors``.
@@ -157,8 +162,10 @@ class Guard:
             case the weights are left finite.
 
     Raises:
-        ConfigError: an argument is out of range or of the wrong kind, or ``process_group`` /
-            ``sharded_grads`` come with a ready ``monitor``.
+        ConfigError: an argument is out of range or of the wrong kind, the model does not hold
+            every parameter of the optimizer, or ``process_group`` / ``sharded_grads`` come with
+            a ready ``monitor``.
+        SnapshotError: ``snapshot_dir`` cannot be created, or another guard has it open.
     """
 
     def __init__(
@@ -200,6 +207,14 @@ class Guard:
             )
         self.on_give_up: GiveUp = on_give_up
         self.should_stop = False
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ConfigError(
+                f"scheduler={type(scheduler).__name__} needs the metric it watches "
+                "(scheduler.step(val_loss)), and the guard, which steps its scheduler after every "
+                "applied step, has none. Step it yourself once per validation and pass "
+                "scheduler=None; the guard's learning-rate backoff scales whatever rate it sets."
+            )
+        self._named = _guarded_parameters(model, optimizer)
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
@@ -243,14 +258,9 @@ class Guard:
                 "50 keeps the snapshot cost under 1% of the step time of a small model."
             )
         self.snapshot_every = snapshot_every
-        self.store: SnapshotStore = (
-            DiskSnapshotStore(snapshot_dir, keep=snapshot_keep)
-            if snapshot_dir is not None
-            else MemorySnapshotStore(keep=snapshot_keep)
-        )
+        self._shapes = _shapes(model)
         self.restore_rng = bool(restore_rng)
         self.sinks: tuple[Sink, ...] = tuple(sinks)
-        self._named = _guarded_parameters(model, optimizer)
         if monitor is not None and (process_group is not None or sharded_grads is not None):
             raise ConfigError(
                 f"process_group={process_group!r} and sharded_grads={sharded_grads!r} apply to "
@@ -268,6 +278,17 @@ class Guard:
                 sharded_grads=sharded_grads,
             )
         )
+        # Last, so that a refused argument above leaves no lock on snapshot_dir behind.
+        self.store: SnapshotStore = (
+            DiskSnapshotStore(snapshot_dir, keep=snapshot_keep)
+            if snapshot_dir is not None
+            else MemorySnapshotStore(keep=snapshot_keep)
+        )
+        # Another run's snapshots in snapshot_dir: refuse to step until resume() adopts them.
+        self._foreign: str | None = None
+        store = self.store
+        if snapshot_every is not None and isinstance(store, DiskSnapshotStore):
+            self._foreign = store.conflict() if store.other_runs() else None
         self._step = 0
         self._progress = 0  # applied steps the weights reflect (rollbacks take some back)
         self._since_snapshot = 0
@@ -275,7 +296,7 @@ class Guard:
         self._last_culprits: tuple[str, ...] = ()
         self._restored: tuple[int, int] | None = None  # (incident start, key) of the last rollback
         self._last_applied = False  # the last step was applied on finite gradients
-        if snapshot_every is not None and not self.store.steps():
+        if snapshot_every is not None and self._foreign is None:
             self.snapshot()
 
     # ------------------------------------------------------------------------------ the step
@@ -368,6 +389,8 @@ class Guard:
         Returns:
             The :class:`PendingStep` to pass to :meth:`finish_step`.
         """
+        if self._foreign is not None:
+            raise SnapshotError(self._foreign)
         scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
         if scaler is not None and not _unscaled(scaler, self.optimizer):
             scaler.unscale_(self.optimizer)  # unless the script did (to clip), as nanoGPT does
@@ -543,7 +566,7 @@ class Guard:
     def _give_up(self, record: StepRecord) -> None:
         """Every rescue failed: leave finite weights, then raise, ask to stop, or go on."""
         if not _all_finite(self._params()) and self.store.steps():
-            self._restore(self.store.load(self.store.steps()[-1]))
+            self._restore(self._load_readable(self.store.steps()[-1])[1])
         if self.on_give_up == "raise":
             advice = abort_advice(self.policy.history(), lr=record.lr, culprits=self._last_culprits)
             raise TrainingDivergedError(advice, record)
@@ -585,13 +608,23 @@ class Guard:
         hold the guard's whole state (policy budgets, monitor history, clipper), which only
         :meth:`resume` after a crash needs; a rollback keeps the budgets live, so memory
         snapshots skip it (the monitor's history is most of the copying cost for a small model).
+        Every snapshot names the model's parameters and shapes, checked before it is restored.
+
+        When a disk snapshot cannot be written the guard warns once, keeps this snapshot and the
+        following ones in memory, and training goes on.
+
+        Raises:
+            SnapshotError: ``snapshot_dir`` holds another run's snapshots (see :meth:`resume`).
         """
+        if self._foreign is not None:
+            raise SnapshotError(self._foreign)
         self.counters["snapshots"] += 1
         self._since_snapshot = 0
         # HOST SYNC: copying the state to the CPU (or disk), once every `snapshot_every` steps.
         state: dict[str, Any] = {
             "step": self._step,
             "progress": self._progress,
+            "shapes": self._shapes,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -602,11 +635,80 @@ class Guard:
             "guard": self.state_dict() if isinstance(self.store, DiskSnapshotStore) else None,
         }
         try:
-            self.store.save(self._step, state)
+            try:
+                self.store.save(self._step, state)
+            except SnapshotError as err:
+                if not isinstance(self.store, DiskSnapshotStore):
+                    raise
+                self._snapshots_to_memory(err)
+                self.store.save(self._step, {**state, "guard": None})
         except BaseException:
             self.counters["snapshots"] -= 1
             raise
         return self._step
+
+    def _snapshots_to_memory(self, err: SnapshotError) -> None:
+        """A disk snapshot failed: warn once and keep snapshots in memory from now on."""
+        disk = self.store
+        self.store = MemorySnapshotStore(keep=disk.keep)
+        if isinstance(disk, DiskSnapshotStore):
+            disk.close()
+        warnings.warn(
+            f"snapshots disabled: {err}; rollback falls back to the in-memory snapshot. Training "
+            "goes on with snapshots kept in memory; free space or fix the folder and call "
+            "Guard(..., snapshot_dir=...) anew to write them to disk again.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _load(self, key: int) -> dict[str, Any]:
+        """The snapshot of ``key``, refused when it was taken from a differently shaped model."""
+        state = self.store.load(key)
+        theirs = state.get("shapes")
+        if theirs is not None and theirs != self._shapes:
+            diff = sorted(set(theirs.items()) ^ set(self._shapes.items()))[:3]
+            raise SnapshotError(
+                f"the snapshot of step {key} was taken from a model with other parameters than "
+                f"this one (first differences, name and shape: {diff!r}). Build the model of "
+                "that run before resuming, or pass a fresh snapshot_dir to start a new run."
+            )
+        return state
+
+    def _load_readable(self, key: int) -> tuple[int, dict[str, Any], str]:
+        """Load ``key``, else the nearest snapshot that loads: older ones first, then newer.
+
+        A damaged file (truncated, bit rot, a partial copy) must not stop a rescue while intact
+        snapshots exist. Returns the key loaded, its state, and a note naming what was skipped.
+
+        Raises:
+            SnapshotError: no stored snapshot loads.
+        """
+        steps = self.store.steps()
+        candidates = [s for s in reversed(steps) if s <= key] + [s for s in steps if s > key]
+        failures: list[str] = []
+        skipped: list[int] = []
+        for candidate in candidates:
+            try:
+                state = self._load(candidate)
+            except SnapshotError as err:
+                failures.append(str(err))
+                skipped.append(candidate)
+                continue
+            if not failures:
+                return candidate, state, ""
+            warnings.warn(
+                f"{' '.join(failures)} Restored the snapshot of step {candidate} instead.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            which = ", ".join(str(s) for s in skipped)
+            plural = "s of steps" if len(skipped) > 1 else " of step"
+            return candidate, state, f"the snapshot{plural} {which} could not be loaded"
+        tried = " ".join(failures) or "none is stored."
+        raise SnapshotError(
+            f"no snapshot could be restored: {tried} Restart from a checkpoint of your own, "
+            "with a lower learning rate."
+        )
 
     def _choose_snapshot(self, before: int) -> tuple[int, str]:
         """The newest snapshot taken at least ``policy.quiet`` steps before ``before``.
@@ -633,9 +735,11 @@ class Guard:
 
     def _rollback(self, decision: Decision) -> tuple[int, int, str]:
         before = decision.rollback_before if decision.rollback_before is not None else self._step
-        key, why = self._choose_snapshot(before)
+        chosen, why = self._choose_snapshot(before)
+        key, state, skipped = self._load_readable(chosen)
+        if skipped:
+            why = f"the nearest that loads: {skipped}"
         self._restored = (before, key)
-        state = self.store.load(key)
         self._restore(state)
         if self.restore_rng:
             restore_rng_state(state["rng"])
@@ -650,8 +754,8 @@ class Guard:
         lost = max(self._progress - int(state["progress"]), 0)
         self._progress = int(state["progress"])
         message = (
-            f"{decision.action.message.rstrip('.')}: restored the snapshot of step {key} ({why}), "
-            f"{lost} applied steps lost."
+            f"{decision.action.message.rstrip('.')}: restored the snapshot of step {key} "
+            f"({why}), {lost} applied steps lost."
         )
         return key, lost, message
 
@@ -667,26 +771,37 @@ class Guard:
     def resume(self, step: int | None = None) -> int:
         """Restore a snapshot completely (RNG, and guard state from disk), e.g. after a crash.
 
+        A guard opened on a ``snapshot_dir`` that holds another run's snapshots continues that
+        run (and only then may it step): the snapshots must be of a model with the same
+        parameter names and shapes.
+
         Args:
-            step: key of the snapshot to restore; ``None`` for the newest.
+            step: key of the snapshot to restore; ``None`` for the newest that loads (a damaged
+                newest file is skipped with a warning).
 
         Returns:
             The key of the restored snapshot.
 
         Raises:
-            SnapshotError: no snapshot is stored (or none of that key).
+            SnapshotError: no snapshot is stored (or none of that key), or it is of another model.
         """
+        store = self.store
+        if isinstance(store, DiskSnapshotStore) and not store.steps():
+            store.adopt()  # the run that wrote the folder's snapshots, e.g. before a crash
         steps = self.store.steps()
-        key = steps[-1] if step is None and steps else step
-        if key is None:
+        if step is None and not steps:
             raise SnapshotError(
                 "no snapshot to resume from; pass snapshot_dir= to keep snapshots on disk."
             )
-        state = self.store.load(key)
+        if step is None:
+            key, state, _ = self._load_readable(steps[-1])
+        else:
+            key, state = step, self._load(step)
         self._restore(state)
         restore_rng_state(state["rng"])
         if state.get("guard") is not None:
             self.load_state_dict(state["guard"])
+        self._foreign = None
         return key
 
     # ------------------------------------------------------------------------------ state
@@ -745,9 +860,11 @@ class Guard:
             load(state["clipper"])
 
     def close(self) -> None:
-        """Close the sinks."""
+        """Close the sinks, and release ``snapshot_dir`` for another guard."""
         for sink in self.sinks:
             sink.close()
+        if isinstance(self.store, DiskSnapshotStore):
+            self.store.close()
 
 
 def _unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
@@ -774,21 +891,39 @@ def _state_of(clipper: Clipper | None) -> Any:
 def _guarded_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> NamedTensors:
     """The optimizer's parameters named as in the model, in the model's order.
 
-    Model order makes the global norm bit-identical to ``clip_grad_norm_(model.parameters())``;
-    parameters the optimizer holds but the model does not are appended with positional names.
+    Model order makes the global norm bit-identical to ``clip_grad_norm_(model.parameters())``.
+    Every parameter the optimizer trains must be in the model: the model is what snapshots save
+    and rollbacks restore, so a weight outside it would never be rolled back.
+
+    Raises:
+        ConfigError: the optimizer holds no parameters, or some the model does not hold.
     """
-    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    named: list[tuple[str, Tensor]] = [
-        (name, p) for name, p in model.named_parameters() if id(p) in in_optimizer
-    ]
-    seen = {id(p) for _, p in named}
-    for g, group in enumerate(optimizer.param_groups):
-        for i, p in enumerate(group["params"]):
-            if id(p) not in seen:
-                named.append((f"param_groups[{g}][{i}]", p))
-                seen.add(id(p))
-    if not named:
+    in_optimizer = {id(p): p for group in optimizer.param_groups for p in group["params"]}
+    if not in_optimizer:
         raise ConfigError(
             "the optimizer holds no parameters; build it from model.parameters() before the guard."
         )
+    named: list[tuple[str, Tensor]] = [
+        (name, p) for name, p in model.named_parameters() if id(p) in in_optimizer
+    ]
+    held = {id(p) for _, p in named}
+    outside = [tuple(p.shape) for i, p in in_optimizer.items() if i not in held]
+    if outside:
+        raise ConfigError(
+            f"the model ({type(model).__name__}) does not hold {len(outside)} of the "
+            f"{len(in_optimizer)} parameters the optimizer trains (shapes {outside[:3]!r}). "
+            "The guard snapshots and rolls back the model, so those weights would never be "
+            "restored. Pass the module the optimizer was built from (not a copy such as an EMA "
+            "or teacher model); register weights kept outside it on a module that holds both, "
+            "e.g. nn.ModuleDict({'model': model, 'loss': loss_module})."
+        )
     return NamedTensors(named)  # validated once: measure() skips re-checking every step
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the model's state: what a snapshot must match to be restored."""
+    return {
+        name: tuple(value.shape)
+        for name, value in model.state_dict().items()
+        if isinstance(value, Tensor)
+    }
