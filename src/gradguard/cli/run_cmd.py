@@ -192,7 +192,14 @@ def run(
             code, ending = 1, f"raised {type(exc).__name__}"
     reports = _build_reports(protection.logs) if report else []
     if speaks and is_launch_rank_zero():
-        _print_summary(script, ending, protection.summary(), protection.logs, reports)
+        _print_summary(
+            script,
+            ending,
+            protection.summary(),
+            protection.logs,
+            reports,
+            backward_calls=protection.backward_calls,
+        )
     raise typer.Exit(code)
 
 
@@ -223,6 +230,8 @@ def _print_summary(
     summaries: Sequence[dict[str, Any]],
     logs: Sequence[Path],
     reports: Sequence[Path],
+    *,
+    backward_calls: int = 0,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -232,12 +241,13 @@ def _print_summary(
     if not console.is_terminal:
         console.width = max(console.width, 110)
     if not summaries:
-        console.print(
-            Text(
-                f"gradguard: {script.name} {ending}; no optimizer stepped, nothing was guarded.",
-                style="yellow",
+        line = f"gradguard: {script.name} {ending}; no optimizer stepped, nothing was guarded"
+        if backward_calls:
+            line += (
+                f" (backward() ran {backward_calls} times: weights updated by the script itself "
+                "are not protected)"
             )
-        )
+        console.print(Text(f"{line}.", style="yellow"))
         return
     table = Table(title=f"gradguard: {script.name} {ending}", title_justify="left")
     for column in ("optimizer", "model", "steps", "clipped", "skipped", "backoffs", "rollbacks"):

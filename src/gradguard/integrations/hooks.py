@@ -323,7 +323,7 @@ _PACKAGE_DIRS = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file
 def _script_frames() -> list[FrameType]:
     """The running frames outside gradguard and torch, innermost first (the training code)."""
     frames = []
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not filename.startswith(_PACKAGE_DIRS) and not filename.startswith("<frozen"):
@@ -389,6 +389,10 @@ def _modules_in(
     return found, place, covered
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def name_parameters(optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None, str]:
     """The module that names ``optimizer``'s tensors under global hooks, and a line saying so.
 
@@ -414,10 +418,13 @@ def name_parameters(optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None,
             "(no single nn.Module holds them all)"
         )
         if len(covered) < len(wanted):
-            line += f"; {len(wanted) - len(covered)} other tensors are named param_groups[G][I]"
+            line += (
+                f"; {_count(len(wanted) - len(covered), 'other tensor')} named param_groups[G][I]"
+            )
         return _FoundModules(modules), line
+    tensors = _count(len(wanted), "tensor")
     return None, (
-        f"no nn.Module holding the {len(wanted)} tensors of {label} was found: they are named "
+        f"no nn.Module holding the {tensors} of {label} was found: they are named "
         "param_groups.G.I (group G, index I); to name them, put them in one nn.Module (an "
         "nn.ParameterDict will do) or pass the model to GlobalGuard(models=[...])"
     )
@@ -510,6 +517,8 @@ class GlobalGuard:
         self._no_step_after = no_step_warning_after
         self._longest_accumulation = 0
         self._warned_no_step = False
+        self.backward_calls = 0
+        """``backward()`` calls seen (with ``capture_loss``), inside closures included."""
         self.loss_tap = LossTap(self._on_backward) if capture_loss else None
 
     # ------------------------------------------------------------------------------ hooks
@@ -551,6 +560,7 @@ class GlobalGuard:
 
     def _on_backward(self, calls: int) -> None:
         """Say once that nothing is guarded when ``backward`` keeps coming without a step."""
+        self.backward_calls += 1
         if self._warned_no_step or self._busy_now():
             return
         if calls >= max(self._no_step_after, 2 * self._longest_accumulation):
@@ -635,10 +645,10 @@ class GlobalGuard:
         with self._busy() as busy:
             if busy:
                 return None
+            tapped = self._take_loss()
             hooked = self._guard_for(optimizer)
             # ``args`` holds the optimizer itself first, then step()'s own arguments.
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-            tapped = self._take_loss()
             if closure is None:
                 hooked.before_step(tapped)
                 return None
