@@ -15,7 +15,7 @@ from gradguard.errors import ConfigError, TrainingDivergedError
 from gradguard.integrations import GlobalGuard, HookedGuard, find_model, unwrap_optimizer
 from gradguard.integrations.hooks import LossTap, describe_model
 from gradguard.policy import PolicyConfig
-from gradguard.records import ActionKind
+from gradguard.records import ActionKind, Severity
 from gradguard.sinks import read_jsonl
 
 
@@ -377,6 +377,10 @@ def test_capture_loss_off_leaves_backward_alone(tmp_path: Path) -> None:
     assert [r.loss for r in read_jsonl(tmp_path / "run.jsonl").records] == [None] * 3
 
 
+def _collect(notes: list[str]) -> Callable[[str, Severity], None]:
+    return lambda message, severity: notes.append(f"{severity.value}: {message}")
+
+
 def _update_by_hand(model: nn.Module, steps: int) -> None:
     for step in range(steps):  # as pytorch/examples' word_language_model: no optimizer
         model.zero_grad()
@@ -388,11 +392,11 @@ def _update_by_hand(model: nn.Module, steps: int) -> None:
 
 def test_backward_without_a_step_is_noted_early_and_once() -> None:
     notes: list[str] = []
-    with GlobalGuard(notify=notes.append) as protection:
+    with GlobalGuard(notify=_collect(notes)) as protection:
         _update_by_hand(_model(), 25)
     assert protection.backward_calls == 25
     assert len(notes) == 1
-    assert notes[0].startswith("10 backward() calls and no optimizer.step() yet")
+    assert notes[0].startswith("warning: 10 backward() calls and no optimizer.step() yet")
     assert "NOT protected" in notes[0] and "p.data.add_" in notes[0]
     with pytest.warns(UserWarning, match="NOT protected"), GlobalGuard():  # no notify: a warning
         _update_by_hand(_model(), 10)
@@ -402,7 +406,7 @@ def test_a_long_gradient_accumulation_takes_the_note_back_and_raises_the_bar() -
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     notes: list[str] = []
-    with GlobalGuard(notify=notes.append):
+    with GlobalGuard(notify=_collect(notes)):
         for step in range(3):
             optimizer.zero_grad()
             for k in range(16):  # noted at the 10th call of the first step, never after
@@ -412,31 +416,33 @@ def test_a_long_gradient_accumulation_takes_the_note_back_and_raises_the_bar() -
         _update_by_hand(model, 31)  # below twice the longest accumulation seen (32)
         assert len(notes) == 3
         _update_by_hand(model, 1)
-    assert notes[0].startswith("10 backward() calls and no optimizer.step() yet")
+    assert notes[0].startswith("warning: 10 backward() calls and no optimizer.step() yet")
     assert notes[1] == (
-        "optimizer.step() came after 16 backward() calls (gradient accumulation): the steps "
+        "info: optimizer.step() came after 16 backward() calls (gradient accumulation): the steps "
         "are guarded after all."
     )
-    assert notes[2].startswith("naming the parameters of SGD from model Sequential")
-    assert notes[3].startswith("32 backward() calls and no optimizer.step() since the last one")
+    assert notes[2].startswith("info: naming the parameters of SGD from model Sequential")
+    assert notes[3].startswith(
+        "warning: 32 backward() calls and no optimizer.step() since the last one"
+    )
 
 
 def test_the_model_that_names_the_tensors_is_said() -> None:
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     notes: list[str] = []
-    with GlobalGuard(notify=notes.append) as protection:
+    with GlobalGuard(notify=_collect(notes)) as protection:
         _train(model, optimizer, 2, set())
     assert notes == [
-        "naming the parameters of SGD from model Sequential found in "
+        "info: naming the parameters of SGD from model Sequential found in "
         "test_hooks.py:_train() as `model`"
     ]
     assert protection.guards[0].model is model
     notes.clear()
-    with GlobalGuard(notify=notes.append, models=[model]):
+    with GlobalGuard(notify=_collect(notes), models=[model]):
         _train(model, optimizer, 1, set())
     assert notes == [
-        "naming the parameters of SGD from model Sequential (models[0] of GlobalGuard)"
+        "info: naming the parameters of SGD from model Sequential (models[0] of GlobalGuard)"
     ]
 
 
@@ -445,14 +451,14 @@ def test_tensors_spread_over_several_modules_are_named_after_the_variables() -> 
     encoder, head = nn.Linear(4, 8), nn.Linear(8, 1)
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=0.01)
     notes: list[str] = []
-    with GlobalGuard(notify=notes.append) as protection:
+    with GlobalGuard(notify=_collect(notes)) as protection:
         for step in range(2):
             optimizer.zero_grad()
             x, y = _batch(step)
             nn.functional.mse_loss(head(torch.relu(encoder(x))), y).backward()
             optimizer.step()
     assert notes == [
-        "naming the parameters of Adam from the modules `encoder`, `head` found in "
+        "info: naming the parameters of Adam from the modules `encoder`, `head` found in "
         "test_hooks.py:test_tensors_spread_over_several_modules_are_named_after_the_variables() "
         "(no single nn.Module holds them all)"
     ]
@@ -464,12 +470,12 @@ def test_loose_tensors_are_named_by_position_and_the_note_says_why() -> None:
     notes: list[str] = []
     loose = nn.Parameter(torch.ones(3))
     optimizer = torch.optim.SGD([loose], lr=0.1)
-    with GlobalGuard(notify=notes.append) as protection:
+    with GlobalGuard(notify=_collect(notes)) as protection:
         optimizer.zero_grad()
         (loose**2).sum().backward()
         optimizer.step()
     assert notes == [
-        "no nn.Module holding the 1 tensor of SGD was found: they are named param_groups.G.I "
+        "info: no nn.Module holding the 1 tensor of SGD was found: they are named param_groups.G.I "
         "(group G, index I); to name them, put them in one nn.Module (an nn.ParameterDict will "
         "do) or pass the model to GlobalGuard(models=[...])"
     ]

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from gradguard.cli.errors import fail
+from gradguard.records import Severity
 
 __all__ = ["EXIT_DIVERGED", "EXIT_INTERRUPTED", "run"]
 
@@ -170,7 +171,7 @@ def run(
         log=path,
         sinks=console,  # alerts and interventions only
         metadata=meta,
-        notify=_say if speaks else _silent,
+        notify=_say if speaks and not quiet else _warn if speaks else _silent,
         clip=bound,
         preset=preset,
     )
@@ -203,12 +204,18 @@ def run(
     raise typer.Exit(code)
 
 
-def _say(line: str) -> None:
+def _say(line: str, severity: Severity) -> None:
     """A note of the guard (which model names the tensors, steps that never come) on stderr."""
     print(f"gradguard: {line}", file=sys.stderr, flush=True)
 
 
-def _silent(line: str) -> None:
+def _warn(line: str, severity: Severity) -> None:
+    """``--quiet``: only the notes that say the run is not protected."""
+    if severity is not Severity.INFO:
+        _say(line, severity)
+
+
+def _silent(line: str, severity: Severity) -> None:
     """Ranks other than 0 keep their notes to themselves."""
 
 

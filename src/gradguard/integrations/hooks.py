@@ -49,7 +49,7 @@ from torch.optim.optimizer import (
 
 from gradguard.errors import ConfigError
 from gradguard.guard import Guard, PendingStep
-from gradguard.records import StepRecord
+from gradguard.records import Severity, StepRecord
 from gradguard.recover import scaled_lr
 from gradguard.sinks import JsonlSink, Sink, is_rank_zero
 from gradguard.stats.recurrent import recurrent_weights
@@ -462,7 +462,8 @@ class GlobalGuard:
 
     Notes (which model names the tensors; ``backward()`` called again and again with no
     optimizer step, as in a script that updates its weights by hand, which hooks cannot guard)
-    go to ``notify``, and are kept in :attr:`notes`; without ``notify`` the second kind is
+    go to ``notify`` with their severity (INFO, WARNING), and are kept in :attr:`notes`;
+    without ``notify`` the second kind is
     issued as a :class:`UserWarning`.
 
     Args:
@@ -472,7 +473,7 @@ class GlobalGuard:
         capture_loss: watch ``backward`` for the loss (and for steps that never come);
             ``False`` judges gradients only.
         models: modules to name the tensors from, tried before the search.
-        notify: receives each note as one line.
+        notify: receives each note as one line, with its severity.
         no_step_warning_after: ``backward()`` calls without an optimizer step before the note
             that nothing is guarded (twice the longest accumulation seen, once steps came).
         guard_options: keyword arguments of :class:`~gradguard.guard.Guard`.
@@ -486,7 +487,7 @@ class GlobalGuard:
         metadata: Mapping[str, Any] | None = None,
         capture_loss: bool = True,
         models: Iterable[nn.Module] = (),
-        notify: Callable[[str], None] | None = None,
+        notify: Callable[[str, Severity], None] | None = None,
         no_step_warning_after: int = NO_STEP_WARNING_AFTER,
         **guard_options: Any,
     ) -> None:
@@ -551,11 +552,11 @@ class GlobalGuard:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    def _note(self, message: str, *, warn: bool = False) -> None:
+    def _note(self, message: str, severity: Severity = Severity.INFO) -> None:
         self.notes.append(message)
         if self.notify is not None:
-            self.notify(message)
-        elif warn:
+            self.notify(message, severity)
+        elif severity is not Severity.INFO:
             warnings.warn(message, UserWarning, stacklevel=5)  # the script's backward()
 
     def _on_backward(self, calls: int) -> None:
@@ -573,7 +574,7 @@ class GlobalGuard:
                 "(torch.optim.SGD(model.parameters(), lr=lr) does the same update), or call "
                 "gradguard.Guard in the script. (Gradient accumulation over more micro-batches "
                 "looks the same until its step comes.)",
-                warn=True,
+                Severity.WARNING,
             )
 
     def _steps_came(self, calls: int) -> None:
