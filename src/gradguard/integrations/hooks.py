@@ -17,9 +17,11 @@ the guard runs in two halves around it (:meth:`Guard.begin_step` and :meth:`Guar
 ``torch.optim.optimizer.register_optimizer_step_pre_hook``/``..._post_hook`` (what
 ``gradguard run`` does) and names the tensors after the module that holds the optimizer's
 parameters. It sees the loss through :class:`LossTap`, which wraps ``torch.autograd.backward``
-(hence ``loss.backward()``) to keep, on the device, the mean of the scalars that ``backward``
-was called on since the last optimizer step (the micro-batch losses under gradient accumulation;
-a ``step(closure)`` call hands its loss over directly). What hooks cannot see: a loss scaled by a
+(hence ``loss.backward()``) to keep, on the device, the sum of the scalars that ``backward``
+was called on since the last optimizer step (the micro-batch losses under gradient accumulation,
+which add up to the batch loss; a ``step(closure)`` call hands its loss over directly). It also
+counts ``backward`` calls, to tell a script that updates its weights by hand (no optimizer step
+ever comes) that it is not protected. What hooks cannot see: a loss scaled by a
 ``GradScaler`` before ``backward`` is seen scaled (the loss rules are ratios, so only a change of
 the scale shows, as a factor of two); and a learning-rate scheduler that the script steps itself
 also advances on skipped steps.
