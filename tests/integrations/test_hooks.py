@@ -464,6 +464,7 @@ def test_tensors_spread_over_several_modules_are_named_after_the_variables() -> 
     ]
     names = [name for name, _ in protection.guards[0].guard._named]
     assert names == ["encoder.weight", "encoder.bias", "head.weight", "head.bias"]
+    assert protection.summary()[0]["model"] == "encoder+head"
 
 
 def test_loose_tensors_are_named_by_position_and_the_note_says_why() -> None:
@@ -475,9 +476,10 @@ def test_loose_tensors_are_named_by_position_and_the_note_says_why() -> None:
         (loose**2).sum().backward()
         optimizer.step()
     assert notes == [
-        "info: no nn.Module holding the 1 tensor of SGD was found: they are named param_groups.G.I "
-        "(group G, index I); to name them, put them in one nn.Module (an nn.ParameterDict will "
-        "do) or pass the model to GlobalGuard(models=[...])"
+        "info: no nn.Module holding the 1 tensor of SGD was found: they are named by position, "
+        "param_groups.G.I (group G, index I); to name them, put them in one nn.Module (an "
+        "nn.ParameterDict will do) or pass the model to GlobalGuard(models=[...])"
     ]
     assert [name for name, _ in protection.guards[0].guard._named] == ["param_groups.0.0"]
+    assert protection.summary()[0]["model"] == "SGD tensors"
     assert torch.allclose(loose, torch.full((3,), 0.8))  # and it is guarded: the step applied

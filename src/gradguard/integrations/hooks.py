@@ -94,6 +94,7 @@ class _OptimizerParameters(nn.Module):
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         super().__init__()
+        self._gradguard_label = f"{type(optimizer).__name__} tensors"
         self.param_groups = nn.ModuleList(
             nn.ParameterList(list(group["params"])) for group in optimizer.param_groups
         )
@@ -135,12 +136,18 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     """What the report's advisor reads from a log header: recurrent, cell, stacked layers."""
     weights = recurrent_weights(model)
     if not weights:
-        return {"class": type(model).__name__, "recurrent": False}
+        return {"class": _label(model), "recurrent": False}
     kinds = {w.kind for w in weights}
     kind = kinds.pop() if len(kinds) == 1 else None
     cell = "RNN" if kind in ("RNN_TANH", "RNN_RELU") else kind
     layers = len({(id(w.module), w.layer) for w in weights})
-    return {"class": type(model).__name__, "recurrent": True, "cell": cell, "num_layers": layers}
+    return {"class": _label(model), "recurrent": True, "cell": cell, "num_layers": layers}
+
+
+def _label(model: nn.Module) -> str:
+    """The model's class, or what a stand-in model is made of (``encoder+head``)."""
+    label = model.__dict__.get("_gradguard_label")
+    return label if isinstance(label, str) else type(model).__name__
 
 
 def _drop_grads(optimizer: torch.optim.Optimizer) -> None:
@@ -369,6 +376,7 @@ class _FoundModules(nn.Module):
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         super().__init__()
+        self._gradguard_label = "+".join(modules)
         for name, module in modules.items():
             self.add_module(name if not hasattr(self, name) else f"{name}_", module)
 
@@ -426,7 +434,7 @@ def name_parameters(optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None,
         return _FoundModules(modules), line
     tensors = _count(len(wanted), "tensor")
     return None, (
-        f"no nn.Module holding the {tensors} of {label} was found: they are named "
+        f"no nn.Module holding the {tensors} of {label} was found: they are named by position, "
         "param_groups.G.I (group G, index I); to name them, put them in one nn.Module (an "
         "nn.ParameterDict will do) or pass the model to GlobalGuard(models=[...])"
     )
@@ -693,7 +701,7 @@ class GlobalGuard:
         return [
             {
                 "optimizer": type(h.optimizer).__name__,
-                "model": type(h.model).__name__,
+                "model": _label(h.model),
                 **h.guard.summary(),
             }
             for h in self.guards
