@@ -164,14 +164,15 @@ def run(
 
     # Under torchrun only rank 0 speaks: RANK is set before the script initialises the process
     # group, and RankZeroSink asks the group itself once it exists.
-    speaks = is_launch_rank_zero()
-    console = [RankZeroSink(ConsoleSink(every=10**9))] if speaks and not quiet else []
+    console = (
+        [RankZeroSink(ConsoleSink(every=10**9))] if is_launch_rank_zero() and not quiet else []
+    )
     meta = {"source": "gradguard run", "script": str(script), "argv": script_args}
     protection = GlobalGuard(
         log=path,
         sinks=console,  # alerts and interventions only
         metadata=meta,
-        notify=_say if speaks and not quiet else _warn if speaks else _silent,
+        notify=_warn if quiet else _say,
         clip=bound,
         preset=preset,
     )
@@ -186,13 +187,13 @@ def run(
             code, ending = EXIT_INTERRUPTED, "interrupted (Ctrl-C)"
         except TrainingDivergedError as exc:
             code, ending = EXIT_DIVERGED, "stopped by gradguard"
-            if speaks:  # every rank reached the same decision
+            if is_launch_rank_zero():  # every rank reached the same decision
                 print(f"gradguard: {exc}", file=sys.stderr)
         except Exception as exc:  # the script's own error: show it as python would
             _print_script_traceback(exc, script)
             code, ending = 1, f"raised {type(exc).__name__}"
     reports = _build_reports(protection.logs) if report else []
-    if speaks and is_launch_rank_zero():
+    if is_launch_rank_zero():
         _print_summary(
             script,
             ending,
@@ -205,18 +206,17 @@ def run(
 
 
 def _say(line: str, severity: Severity) -> None:
-    """A note of the guard (which model names the tensors, steps that never come) on stderr."""
-    print(f"gradguard: {line}", file=sys.stderr, flush=True)
+    """A note of the guard (which model names the tensors, steps that never come), rank 0 only."""
+    from gradguard.integrations.hooks import is_launch_rank_zero
+
+    if is_launch_rank_zero():
+        print(f"gradguard: {line}", file=sys.stderr, flush=True)
 
 
 def _warn(line: str, severity: Severity) -> None:
     """``--quiet``: only the notes that say the run is not protected."""
     if severity is not Severity.INFO:
         _say(line, severity)
-
-
-def _silent(line: str, severity: Severity) -> None:
-    """Ranks other than 0 keep their notes to themselves."""
 
 
 def _build_reports(logs: Sequence[Path]) -> list[Path]:
