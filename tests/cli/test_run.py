@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import runpy
 import subprocess
 import sys
@@ -194,21 +193,17 @@ for step in range(30):
 def test_a_script_that_updates_weights_by_hand_is_told_early(tmp_path: Path) -> None:
     script = tmp_path / "manual.py"
     script.write_text(MANUAL, encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-c", "from gradguard.cli import main; main()", "run", str(script)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-        env={**os.environ, "GRADGUARD_LOG": str(tmp_path / "m.jsonl")},
-    )
-    assert proc.returncode == 0, proc.stderr
+    code, out, err = _run("--log", str(tmp_path / "m.jsonl"), str(script))
+    assert code == EXIT_OK, err
+    assert "step 12" in out
     note = "gradguard: 10 backward() calls and no optimizer.step() yet"
-    assert note in proc.stderr and "are NOT protected" in proc.stderr
-    assert proc.stderr.index(note) < proc.stderr.index("manual.py finished")
+    assert note in err and "are NOT protected" in err
+    assert err.index(note) < err.index("manual.py finished")
     assert "backward() ran 30 times: weights updated by the script itself are not protected" in (
-        " ".join(proc.stderr.split())
+        " ".join(err.split())
     )
+    code, _, err = _run("--quiet", "--log", str(tmp_path / "q.jsonl"), str(script))
+    assert code == EXIT_OK and note in err  # a warning, not a note: --quiet keeps it
 
 
 def test_options_from_the_environment_where_torchrun_takes_the_command_line(
