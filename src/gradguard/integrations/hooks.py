@@ -465,9 +465,10 @@ class GlobalGuard:
     tensors after the module that holds them (see :func:`name_parameters`) and says which one in
     a note. ``optimizer.step(closure)`` is supported: the hook evaluates the closure once before
     the optimizer starts, judges that evaluation, and hands its loss to the optimizer's first
-    call, so a skip, a clip and a learning-rate back-off hold for the whole step (L-BFGS reads
-    its rate before its first closure call); the logged loss is that first evaluation's, the
-    loss at the weights the step starts from. Otherwise the loss is the sum of what ``backward``
+    call, so a skip and a learning-rate back-off hold for the whole step (L-BFGS reads its rate
+    before its first closure call); the logged loss is that first evaluation's, the loss at the
+    weights the step starts from. A clip scales that evaluation's gradient; L-BFGS's further
+    evaluations within the step are not judged (each would cost a host sync). Otherwise the loss is the sum of what ``backward``
     was called on since the last step (see :class:`LossTap`).
 
     Notes (which model names the tensors; ``backward()`` called again and again with no
