@@ -483,3 +483,19 @@ def test_loose_tensors_are_named_by_position_and_the_note_says_why() -> None:
     assert [name for name, _ in protection.guards[0].guard._named] == ["param_groups.0.0"]
     assert protection.summary()[0]["model"] == "SGD tensors"
     assert torch.allclose(loose, torch.full((3,), 0.8))  # and it is guarded: the step applied
+
+
+def test_a_model_held_deeper_than_a_variable_is_found_among_live_objects() -> None:
+    holder = {"nets": [_model()]}
+    optimizer = torch.optim.SGD(holder["nets"][0].parameters(), lr=0.1)
+    notes: list[str] = []
+    with GlobalGuard(notify=_collect(notes)) as protection:
+        optimizer.zero_grad()
+        x, y = _batch(0)
+        nn.functional.mse_loss(holder["nets"][0](x), y).backward()
+        optimizer.step()
+    assert notes == [
+        "info: naming the parameters of SGD from model Sequential found in the live objects "
+        "(deeper than a variable or its attribute)"
+    ]
+    assert protection.guards[0].model is holder["nets"][0]

@@ -414,7 +414,9 @@ def name_parameters(optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None,
     model = find_model(optimizer)
     frames = _script_frames()
     if model is not None:
-        where = locate(model, frames) or "the live objects (no variable of the script holds it)"
+        where = (
+            locate(model, frames) or "the live objects (deeper than a variable or its attribute)"
+        )
         return (
             model,
             f"naming the parameters of {label} from model {type(model).__name__} found in {where}",
@@ -468,8 +470,9 @@ class GlobalGuard:
     call, so a skip and a learning-rate back-off hold for the whole step (L-BFGS reads its rate
     before its first closure call); the logged loss is that first evaluation's, the loss at the
     weights the step starts from. A clip scales that evaluation's gradient; L-BFGS's further
-    evaluations within the step are not judged (each would cost a host sync). Otherwise the loss is the sum of what ``backward``
-    was called on since the last step (see :class:`LossTap`).
+    evaluations within the step are not judged (each would cost a host sync). Otherwise the
+    loss is the sum of what ``backward`` was called on since the last step (see
+    :class:`LossTap`).
 
     Notes (which model names the tensors; ``backward()`` called again and again with no
     optimizer step, as in a script that updates its weights by hand, which hooks cannot guard)
