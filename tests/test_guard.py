@@ -233,7 +233,9 @@ def test_abort_raises_with_advice_and_the_record() -> None:
     sink = _Sink()
     config = PolicyConfig(consecutive_limit=1, max_rollbacks=1)
     guard = Guard(model, opt, policy=config, sinks=[sink])
-    guard.step(_backward(model, opt, poison=math.nan))
+    guard.step(_backward(model, opt, poison=math.nan))  # rollback: the budget of one is spent
+    last = guard.step(_backward(model, opt, poison=math.nan))  # the last resort, then give up
+    assert last.action is ActionKind.ROLLBACK and "Last resort" in last.message
     with pytest.raises(TrainingDivergedError, match="lower the learning rate") as err:
         guard.step(_backward(model, opt, poison=math.nan))
     record = err.value.record
@@ -401,6 +403,7 @@ def test_disk_snapshots_resume_a_crashed_run(tmp_path: Path) -> None:
     assert guard.store.steps() == [0, 5, 10]
     weights, moments = _params(model), opt.state_dict()["state"][0]["exp_avg"].clone()
     state = guard.state_dict()
+    guard.close()  # a crashed process releases snapshot_dir's lock with its file descriptors
     # A new process: fresh objects, same directory.
     model2 = _mlp(seed=9)
     opt2 = torch.optim.Adam(model2.parameters(), lr=0.01)
@@ -411,7 +414,7 @@ def test_disk_snapshots_resume_a_crashed_run(tmp_path: Path) -> None:
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], moments)
     assert sched2.last_epoch == 10 and guard2.state_dict()["counters"] == state["counters"]
     with pytest.raises(SnapshotError, match="snapshot_dir"):
-        Guard(_mlp(), torch.optim.SGD(_mlp().parameters(), 0.1), snapshot_every=None).resume()
+        Guard(model, torch.optim.SGD(model.parameters(), 0.1), snapshot_every=None).resume()
 
 
 @pytest.mark.parametrize(

@@ -250,9 +250,14 @@ def test_backoffs_in_one_incident_then_rollback() -> None:
 
 def test_rollback_budget_exhausted_aborts_with_advice() -> None:
     policy = EscalationPolicy(PolicyConfig(max_rollbacks=2, consecutive_limit=1))
-    kinds = [policy.decide(_obs(t, norm=math.nan)).action.kind for t in range(3)]
-    assert kinds == [ActionKind.ROLLBACK, ActionKind.ROLLBACK, ActionKind.ABORT]
-    abort = policy.decide(_obs(3, norm=math.nan))
+    decisions = [policy.decide(_obs(t, norm=math.nan)) for t in range(5)]
+    kinds = [d.action.kind for d in decisions]
+    # Two rollbacks spend the budget; the third enters the last resort (tight clip, rate capped)
+    # with a fresh budget of two; only when that is spent too does the run stop.
+    assert kinds == [ActionKind.ROLLBACK] * 4 + [ActionKind.ABORT]
+    assert "Last resort" in decisions[2].action.message
+    assert "Last resort" not in decisions[3].action.message
+    abort = policy.decide(_obs(5, norm=math.nan))
     assert abort.action.reason is Reason.BUDGET_EXHAUSTED
     text = abort_advice(policy.history(), lr=0.1, culprits=("rnn.weight_hh_l0",))
     for advice in (

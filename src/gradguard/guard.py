@@ -20,10 +20,14 @@ One :meth:`Guard.step` after ``loss.backward()``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
+import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -33,23 +37,33 @@ from gradguard.detect import Detector, Preset
 from gradguard.errors import ConfigError, SnapshotError, TrainingDivergedError, check_positive
 from gradguard.monitor import Monitor
 from gradguard.policy import EPS, ClipMode, Decision, EscalationPolicy, PolicyConfig, abort_advice
-from gradguard.records import ActionKind, Alert, Observation, StepRecord
+from gradguard.records import Action, ActionKind, Alert, Observation, Reason, StepRecord
 from gradguard.recover import (
     DiskSnapshotStore,
     MemorySnapshotStore,
+    RateCeiling,
     SnapshotStore,
     capture_rng_state,
     reset_optimizer_state_,
     restore_rng_state,
-    scaled_lr,
 )
 from gradguard.sinks import Sink, with_default_logging
 from gradguard.stats import GradStats, NamedTensors, measure, reduce_across_ranks
+from gradguard.stats.params import local_tensor
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-__all__ = ["Guard", "PendingStep"]
+__all__ = ["GiveUp", "Guard", "PendingStep"]
+
+GiveUp: TypeAlias = Literal["raise", "stop", "continue"]
+"""What the guard does when every rescue failed: raise, ask the loop to stop, or go on."""
+
+_FP16_MAX = 65504.0
+_SCALER_HEADROOM = 2.0**6
+"""A GradScaler overflow is the scale's doing only while ``scale * healthy norm`` reaches within
+this factor of float16's largest value (gradients inside backward can exceed the final norm);
+below that the scale cannot be what overflowed, so the non-finite gradient is a real fault."""
 
 _STATE_VERSION = 1
 _COUNTERS = (
@@ -105,7 +119,8 @@ class Guard:
             ``scaler.scale(loss).backward()`` and do not call ``scaler.step`` yourself.
         scheduler: a learning-rate scheduler stepped once per *applied* optimizer step (a
             skipped step does not advance the schedule). Do not call ``scheduler.step()``
-            yourself.
+            yourself. ``ReduceLROnPlateau`` is refused: it needs a validation metric the guard
+            does not have; step it yourself (``plateau.step(val_loss)``) and pass ``None``.
         clip: ``"auto"`` (the default) never clips a healthy step, and while an incident is
             open (and for ``policy.restore_after`` steps after an escalation) clips to the run's
             own healthy scale, the median of recent healthy norms (1.0 before any was seen). A
@@ -123,7 +138,10 @@ class Guard:
             ``policy.quiet`` steps without a warning); ``None`` disables snapshots and thereby
             rollback (the guard then resets optimizer moments instead).
         snapshot_keep: how many snapshots to keep (bounded memory or disk).
-        snapshot_dir: write snapshots atomically into this directory instead of memory.
+        snapshot_dir: write snapshots atomically into this directory instead of memory. The
+            guard locks it, and refuses to step while it holds another run's snapshots unless
+            :meth:`resume` continues that run. When a write fails (disk full, read-only or
+            deleted folder) the guard warns once and keeps its snapshots in memory instead.
         sinks: receive one :class:`~gradguard.records.StepRecord` per step.
         monitor: a ready :class:`~gradguard.monitor.Monitor` (its sinks get its own records);
             ``None`` builds one on the guarded parameters from ``preset`` and ``detectors``.
@@ -136,10 +154,18 @@ class Guard:
             :class:`~gradguard.monitor.Monitor`). Norms are reduced before clipping and deciding,
             so every rank takes the same action.
         sharded_grads: as for :class:`~gradguard.monitor.Monitor` (same rule with ``monitor``).
+        on_give_up: when every rescue failed (the rollback budget spent, then the last resort of
+            tight clipping with the rate capped spent too): ``"raise"`` (the default) raises
+            :class:`~gradguard.errors.TrainingDivergedError` with advice; ``"stop"`` sets
+            :attr:`should_stop` and skips every later step (for framework loops that poll it);
+            ``"continue"`` skips the failing step and carries on in the last resort. In every
+            case the weights are left finite.
 
     Raises:
-        ConfigError: an argument is out of range or of the wrong kind, or ``process_group`` /
-            ``sharded_grads`` come with a ready ``monitor``.
+        ConfigError: an argument is out of range or of the wrong kind, the model does not hold
+            every parameter of the optimizer, or ``process_group`` / ``sharded_grads`` come with
+            a ready ``monitor``.
+        SnapshotError: ``snapshot_dir`` cannot be created, or another guard has it open.
     """
 
     def __init__(
@@ -161,6 +187,7 @@ class Guard:
         restore_rng: bool = False,
         process_group: ProcessGroup | None = None,
         sharded_grads: bool | None = None,
+        on_give_up: GiveUp = "raise",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(
@@ -172,10 +199,31 @@ class Guard:
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__} "
                 f"{optimizer!r:.80}. Pass the optimizer whose step() the guard replaces."
             )
+        if on_give_up not in ("raise", "stop", "continue"):
+            raise ConfigError(
+                f"on_give_up must be 'raise', 'stop' or 'continue', got {on_give_up!r}. 'raise' "
+                "(the default) stops a script with advice; 'stop' sets guard.should_stop for "
+                "framework loops."
+            )
+        self.on_give_up: GiveUp = on_give_up
+        self.should_stop = False
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ConfigError(
+                f"scheduler={type(scheduler).__name__} needs the metric it watches "
+                "(scheduler.step(val_loss)), and the guard, which steps its scheduler after every "
+                "applied step, has none. Step it yourself once per validation and pass "
+                "scheduler=None; the guard's learning-rate backoff scales whatever rate it sets."
+            )
+        self._named = _guarded_parameters(model, optimizer)
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
         self.scheduler = scheduler
+        self.rates = RateCeiling(optimizer)
+        closure_param = inspect.signature(optimizer.step).parameters.get("closure")
+        self._needs_closure = (
+            closure_param is not None and closure_param.default is closure_param.empty
+        )
         self._clipper: Clipper | None = None
         mode: ClipMode
         if clip is None or clip == "auto":
@@ -210,14 +258,9 @@ class Guard:
                 "50 keeps the snapshot cost under 1% of the step time of a small model."
             )
         self.snapshot_every = snapshot_every
-        self.store: SnapshotStore = (
-            DiskSnapshotStore(snapshot_dir, keep=snapshot_keep)
-            if snapshot_dir is not None
-            else MemorySnapshotStore(keep=snapshot_keep)
-        )
+        self._shapes = _shapes(model)
         self.restore_rng = bool(restore_rng)
         self.sinks: tuple[Sink, ...] = with_default_logging(sinks)
-        self._named = _guarded_parameters(model, optimizer)
         if monitor is not None and (process_group is not None or sharded_grads is not None):
             raise ConfigError(
                 f"process_group={process_group!r} and sharded_grads={sharded_grads!r} apply to "
@@ -235,17 +278,34 @@ class Guard:
                 sharded_grads=sharded_grads,
             )
         )
+        # Last, so that a refused argument above leaves no lock on snapshot_dir behind.
+        self.store: SnapshotStore = (
+            DiskSnapshotStore(snapshot_dir, keep=snapshot_keep)
+            if snapshot_dir is not None
+            else MemorySnapshotStore(keep=snapshot_keep)
+        )
+        # Another run's snapshots in snapshot_dir: refuse to step until resume() adopts them.
+        self._foreign: str | None = None
+        store = self.store
+        if snapshot_every is not None and isinstance(store, DiskSnapshotStore):
+            self._foreign = store.conflict() if store.other_runs() else None
         self._step = 0
         self._progress = 0  # applied steps the weights reflect (rollbacks take some back)
         self._since_snapshot = 0
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._last_culprits: tuple[str, ...] = ()
         self._restored: tuple[int, int] | None = None  # (incident start, key) of the last rollback
-        if snapshot_every is not None and not self.store.steps():
+        self._last_applied = False  # the last step was applied on finite gradients
+        if snapshot_every is not None and self._foreign is None:
             self.snapshot()
 
     # ------------------------------------------------------------------------------ the step
-    def step(self, loss: Tensor | float | None = None) -> StepRecord:
+    def step(
+        self,
+        loss: Tensor | float | None = None,
+        *,
+        closure: Callable[[], Any] | None = None,
+    ) -> StepRecord:
         """Measure, detect, decide, clip and step (or not); call it instead of ``optimizer.step()``.
 
         Call it once per optimizer step, after ``backward`` (with gradient accumulation: after
@@ -254,6 +314,11 @@ class Guard:
         Args:
             loss: the loss of this step (a tensor stays on the device until the one transfer),
                 or ``None``.
+            closure: for optimizers that re-evaluate the model (``LBFGS``): the closure you
+                would pass to ``optimizer.step`` (zero the gradients, forward, backward, return
+                the loss). The guard calls it once to measure and decide; the optimizer's first
+                evaluation reuses that result (with the gradients as clipped), later ones call
+                it again. Do not call ``backward`` yourself then, nor pass ``loss``.
 
         Returns:
             The :class:`~gradguard.records.StepRecord` of what was done and why.
@@ -262,11 +327,52 @@ class Guard:
             TrainingDivergedError: the policy spent its rescue budget; the message says what
                 happened and what to try. The record is attached as ``err.record``.
         """
-        pending = self.begin_step(loss)
+        if closure is None:
+            if self._needs_closure:
+                raise ConfigError(
+                    f"{type(self.optimizer).__name__} re-evaluates the model inside its step, so "
+                    "it needs the closure: call guard.step(closure=closure) with the function "
+                    "you would pass to optimizer.step (zero_grad, forward, backward, return loss)."
+                )
+            pending = self.begin_step(loss)
+            if pending.decision.apply:
+                with self.learning_rate(pending):
+                    self.optimizer.step()
+            return self.finish_step(pending)
+        if loss is not None:
+            raise ConfigError(
+                "pass either loss or closure to Guard.step, not both: with a closure the guard "
+                "computes the loss itself (guard.step(closure=closure))."
+            )
+        if not callable(closure):
+            raise ConfigError(
+                f"closure must be callable (zero_grad, forward, backward, return the loss), got "
+                f"{closure!r:.80}."
+            )
+        with torch.enable_grad():
+            first = [closure()]
+        pending = self.begin_step(first[0])
+
+        def replay() -> Any:
+            if first:  # the optimizer's first evaluation: the gradients measured above
+                return first.pop()
+            with torch.enable_grad():
+                return closure()
+
         if pending.decision.apply:
-            with scaled_lr(self.optimizer, pending.decision.lr_scale):
-                self.optimizer.step()
+            with self.learning_rate(pending):
+                self.optimizer.step(replay)
         return self.finish_step(pending)
+
+    @contextlib.contextmanager
+    def learning_rate(self, pending: PendingStep) -> Iterator[None]:
+        """Inside the block every group's rate is what ``pending`` decided (backoffs, ceilings).
+
+        For callers of :meth:`begin_step` that step the optimizer themselves: wrap that call.
+        """
+        self.rates.set_scale(pending.decision.lr_scale)
+        with self.rates.applied():
+            yield
 
     def begin_step(self, loss: Tensor | float | None = None) -> PendingStep:
         """First half of :meth:`step`: measure, observe, decide, and clip in place.
@@ -283,9 +389,11 @@ class Guard:
         Returns:
             The :class:`PendingStep` to pass to :meth:`finish_step`.
         """
+        if self._foreign is not None:
+            raise SnapshotError(self._foreign)
         scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
+        if scaler is not None and not _unscaled(scaler, self.optimizer):
+            scaler.unscale_(self.optimizer)  # unless the script did (to clip), as nanoGPT does
         stats = measure(self._named)
         # Global norms before clipping or deciding, so every rank clips and decides alike.
         group = self.monitor.process_group
@@ -299,7 +407,22 @@ class Guard:
         obs = self.monitor.last
         if obs is None:  # pragma: no cover - Monitor.observe always sets it
             raise RuntimeError("Monitor.observe() left no observation")
-        overflow = scaler is not None and obs.loss_finite and not obs.finite
+        overflow = False
+        if not obs.finite or not obs.loss_finite:
+            # Rare path (a fault): one more host read each, to tell what went wrong.
+            overflow = scaler is not None and obs.loss_finite and self._scale_overflowed(scaler)
+            local = self.monitor.process_group is None  # a rank-local read must not decide
+            if not overflow and local and not _all_finite(self._params()):
+                obs = dataclasses.replace(obs, param_norm=math.nan)  # the weights are corrupt
+        if self.should_stop:
+            action = Action(
+                ActionKind.SKIP,
+                Reason.BUDGET_EXHAUSTED,
+                "The guard gave up earlier (on_give_up='stop'): step skipped; stop the loop "
+                "when guard.should_stop is set.",
+            )
+            decision = Decision(action, apply=False, lr_scale=self.policy.lr_scale)
+            return PendingStep(self._step, obs, tuple(alerts), decision, overflow)
         decision = self.policy.decide(
             obs,
             alerts,
@@ -340,14 +463,23 @@ class Guard:
                 self.scheduler.step()
             self._progress += 1
         if scaler is not None:
-            scaler.update()
+            if obs.finite or overflow:
+                scaler.update()
+            else:
+                # A real fault, not the scale's: keep the scale, or intermittent faults halve
+                # it to nothing and every later gradient underflows to zero.
+                scaler.update(new_scale=scaler._scale)
         rolled_back_to, lost, message = None, 0, decision.action.message
+        cause = ""
+        if decision.action.reason is Reason.NONFINITE_PARAM:
+            cause = f" {self._nonfinite_weights_cause()}"
         if decision.reset_baselines:
             self.monitor.reset_detectors()
         if kind is ActionKind.ROLLBACK:
             rolled_back_to, lost, message = self._rollback(decision)
         elif kind is ActionKind.RESET_OPTIMIZER_STATE:
             reset_optimizer_state_(self.optimizer)
+        message += cause
         self._count(decision, overflow, lost)
         self._last_culprits = tuple(name for name, _ in obs.top[:3])
         record = StepRecord(
@@ -369,9 +501,8 @@ class Guard:
         for sink in self.sinks:
             sink.write(record)
         if kind is ActionKind.ABORT:
-            lr = record.lr
-            advice = abort_advice(self.policy.history(), lr=lr, culprits=self._last_culprits)
-            raise TrainingDivergedError(advice, record)
+            self._give_up(record)
+        self._last_applied = decision.apply and obs.finite
         if decision.apply:
             self._since_snapshot += 1
             self._maybe_snapshot()
@@ -392,8 +523,54 @@ class Guard:
     def _effective_lr(self, scale: float) -> float | None:
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer.param_groups else None
         if isinstance(lr, (int, float)):
-            return float(lr) * scale
+            self.rates.set_scale(scale)
+            return self.rates.rate(0, float(lr))
         return None  # a tensor learning rate would need a host sync to read
+
+    def _params(self) -> list[Tensor]:
+        return [local_tensor(p) for _, p in self._named]
+
+    def _scale_overflowed(self, scaler: torch.amp.GradScaler) -> bool:
+        """Whether a non-finite gradient under a finite loss is the GradScaler's own overflow.
+
+        Only a scale that puts the healthy gradients near float16's range can overflow them;
+        before any healthy norm exists (a scaler warming up from a huge ``init_scale``), any
+        scale above 1 can.
+        """
+        scale = float(scaler.get_scale())  # HOST SYNC: rare path, a fault step only
+        typical = self.policy.healthy_norm()
+        if typical is None:
+            return scale > 1.0
+        return scale * typical * _SCALER_HEADROOM >= _FP16_MAX
+
+    def _nonfinite_weights_cause(self) -> str:
+        """Why the weights may have become non-finite, for the rollback's message."""
+        if not self._last_applied:
+            return "Restored from a snapshot."
+        half = any(p.dtype in (torch.float16, torch.bfloat16) for p in self._params())
+        eps = [g.get("eps") for g in self.optimizer.param_groups]
+        tiny = [e for e in eps if isinstance(e, float) and e < 6e-8]
+        name = type(self.optimizer).__name__
+        if half and tiny:
+            return (
+                f"The last optimizer step was applied on finite gradients, so {name}'s update "
+                f"itself produced them: with half-precision weights its eps={tiny[0]:g} rounds "
+                "to 0, and a zero gradient divides 0 by 0. Keep fp32 master weights (torch.amp "
+                "autocast with a GradScaler) or raise eps to 1e-4 or more."
+            )
+        return (
+            f"The last optimizer step was applied on finite gradients, so {name}'s update itself "
+            "produced them (an overflow inside the optimizer, or a weight changed outside it)."
+        )
+
+    def _give_up(self, record: StepRecord) -> None:
+        """Every rescue failed: leave finite weights, then raise, ask to stop, or go on."""
+        if not _all_finite(self._params()) and self.store.steps():
+            self._restore(self._load_readable(self.store.steps()[-1])[1])
+        if self.on_give_up == "raise":
+            advice = abort_advice(self.policy.history(), lr=record.lr, culprits=self._last_culprits)
+            raise TrainingDivergedError(advice, record)
+        self.should_stop = self.should_stop or self.on_give_up == "stop"
 
     def _count(self, decision: Decision, overflow: bool, lost: int) -> None:
         c, kind = self.counters, decision.action.kind
@@ -431,13 +608,23 @@ class Guard:
         hold the guard's whole state (policy budgets, monitor history, clipper), which only
         :meth:`resume` after a crash needs; a rollback keeps the budgets live, so memory
         snapshots skip it (the monitor's history is most of the copying cost for a small model).
+        Every snapshot names the model's parameters and shapes, checked before it is restored.
+
+        When a disk snapshot cannot be written the guard warns once, keeps this snapshot and the
+        following ones in memory, and training goes on.
+
+        Raises:
+            SnapshotError: ``snapshot_dir`` holds another run's snapshots (see :meth:`resume`).
         """
+        if self._foreign is not None:
+            raise SnapshotError(self._foreign)
         self.counters["snapshots"] += 1
         self._since_snapshot = 0
         # HOST SYNC: copying the state to the CPU (or disk), once every `snapshot_every` steps.
         state: dict[str, Any] = {
             "step": self._step,
             "progress": self._progress,
+            "shapes": self._shapes,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -448,11 +635,80 @@ class Guard:
             "guard": self.state_dict() if isinstance(self.store, DiskSnapshotStore) else None,
         }
         try:
-            self.store.save(self._step, state)
+            try:
+                self.store.save(self._step, state)
+            except SnapshotError as err:
+                if not isinstance(self.store, DiskSnapshotStore):
+                    raise
+                self._snapshots_to_memory(err)
+                self.store.save(self._step, {**state, "guard": None})
         except BaseException:
             self.counters["snapshots"] -= 1
             raise
         return self._step
+
+    def _snapshots_to_memory(self, err: SnapshotError) -> None:
+        """A disk snapshot failed: warn once and keep snapshots in memory from now on."""
+        disk = self.store
+        self.store = MemorySnapshotStore(keep=disk.keep)
+        if isinstance(disk, DiskSnapshotStore):
+            disk.close()
+        warnings.warn(
+            f"snapshots disabled: {err}; rollback falls back to the in-memory snapshot. Training "
+            "goes on with snapshots kept in memory; free space or fix the folder and call "
+            "Guard(..., snapshot_dir=...) anew to write them to disk again.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _load(self, key: int) -> dict[str, Any]:
+        """The snapshot of ``key``, refused when it was taken from a differently shaped model."""
+        state = self.store.load(key)
+        theirs = state.get("shapes")
+        if theirs is not None and theirs != self._shapes:
+            diff = sorted(set(theirs.items()) ^ set(self._shapes.items()))[:3]
+            raise SnapshotError(
+                f"the snapshot of step {key} was taken from a model with other parameters than "
+                f"this one (first differences, name and shape: {diff!r}). Build the model of "
+                "that run before resuming, or pass a fresh snapshot_dir to start a new run."
+            )
+        return state
+
+    def _load_readable(self, key: int) -> tuple[int, dict[str, Any], str]:
+        """Load ``key``, else the nearest snapshot that loads: older ones first, then newer.
+
+        A damaged file (truncated, bit rot, a partial copy) must not stop a rescue while intact
+        snapshots exist. Returns the key loaded, its state, and a note naming what was skipped.
+
+        Raises:
+            SnapshotError: no stored snapshot loads.
+        """
+        steps = self.store.steps()
+        candidates = [s for s in reversed(steps) if s <= key] + [s for s in steps if s > key]
+        failures: list[str] = []
+        skipped: list[int] = []
+        for candidate in candidates:
+            try:
+                state = self._load(candidate)
+            except SnapshotError as err:
+                failures.append(str(err))
+                skipped.append(candidate)
+                continue
+            if not failures:
+                return candidate, state, ""
+            warnings.warn(
+                f"{' '.join(failures)} Restored the snapshot of step {candidate} instead.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            which = ", ".join(str(s) for s in skipped)
+            plural = "s of steps" if len(skipped) > 1 else " of step"
+            return candidate, state, f"the snapshot{plural} {which} could not be loaded"
+        tried = " ".join(failures) or "none is stored."
+        raise SnapshotError(
+            f"no snapshot could be restored: {tried} Restart from a checkpoint of your own, "
+            "with a lower learning rate."
+        )
 
     def _choose_snapshot(self, before: int) -> tuple[int, str]:
         """The newest snapshot taken at least ``policy.quiet`` steps before ``before``.
@@ -479,13 +735,12 @@ class Guard:
 
     def _rollback(self, decision: Decision) -> tuple[int, int, str]:
         before = decision.rollback_before if decision.rollback_before is not None else self._step
-        key, why = self._choose_snapshot(before)
+        chosen, why = self._choose_snapshot(before)
+        key, state, skipped = self._load_readable(chosen)
+        if skipped:
+            why = f"the nearest that loads: {skipped}"
         self._restored = (before, key)
-        state = self.store.load(key)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        self._restore(state)
         if self.restore_rng:
             restore_rng_state(state["rng"])
         if state.get("baselines") is not None and self.policy.load_baselines(state["baselines"]):
@@ -499,39 +754,54 @@ class Guard:
         lost = max(self._progress - int(state["progress"]), 0)
         self._progress = int(state["progress"])
         message = (
-            f"{decision.action.message.rstrip('.')}: restored the snapshot of step {key} ({why}), "
-            f"{lost} applied steps lost."
+            f"{decision.action.message.rstrip('.')}: restored the snapshot of step {key} "
+            f"({why}), {lost} applied steps lost."
         )
         return key, lost, message
 
-    def resume(self, step: int | None = None) -> int:
-        """Restore a snapshot completely (RNG, and guard state from disk), e.g. after a crash.
-
-        Args:
-            step: key of the snapshot to restore; ``None`` for the newest.
-
-        Returns:
-            The key of the restored snapshot.
-
-        Raises:
-            SnapshotError: no snapshot is stored (or none of that key).
-        """
-        steps = self.store.steps()
-        key = steps[-1] if step is None and steps else step
-        if key is None:
-            raise SnapshotError(
-                "no snapshot to resume from; pass snapshot_dir= to keep snapshots on disk."
-            )
-        state = self.store.load(key)
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Load the training objects of a snapshot: model, optimizer, scheduler, scaler."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
+
+    def resume(self, step: int | None = None) -> int:
+        """Restore a snapshot completely (RNG, and guard state from disk), e.g. after a crash.
+
+        A guard opened on a ``snapshot_dir`` that holds another run's snapshots continues that
+        run (and only then may it step): the snapshots must be of a model with the same
+        parameter names and shapes.
+
+        Args:
+            step: key of the snapshot to restore; ``None`` for the newest that loads (a damaged
+                newest file is skipped with a warning).
+
+        Returns:
+            The key of the restored snapshot.
+
+        Raises:
+            SnapshotError: no snapshot is stored (or none of that key), or it is of another model.
+        """
+        store = self.store
+        if isinstance(store, DiskSnapshotStore) and not store.steps():
+            store.adopt()  # the run that wrote the folder's snapshots, e.g. before a crash
+        steps = self.store.steps()
+        if step is None and not steps:
+            raise SnapshotError(
+                "no snapshot to resume from; pass snapshot_dir= to keep snapshots on disk."
+            )
+        if step is None:
+            key, state, _ = self._load_readable(steps[-1])
+        else:
+            key, state = step, self._load(step)
+        self._restore(state)
         restore_rng_state(state["rng"])
         if state.get("guard") is not None:
             self.load_state_dict(state["guard"])
+        self._foreign = None
         return key
 
     # ------------------------------------------------------------------------------ state
@@ -563,6 +833,8 @@ class Guard:
             "policy": self.policy.state_dict(),
             "monitor": self.monitor.state_dict(),
             "clipper": _state_of(self._clipper),
+            "rates": self.rates.state_dict(),
+            "should_stop": self.should_stop,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -580,14 +852,35 @@ class Guard:
         self.counters = {name: int(state["counters"].get(name, 0)) for name in _COUNTERS}
         self.policy.load_state_dict(state["policy"])
         self.monitor.load_state_dict(state["monitor"])
+        if state.get("rates") is not None:
+            self.rates.load_state_dict(state["rates"])
+        self.should_stop = bool(state.get("should_stop", False))
         load = getattr(self._clipper, "load_state_dict", None)
         if load is not None and state.get("clipper") is not None:
             load(state["clipper"])
 
     def close(self) -> None:
-        """Close the sinks."""
+        """Close the sinks, and release ``snapshot_dir`` for another guard."""
         for sink in self.sinks:
             sink.close()
+        if isinstance(self.store, DiskSnapshotStore):
+            self.store.close()
+
+
+def _unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``scaler.unscale_(optimizer)`` was already called since the last update."""
+    states = getattr(scaler, "_per_optimizer_states", None)
+    stage = states.get(id(optimizer), {}).get("stage") if isinstance(states, Mapping) else None
+    return getattr(stage, "name", None) == "UNSCALED"
+
+
+def _all_finite(tensors: Sequence[Tensor]) -> bool:
+    """Whether every tensor holds only finite values (one host read: a fault path only)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    flags = [torch.stack(torch._foreach_norm(ts)).isfinite().all() for ts in groups.values()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def _state_of(clipper: Clipper | None) -> Any:
@@ -598,21 +891,39 @@ def _state_of(clipper: Clipper | None) -> Any:
 def _guarded_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> NamedTensors:
     """The optimizer's parameters named as in the model, in the model's order.
 
-    Model order makes the global norm bit-identical to ``clip_grad_norm_(model.parameters())``;
-    parameters the optimizer holds but the model does not are appended with positional names.
+    Model order makes the global norm bit-identical to ``clip_grad_norm_(model.parameters())``.
+    Every parameter the optimizer trains must be in the model: the model is what snapshots save
+    and rollbacks restore, so a weight outside it would never be rolled back.
+
+    Raises:
+        ConfigError: the optimizer holds no parameters, or some the model does not hold.
     """
-    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    named: list[tuple[str, Tensor]] = [
-        (name, p) for name, p in model.named_parameters() if id(p) in in_optimizer
-    ]
-    seen = {id(p) for _, p in named}
-    for g, group in enumerate(optimizer.param_groups):
-        for i, p in enumerate(group["params"]):
-            if id(p) not in seen:
-                named.append((f"param_groups[{g}][{i}]", p))
-                seen.add(id(p))
-    if not named:
+    in_optimizer = {id(p): p for group in optimizer.param_groups for p in group["params"]}
+    if not in_optimizer:
         raise ConfigError(
             "the optimizer holds no parameters; build it from model.parameters() before the guard."
         )
+    named: list[tuple[str, Tensor]] = [
+        (name, p) for name, p in model.named_parameters() if id(p) in in_optimizer
+    ]
+    held = {id(p) for _, p in named}
+    outside = [tuple(p.shape) for i, p in in_optimizer.items() if i not in held]
+    if outside:
+        raise ConfigError(
+            f"the model ({type(model).__name__}) does not hold {len(outside)} of the "
+            f"{len(in_optimizer)} parameters the optimizer trains (shapes {outside[:3]!r}). "
+            "The guard snapshots and rolls back the model, so those weights would never be "
+            "restored. Pass the module the optimizer was built from (not a copy such as an EMA "
+            "or teacher model); register weights kept outside it on a module that holds both, "
+            "e.g. nn.ModuleDict({'model': model, 'loss': loss_module})."
+        )
     return NamedTensors(named)  # validated once: measure() skips re-checking every step
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the model's state: what a snapshot must match to be restored."""
+    return {
+        name: tuple(value.shape)
+        for name, value in model.state_dict().items()
+        if isinstance(value, Tensor)
+    }

@@ -100,9 +100,10 @@ class PolicyConfig:
             grows geometrically) or a loss-spike warning (the loss jumped tenfold): the step
             size is past the stability limit, and clipping alone leaves the run oscillating at
             the edge; once per ``cooldown``, at most ``max_backoffs`` times per incident.
-        max_scaler_overflows: with a GradScaler, a non-finite gradient under a finite loss is
-            the scaler's overflow, which it fixes itself by lowering its scale: such steps are
-            skipped without climbing the ladder, up to this many in a row.
+        max_scaler_overflows: a GradScaler's overflow (the guard tells it from a real fault by
+            the scale: only a scale that lifts the healthy gradients near float16's range can
+            overflow) is skipped without climbing the ladder, up to this many in a row. 128
+            halvings take any float32 scale below 1: a warm-up from Megatron's 2**32 needs ~30.
         restart_fraction: while fewer than ``min_history`` healthy norms exist (the run went
             wrong in its first steps), the automatic bound is this fraction of the first finite
             norm of the run: that scale proved too large to take, and cutting the step by about
@@ -149,7 +150,7 @@ class PolicyConfig:
     reset_moments: bool = True
     backoff_on_rollback: bool = True
     backoff_on_trend: bool = True
-    max_scaler_overflows: int = 20
+    max_scaler_overflows: int = 128
     fallback_bound: float = 1.0
     restart_fraction: float = 0.02
     baseline: int = 32
@@ -269,6 +270,7 @@ _WARNING_REASONS = {
     **_SPIKE_KINDS,
     AlertKind.GROWTH_TREND: Reason.GROWTH_TREND,
     AlertKind.PARAM_NORM_GROWTH: Reason.GROWTH_TREND,
+    AlertKind.EARLY_EXPLOSION: Reason.EARLY_EXPLOSION,
 }
 
 
@@ -279,9 +281,13 @@ _HISTORY = 512
 """Losses kept with their steps, to read the loss level at a growth trend's onset."""
 
 _ONSET_WINDOW = 8
+
+_LOSS_FLOOR = 1e-3
+"""Loss ratios are taken against at least this fraction of the highest loss level of the run: a
+loss converging to 1e-14 that wobbles to 1e-9 has not grown 1e5-fold in any sense that matters."""
 """Steps either side of a trend's onset whose losses give the level it began from."""
 
-_UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE)
+_UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE, AlertKind.EARLY_EXPLOSION)
 """Alerts that say the step size is past the stability limit: the learning rate backs off."""
 
 
@@ -308,8 +314,20 @@ class _State:
     loss_history: list[list[float]] = dataclasses.field(default_factory=list)  # [step, loss]
     last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
     ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
-    probe: list[float] | None = None  # [step, loss, lr scale before] of the last rollback
+    probe: list[float] | None = None  # [step, loss, lr scale, persistent] before the rollback
+    loss_peak: float = 0.0  # highest loss level (median of a few losses) seen in the run
+    persistent: bool = False  # an escalation happened: the automatic bound stays on for good
+    was_persistent: bool = False  # ``persistent`` when the open incident began
+    last_resort: bool = False  # the rollback budget was spent once: tight clip, rate capped
     history: list[str] = dataclasses.field(default_factory=list)
+
+
+_ADDED_IN_0_2 = {
+    "loss_peak": 0.0,
+    "persistent": False,
+    "was_persistent": False,
+    "last_resort": False,
+}
 
 
 class EscalationPolicy:
@@ -410,6 +428,9 @@ class EscalationPolicy:
             s.loss_history.append([float(t), observation.loss])  # in place: 512 entries
             if len(s.loss_history) > _HISTORY:
                 del s.loss_history[0]
+            level = self._loss_level()
+            if level is not None and level > s.loss_peak:
+                s.loss_peak = level
         if s.first_norm is None and observation.finite and observation.total_norm > 0.0:
             s.first_norm = observation.total_norm
         s.overflow_streak = s.overflow_streak + 1 if scaler_overflow else 0
@@ -433,11 +454,12 @@ class EscalationPolicy:
         if fault is None and self._loss_jumped(observation):
             fault = Reason.LOSS_SPIKE
         if fault is not None or warn is not None:
-            # An incident opened by one fault (skipped) is isolated until a second alert comes:
-            # the weights did not see the bad step, so the next steps need no clipping.
-            s.isolated = s.incident_start is None and fault is not None
+            # An incident of skipped faults only is isolated until a warning comes: the weights
+            # never saw a bad step, so the next steps need no clipping.
+            s.isolated = (s.incident_start is None or s.isolated) and fault is not None
             if s.incident_start is None:
                 s.incident_start = t
+                s.was_persistent = s.persistent
             s.last_alert = t
         elif (
             s.incident_start is not None
@@ -458,6 +480,16 @@ class EscalationPolicy:
             s.incident_start = since  # the trouble began where the growth did
         if self._same_after_rollback(observation, fault):
             return self._accept_new_level(observation)
+        early = [a for a in alerts if a.kind is AlertKind.EARLY_EXPLOSION]
+        if fault is None and early and early[0].severity is not Severity.INFO:
+            # The run blew up before it had a healthy history: what the policy learned so far
+            # is the explosion itself, and the weights it reached are not worth keeping.
+            start = early[0].since if early[0].since is not None else t
+            s.incident_start = min(s.incident_start or start, start)
+            s.norms, s.losses = [], []
+            what = early[0].message.split(":")[0]
+            why = "the run is exploding from its first steps"
+            return self._rollback(t, Reason.EARLY_EXPLOSION, what, why, can_rollback)
         grown = self._grown_since(since) if fault is None and since is not None else None
         if grown is not None and since is not None:
             what = (
@@ -474,6 +506,9 @@ class EscalationPolicy:
         s.faults = [f for f in s.faults if f > t - cfg.window] + [t]
         s.rollbacks = [r for r in s.rollbacks if r > t - cfg.rollback_window]
         what = self._describe_fault(fault, observation, culprits)
+        if fault is Reason.NONFINITE_PARAM:
+            why = "a non-finite weight cannot be trained back: only a snapshot restores it"
+            return self._rollback(t, fault, what, why, can_rollback)
         if s.consecutive >= cfg.consecutive_limit:
             why = f"{s.consecutive} faulty steps in a row show the weights themselves are bad"
             return self._rollback(t, Reason.REPEATED_FAULTS, what, why, can_rollback)
@@ -502,7 +537,9 @@ class EscalationPolicy:
         warn: Reason | None = None
         trend = False
         culprits: tuple[str, ...] = tuple(name for name, _ in obs.top[:1])
-        if self.config.skip_nonfinite:
+        if obs.param_norm is not None and not math.isfinite(obs.param_norm):
+            fault = Reason.NONFINITE_PARAM  # the weights themselves are corrupt
+        elif self.config.skip_nonfinite:
             if not obs.loss_finite:
                 fault = Reason.NONFINITE_LOSS
             elif not obs.finite or not math.isfinite(obs.total_norm):
@@ -528,13 +565,17 @@ class EscalationPolicy:
             trend = trend or alert.kind in _UNSTABLE_KINDS
         return fault, warn, trend, culprits
 
+    def _loss_scale(self, typical: float) -> float:
+        """``typical`` raised to the loss floor: ratios to a loss near zero mean nothing."""
+        return max(typical, _LOSS_FLOOR * self._s.loss_peak)
+
     def _loss_jumped(self, obs: Observation) -> bool:
         losses, loss = self._s.losses, obs.loss
         if obs.step >= self.config.baseline or not losses:
             return False  # from then on the detectors' calibrated loss-spike rule decides
         if loss is None or not math.isfinite(loss) or loss <= 0.0:
             return False
-        typical = statistics.median(losses)
+        typical = self._loss_scale(statistics.median(losses))
         return typical > 0.0 and loss >= self.config.loss_jump * typical
 
     def _stuck(self, obs: Observation) -> bool:
@@ -550,7 +591,7 @@ class EscalationPolicy:
         level = self._loss_level()
         if obs.step - since < cfg.stuck_after or level is None:
             return False
-        typical = statistics.median(s.losses)
+        typical = self._loss_scale(statistics.median(s.losses))
         return typical > 0.0 and level >= cfg.stuck_ratio * typical
 
     def _oscillating(self) -> bool:
@@ -578,19 +619,30 @@ class EscalationPolicy:
         return all(max(a, b) >= cfg.oscillation_ratio * min(a, b) for a, b in pairs)
 
     def _bound(self, protected: bool) -> float | None:
+        """The clip bound of this step: none on a run never rescued, the healthy scale after.
+
+        Once the run needed an escalation it keeps the bound on every step (``persistent``): a
+        model that exploded once explodes again when released, and one line of
+        ``clip_grad_norm_`` would have held it all along. The last resort tightens it further.
+        """
+        s, cfg = self._s, self.config
         if isinstance(self.clip, float):
-            return self.clip
-        if self.clip != "auto" or not protected:
+            return min(self.clip, cfg.fallback_bound) if s.last_resort else self.clip
+        if self.clip != "auto" or not (protected or s.persistent or s.last_resort):
             return None
+        isolated = s.isolated and (s.last_step is None or s.last_step >= s.protect_until)
+        if isolated and not s.persistent:
+            # The weights never saw the bad step: only a second wild gradient is clipped, measured
+            # against whatever healthy norms exist (none yet: nothing to clip against).
+            return statistics.median(s.norms) * cfg.isolated_clip_factor if s.norms else None
         typical = self.healthy_norm()
         if typical is not None:
-            s = self._s
-            isolated = s.isolated and (s.last_step is None or s.last_step >= s.protect_until)
-            return typical * self.config.isolated_clip_factor if isolated else typical
-        first = self._s.first_norm
-        if first is not None:
-            return first * self.config.restart_fraction
-        return self.config.fallback_bound
+            bound = typical
+        elif s.first_norm is not None:
+            bound = s.first_norm * cfg.restart_fraction
+        else:
+            bound = cfg.fallback_bound
+        return min(bound, cfg.fallback_bound) if s.last_resort else bound
 
     def _proceed(
         self,
@@ -663,7 +715,14 @@ class EscalationPolicy:
         else:
             s.healthy_streak += 1
         if not protected:
-            s.norms = [*s.norms[-(cfg.baseline - 1) :], obs.total_norm]
+            # Under the persistent bound a norm enters the baseline at most recovered_ratio
+            # times the current median: a slow drift upward cannot carry the bound with it.
+            norm = (
+                obs.total_norm
+                if typical is None or not s.persistent
+                else min(obs.total_norm, cfg.recovered_ratio * typical)
+            )
+            s.norms = [*s.norms[-(cfg.baseline - 1) :], norm]
             if obs.loss is not None and math.isfinite(obs.loss):
                 s.losses = [*s.losses[-(cfg.baseline - 1) :], obs.loss]
         if (
@@ -721,7 +780,7 @@ class EscalationPolicy:
         now = self._loss_level()
         if not around or now is None:
             return None
-        then = statistics.median(around)
+        then = self._loss_scale(statistics.median(around))
         if then <= 0.0 or now < self.config.stuck_ratio * then:
             return None
         return now, now / then
@@ -739,7 +798,7 @@ class EscalationPolicy:
         s, probe = self._s, self._s.probe
         if probe is None:
             return False
-        step, loss, _ = probe
+        step, loss = probe[0], probe[1]
         if obs.step - step > self.config.consecutive_limit:
             s.probe = None  # the restored weights got through: the rollback was right
             return False
@@ -750,14 +809,15 @@ class EscalationPolicy:
             return False
         if not s.losses:
             return False  # no healthy level to compare with
-        typical = statistics.median(s.losses)
+        typical = self._loss_scale(statistics.median(s.losses))
         high = self.config.stuck_ratio * typical
         return typical > 0.0 and loss >= high and now >= high and now >= 0.1 * loss
 
     def _accept_new_level(self, obs: Observation) -> Decision:
         """Take a confirmed change of the data's loss level as the new normal."""
         s, t = self._s, obs.step
-        step, loss, scale = s.probe or [float(t), math.nan, s.lr_scale]
+        step, loss, scale, persistent = s.probe or [float(t), math.nan, s.lr_scale, 0.0]
+        s.persistent = bool(persistent)  # the incident was the data's change, not instability
         if s.rollbacks and s.rollbacks[-1] == int(step):
             s.rollbacks.pop()  # the rollback was a diagnosis, not a rescue: refunded
         s.lr_scale = scale
@@ -793,6 +853,7 @@ class EscalationPolicy:
         s.healthy_streak = 0
         s.last_escalation = t
         s.incident_losses = []
+        s.persistent = True
 
     def _backoff(
         self,
@@ -829,6 +890,16 @@ class EscalationPolicy:
         self, t: int, reason: Reason, what: str, why: str, can_rollback: bool
     ) -> Decision:
         s, cfg = self._s, self.config
+        last_resort = ""
+        if len(s.rollbacks) >= cfg.max_rollbacks and not s.last_resort and can_rollback:
+            # Before giving up, the remedy of the literature for a model that keeps exploding:
+            # tight clipping on every step, the rate capped where it is now. A fresh budget.
+            s.last_resort = True
+            s.rollbacks = []
+            last_resort = (
+                f" Last resort after {cfg.max_rollbacks} rollbacks: from now on every step is "
+                "clipped tightly and the learning rate is never raised above this backoff."
+            )
         if len(s.rollbacks) >= cfg.max_rollbacks:
             message = (
                 f"{what}, and {why}, after {len(s.rollbacks)} rollbacks within "
@@ -839,7 +910,7 @@ class EscalationPolicy:
             return Decision(action, apply=False, lr_scale=s.lr_scale)
         old = s.lr_scale
         loss = s.loss_history[-1][1] if s.loss_history else math.nan
-        s.probe = [float(t), loss, old] if can_rollback else None
+        s.probe = [float(t), loss, old, float(s.was_persistent)] if can_rollback else None
         if cfg.backoff_on_rollback:
             # The k-th rollback in the window backs off k times: a rate 100x too high is found
             # in three rollbacks (x1/64) instead of seven.
@@ -850,13 +921,15 @@ class EscalationPolicy:
         s.consecutive = 0
         s.backoffs_in_incident = 0
         self._escalated(t)
+        if s.last_resort:
+            s.ceiling = min(s.ceiling, s.lr_scale)
         before = s.incident_start if s.incident_start is not None else t
         rate = f"learning-rate scale {old:.3g} -> {s.lr_scale:.3g}"
         if can_rollback:
             moments = ", optimizer moments reset" if cfg.reset_moments else ""
             message = (
                 f"{what}, and {why}: rolling back to the newest snapshot from before step "
-                f"{before}{moments} and {rate}."
+                f"{before}{moments} and {rate}.{last_resort}"
             )
             self._remember(message)
             return Decision(
@@ -888,6 +961,8 @@ class EscalationPolicy:
             return f"Loss spike to {obs.loss:.4g} (healthy median {typical:.3g})"
         if reason is Reason.DIVERGENCE:
             return f"Loss {obs.loss!r} beyond its divergence threshold"
+        if reason is Reason.NONFINITE_PARAM:
+            return f"Non-finite parameter norm {obs.param_norm!r}"
         kind = reason.value.replace("_", " ")
         return f"Critical gradient {kind} at norm {obs.total_norm:.3g}{where}"
 
@@ -927,6 +1002,7 @@ class EscalationPolicy:
             ConfigError: ``state`` lacks a field or was not produced by :meth:`state_dict`.
         """
         names = [f.name for f in dataclasses.fields(_State)]
+        state = {**_ADDED_IN_0_2, **state}  # state saved before these fields existed
         missing = [n for n in names if n not in state]
         if missing:
             raise ConfigError(
@@ -949,6 +1025,10 @@ class EscalationPolicy:
         fresh.history = [str(h) for h in fresh.history]
         fresh.lr_scale = float(fresh.lr_scale)
         fresh.first_norm = None if fresh.first_norm is None else float(fresh.first_norm)
+        fresh.loss_peak = float(fresh.loss_peak)
+        fresh.persistent = bool(fresh.persistent)
+        fresh.was_persistent = bool(fresh.was_persistent)
+        fresh.last_resort = bool(fresh.last_resort)
         self._s = fresh
         if "skip_spikes" in state:
             self._skip_spikes = bool(state["skip_spikes"])

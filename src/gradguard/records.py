@@ -63,6 +63,7 @@ class AlertKind(str, enum.Enum):
     LOSS_THRESHOLD = "loss_threshold"
     PARAM_NORM_GROWTH = "param_norm_growth"
     CULPRIT = "culprit"
+    EARLY_EXPLOSION = "early_explosion"
 
 
 class ActionKind(str, enum.Enum):
@@ -97,6 +98,9 @@ class Reason(str, enum.Enum):
     SCALER_OVERFLOW = "scaler_overflow"
     OSCILLATION = "oscillation"
     REGIME_CHANGE = "regime_change"
+    EARLY_EXPLOSION = "early_explosion"
+    NONFINITE_PARAM = "nonfinite_param"
+    GAVE_UP = "gave_up"
 
 
 _REASON_OF_KIND = {
@@ -109,6 +113,7 @@ _REASON_OF_KIND = {
     AlertKind.LOSS_THRESHOLD: Reason.LOSS_ABOVE_BOUND,
     AlertKind.PARAM_NORM_GROWTH: Reason.PARAM_NORM_GROWTH,
     AlertKind.CULPRIT: Reason.CULPRIT,
+    AlertKind.EARLY_EXPLOSION: Reason.EARLY_EXPLOSION,
 }
 
 

@@ -102,6 +102,7 @@ def test_script_arguments_and_summary(tmp_path: Path) -> None:
     assert "train.py finished" in err
     assert "Linear" in err
     assert f"log: {tmp_path / 'a.jsonl'}" in err
+    assert "naming the parameters" not in err  # --quiet: no notes but warnings
     records = read_jsonl(tmp_path / "a.jsonl").records
     assert [r.applied for r in records][:3] == [True] * 3
     assert not any(r.applied for r in records[3:4])
@@ -171,3 +172,85 @@ def test_bad_arguments(tmp_path: Path) -> None:
         code, _, err = _run(*args)
         assert code == EXIT_USAGE, (args, err)
         _assert_one_line_error(err, *fragments)
+
+
+MANUAL = """
+import torch
+net = torch.nn.Linear(4, 1)
+for step in range(30):
+    net.zero_grad()
+    loss = torch.nn.functional.mse_loss(net(torch.randn(8, 4)), torch.randn(8, 1))
+    if step == 20:
+        loss = loss * float("inf")
+    loss.backward()
+    for p in net.parameters():
+        p.data.add_(p.grad, alpha=-0.1)
+    if step == 12:
+        print("step 12", flush=True)
+"""
+
+
+def test_a_script_that_updates_weights_by_hand_is_told_early(tmp_path: Path) -> None:
+    script = tmp_path / "manual.py"
+    script.write_text(MANUAL, encoding="utf-8")
+    code, out, err = _run("--log", str(tmp_path / "m.jsonl"), str(script))
+    assert code == EXIT_OK, err
+    assert "step 12" in out
+    note = "gradguard: 10 backward() calls and no optimizer.step() yet"
+    assert note in err and "are NOT protected" in err
+    assert err.index(note) < err.index("manual.py finished")
+    assert "backward() ran 30 times: weights updated by the script itself are not protected" in (
+        " ".join(err.split())
+    )
+    code, _, err = _run("--quiet", "--log", str(tmp_path / "q.jsonl"), str(script))
+    assert code == EXIT_OK and note in err  # a warning, not a note: --quiet keeps it
+
+
+def test_options_from_the_environment_where_torchrun_takes_the_command_line(
+    tmp_path: Path,
+) -> None:
+    from torch.distributed.run import get_args_parser
+
+    parser = get_args_parser()
+    with pytest.raises(SystemExit):  # torchrun's parser reads --log as an abbreviation of its own
+        parser.parse_args(["--nproc-per-node", "2", "gradguard", "run", "--log", "x", "t.py"])
+    parsed = parser.parse_args(["--nproc-per-node", "2", "gradguard", "run", "t.py", "--lr", "1"])
+    assert parsed.training_script_args == ["run", "t.py", "--lr", "1"]
+    env = {"GRADGUARD_LOG": str(tmp_path / "env.jsonl"), "GRADGUARD_CLIP": "0.5"}
+    result = runner.invoke(
+        app, ["run", str(_script(tmp_path))], env={**env, "GRADGUARD_QUIET": "1"}
+    )
+    assert result.exit_code == EXIT_OK, result.stderr
+    assert "naming the parameters" not in result.stderr  # GRADGUARD_QUIET=1
+    records = read_jsonl(tmp_path / "env.jsonl").records
+    assert len(records) == 6
+    assert all(
+        r.clip_coef == pytest.approx(min(1.0, 0.5 / r.total_norm), rel=1e-5) for r in records
+    )
+    # The command line wins over the environment.
+    result = runner.invoke(
+        app, ["run", "--log", str(tmp_path / "cli.jsonl"), str(_script(tmp_path))], env=env
+    )
+    assert result.exit_code == EXIT_OK, result.stderr
+    assert (tmp_path / "cli.jsonl").is_file()
+    help_text = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "120"}).stdout
+    for name in ("GRADGUARD_LOG", "GRADGUARD_CLIP", "GRADGUARD_QUIET", "torchrun"):
+        assert name in help_text
+
+
+def test_only_rank_zero_prints_alerts_notes_and_the_summary(tmp_path: Path) -> None:
+    script = _script(tmp_path, nan_from=3)
+    outputs = {}
+    for rank in ("0", "1"):
+        log = tmp_path / f"rank{rank}.jsonl"
+        result = runner.invoke(app, ["run", "--log", str(log), str(script)], env={"RANK": rank})
+        assert result.exit_code == EXIT_OK, result.stderr
+        outputs[rank] = (result.stderr, log.exists())
+    err, wrote = outputs["0"]
+    assert wrote and "SKIP (nonfinite_grad)" in err
+    assert (
+        "gradguard: naming the parameters of SGD from model Linear found in train.py as `model`"
+        in err
+    )
+    assert "train.py finished" in err
+    assert outputs["1"] == ("", False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,9 @@ from torch import nn
 
 from gradguard.errors import ConfigError, TrainingDivergedError
 from gradguard.integrations import GlobalGuard, HookedGuard, find_model, unwrap_optimizer
-from gradguard.integrations.hooks import describe_model
+from gradguard.integrations.hooks import LossTap, describe_model
 from gradguard.policy import PolicyConfig
-from gradguard.records import ActionKind
+from gradguard.records import ActionKind, Severity
 from gradguard.sinks import read_jsonl
 
 
@@ -128,6 +130,85 @@ def test_lbfgs_closure_is_judged_once_per_step(tmp_path: Path) -> None:
     assert protection.summary()[0]["steps"] == 2
 
 
+def _lbfgs(lr: float, max_iter: int) -> tuple[nn.Module, torch.optim.LBFGS]:
+    torch.manual_seed(0)
+    net = nn.Linear(4, 1)
+    return net, torch.optim.LBFGS(net.parameters(), lr=lr, max_iter=max_iter)
+
+
+def _closure(
+    net: nn.Module, optimizer: torch.optim.Optimizer, losses: list[float], nan: bool = False
+) -> Callable[[], torch.Tensor]:
+    x, y = _batch(0)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(net(x), y)
+        loss.backward()
+        losses.append(loss.item())
+        if nan and len(losses) == 1:  # the first evaluation of the step only
+            net.weight.grad[0, 0] = math.nan
+        return loss
+
+    return closure
+
+
+def test_lbfgs_under_the_hooks_is_bit_identical_and_logs_each_step_starting_loss(
+    tmp_path: Path,
+) -> None:
+    # L-BFGS evaluates the closure up to max_iter times per step: the guard judges the first
+    # evaluation (the loss where the step starts, which step() returns), never their mean.
+    def train(guarded: bool) -> tuple[nn.Module, list[list[float]], list[float]]:
+        net, optimizer = _lbfgs(lr=0.5, max_iter=5)
+        per_step: list[list[float]] = []
+        returned = []
+        with GlobalGuard(log=tmp_path / "run.jsonl") if guarded else contextlib.nullcontext():
+            for _ in range(3):
+                per_step.append([])
+                loss = optimizer.step(_closure(net, optimizer, per_step[-1]))
+                returned.append(loss.detach().item())
+        return net, per_step, returned
+
+    plain, plain_evals, plain_returned = train(guarded=False)
+    net, evals, returned = train(guarded=True)
+    assert evals == plain_evals  # as many evaluations, at the same points
+    assert all(len(e) > 1 for e in evals)
+    assert torch.equal(net.weight, plain.weight) and torch.equal(net.bias, plain.bias)
+    assert returned == plain_returned
+    records = read_jsonl(tmp_path / "run.jsonl").records
+    assert [r.loss for r in records] == pytest.approx([e[0] for e in evals], rel=1e-6)
+    assert [r.loss for r in records] != pytest.approx([sum(e) / len(e) for e in evals])
+
+
+def test_lbfgs_skip_and_back_off_hold_for_the_whole_step() -> None:
+    # L-BFGS reads its rate before the first closure call: a back-off decided on that call
+    # would come too late, so the hook evaluates the closure before the optimizer starts.
+    net, optimizer = _lbfgs(lr=0.8, max_iter=1)
+    with GlobalGuard(clip=None, policy=PolicyConfig(skip_budget=0)) as protection:
+        for _ in range(2):
+            optimizer.step(_closure(net, optimizer, []))
+        before = [p.detach().clone() for p in net.parameters()]
+        optimizer.step(_closure(net, optimizer, [], nan=True))  # the first fault backs off
+        record = protection.guards[0].last
+        assert record is not None and record.action is ActionKind.BACKOFF
+        assert not record.applied
+        assert all(torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
+        optimizer.step(_closure(net, optimizer, []))
+        record = protection.guards[0].last
+        assert record is not None and record.applied and record.lr == pytest.approx(0.4)
+        assert protection.loss_tap is not None and protection.loss_tap.calls == 0
+    # The same run by hand: the faulty step changes nothing, the next one runs at half the rate.
+    plain, plain_optimizer = _lbfgs(lr=0.8, max_iter=1)
+    for _ in range(2):
+        plain_optimizer.step(_closure(plain, plain_optimizer, []))
+    closure = _closure(plain, plain_optimizer, [])
+    plain_optimizer.step(lambda: (closure(), plain_optimizer.zero_grad(set_to_none=True))[0])
+    plain_optimizer.param_groups[0]["lr"] = 0.4
+    plain_optimizer.step(_closure(plain, plain_optimizer, []))
+    assert torch.equal(net.weight, plain.weight) and torch.equal(net.bias, plain.bias)
+    assert optimizer.param_groups[0]["lr"] == 0.8  # restored after the step
+
+
 def test_one_log_per_optimizer_and_removal(tmp_path: Path) -> None:
     a, b = _model(), _model()
     opt_a = torch.optim.SGD(a.parameters(), lr=0.1)
@@ -226,30 +307,46 @@ def test_a_backoff_scales_the_step_and_leaves_the_optimizer_settings_alone() -> 
     assert ratios == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5], rel=1e-5)
 
 
-def test_the_loss_is_read_from_backward_mean_over_accumulated_micro_batches(
-    tmp_path: Path,
-) -> None:
+def test_the_loss_is_the_sum_of_the_accumulated_micro_batch_losses(tmp_path: Path) -> None:
+    # Each micro-batch loss is divided by the accumulation count, as scripts do: the logged loss
+    # must be the batch loss (the mean of the undivided losses), not that divided once more.
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    expected = []
+    batch_losses = []
     original = torch.autograd.backward
     with GlobalGuard(log=tmp_path / "run.jsonl"):
         assert torch.autograd.backward is not original
         for step in range(6):
             optimizer.zero_grad()
-            micro = []
-            for k in range(3):  # gradient accumulation: three backward calls per step
+            undivided = []
+            for k in range(4):  # gradient accumulation: four backward calls per step
                 x, y = _batch(10 * step + k)
-                loss = nn.functional.mse_loss(model(x), y) / 3
-                loss.backward()
-                micro.append(loss.item())
+                loss = nn.functional.mse_loss(model(x), y)
+                undivided.append(loss.item())
+                (loss / 4).backward()
             torch.autograd.backward(model(x).sum() * 0.0)  # the module-level call is seen too
-            micro.append(0.0)
             optimizer.step()
-            expected.append(sum(micro) / len(micro))
+            batch_losses.append(sum(undivided) / 4)
     assert torch.autograd.backward is original
     records = read_jsonl(tmp_path / "run.jsonl").records
-    assert [r.loss for r in records] == pytest.approx(expected, rel=1e-6)
+    assert [r.loss for r in records] == pytest.approx(batch_losses, rel=1e-6)
+
+
+def test_loss_tap_sums_counts_and_forgets_on_take() -> None:
+    seen: list[int] = []
+    tap = LossTap(on_backward=seen.append).install()
+    try:
+        w = torch.ones(2, requires_grad=True)
+        (w.sum() * 0.5).backward()  # 1.0
+        (w * 3.0).backward(torch.ones(2))  # not a scalar: counted, not summed
+        (w.sum() * 1.5).backward()  # 3.0
+        assert tap.calls == 3
+        total = tap.take()
+        assert total is not None and total.item() == 4.0
+        assert (tap.calls, tap.take()) == (0, None)
+        assert seen == [1, 2, 3]
+    finally:
+        tap.remove()
 
 
 def test_a_loss_spike_seen_through_backward_skips_the_step(tmp_path: Path) -> None:
@@ -278,3 +375,127 @@ def test_capture_loss_off_leaves_backward_alone(tmp_path: Path) -> None:
         assert torch.autograd.backward is original
         _train(model, optimizer, 3, set())
     assert [r.loss for r in read_jsonl(tmp_path / "run.jsonl").records] == [None] * 3
+
+
+def _collect(notes: list[str]) -> Callable[[str, Severity], None]:
+    return lambda message, severity: notes.append(f"{severity.value}: {message}")
+
+
+def _update_by_hand(model: nn.Module, steps: int) -> None:
+    for step in range(steps):  # as pytorch/examples' word_language_model: no optimizer
+        model.zero_grad()
+        x, y = _batch(step)
+        nn.functional.mse_loss(model(x), y).backward()
+        for p in model.parameters():
+            p.data.add_(p.grad, alpha=-0.1)
+
+
+def test_backward_without_a_step_is_noted_early_and_once() -> None:
+    notes: list[str] = []
+    with GlobalGuard(notify=_collect(notes)) as protection:
+        _update_by_hand(_model(), 25)
+    assert protection.backward_calls == 25
+    assert len(notes) == 1
+    assert notes[0].startswith("warning: 10 backward() calls and no optimizer.step() yet")
+    assert "NOT protected" in notes[0] and "p.data.add_" in notes[0]
+    with pytest.warns(UserWarning, match="NOT protected"), GlobalGuard():  # no notify: a warning
+        _update_by_hand(_model(), 10)
+
+
+def test_a_long_gradient_accumulation_takes_the_note_back_and_raises_the_bar() -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    notes: list[str] = []
+    with GlobalGuard(notify=_collect(notes)):
+        for step in range(3):
+            optimizer.zero_grad()
+            for k in range(16):  # noted at the 10th call of the first step, never after
+                x, y = _batch(16 * step + k)
+                (nn.functional.mse_loss(model(x), y) / 16).backward()
+            optimizer.step()
+        _update_by_hand(model, 31)  # below twice the longest accumulation seen (32)
+        assert len(notes) == 3
+        _update_by_hand(model, 1)
+    assert notes[0].startswith("warning: 10 backward() calls and no optimizer.step() yet")
+    assert notes[1] == (
+        "info: optimizer.step() came after 16 backward() calls (gradient accumulation): the steps "
+        "are guarded after all."
+    )
+    assert notes[2].startswith("info: naming the parameters of SGD from model Sequential")
+    assert notes[3].startswith(
+        "warning: 32 backward() calls and no optimizer.step() since the last one"
+    )
+
+
+def test_the_model_that_names_the_tensors_is_said() -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    notes: list[str] = []
+    with GlobalGuard(notify=_collect(notes)) as protection:
+        _train(model, optimizer, 2, set())
+    assert notes == [
+        "info: naming the parameters of SGD from model Sequential found in "
+        "test_hooks.py:_train() as `model`"
+    ]
+    assert protection.guards[0].model is model
+    notes.clear()
+    with GlobalGuard(notify=_collect(notes), models=[model]):
+        _train(model, optimizer, 1, set())
+    assert notes == [
+        "info: naming the parameters of SGD from model Sequential (models[0] of GlobalGuard)"
+    ]
+
+
+def test_tensors_spread_over_several_modules_are_named_after_the_variables() -> None:
+    torch.manual_seed(0)
+    encoder, head = nn.Linear(4, 8), nn.Linear(8, 1)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=0.01)
+    notes: list[str] = []
+    with GlobalGuard(notify=_collect(notes)) as protection:
+        for step in range(2):
+            optimizer.zero_grad()
+            x, y = _batch(step)
+            nn.functional.mse_loss(head(torch.relu(encoder(x))), y).backward()
+            optimizer.step()
+    assert notes == [
+        "info: naming the parameters of Adam from the modules `encoder`, `head` found in "
+        "test_hooks.py:test_tensors_spread_over_several_modules_are_named_after_the_variables() "
+        "(no single nn.Module holds them all)"
+    ]
+    names = [name for name, _ in protection.guards[0].guard._named]
+    assert names == ["encoder.weight", "encoder.bias", "head.weight", "head.bias"]
+    assert protection.summary()[0]["model"] == "encoder+head"
+
+
+def test_loose_tensors_are_named_by_position_and_the_note_says_why() -> None:
+    notes: list[str] = []
+    loose = nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([loose], lr=0.1)
+    with GlobalGuard(notify=_collect(notes)) as protection:
+        optimizer.zero_grad()
+        (loose**2).sum().backward()
+        optimizer.step()
+    assert notes == [
+        "info: no nn.Module holding the 1 tensor of SGD was found: they are named by position, "
+        "param_groups.G.I (group G, index I); to name them, put them in one nn.Module (an "
+        "nn.ParameterDict will do) or pass the model to GlobalGuard(models=[...])"
+    ]
+    assert [name for name, _ in protection.guards[0].guard._named] == ["param_groups.0.0"]
+    assert protection.summary()[0]["model"] == "SGD tensors"
+    assert torch.allclose(loose, torch.full((3,), 0.8))  # and it is guarded: the step applied
+
+
+def test_a_model_held_deeper_than_a_variable_is_found_among_live_objects() -> None:
+    holder = {"nets": [_model()]}
+    optimizer = torch.optim.SGD(holder["nets"][0].parameters(), lr=0.1)
+    notes: list[str] = []
+    with GlobalGuard(notify=_collect(notes)) as protection:
+        optimizer.zero_grad()
+        x, y = _batch(0)
+        nn.functional.mse_loss(holder["nets"][0](x), y).backward()
+        optimizer.step()
+    assert notes == [
+        "info: naming the parameters of SGD from model Sequential found in the live objects "
+        "(deeper than a variable or its attribute)"
+    ]
+    assert protection.guards[0].model is holder["nets"][0]

@@ -7,6 +7,7 @@ import random
 import signal
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import pytest
@@ -79,25 +80,38 @@ def test_keep_bounds_the_store_and_discard_after_drops_the_future(
         store.load(30)
 
 
-def test_disk_store_picks_up_existing_files_and_removes_stale_temporaries(tmp_path: Path) -> None:
-    DiskSnapshotStore(tmp_path).save(7, {"w": torch.ones(1)})
-    stale = tmp_path / ".snapshot-000000000008.pt.tmp-123"
+def test_disk_store_adopts_existing_files_and_removes_stale_temporaries(tmp_path: Path) -> None:
+    first = DiskSnapshotStore(tmp_path)
+    first.save(7, {"w": torch.ones(1)})
+    first.close()
+    stale = tmp_path / f".snapshot-000000000008-{first.run}.pt.tmp-123"
     stale.write_bytes(b"half a snapshot")
     (tmp_path / "notes.txt").write_text("kept")
     store = DiskSnapshotStore(tmp_path)
-    assert store.steps() == [7] and not stale.exists() and (tmp_path / "notes.txt").exists()
+    assert store.steps() == [] and store.other_runs() == {first.run: [7]}
+    assert store.adopt() == [7] and store.run == first.run
+    assert store.load(7)["w"].tolist() == [1.0]
+    assert not stale.exists() and (tmp_path / "notes.txt").exists()
 
 
 def test_disk_store_loads_with_weights_only(tmp_path: Path) -> None:
-    # A file that needs arbitrary code to unpickle is refused, not executed.
+    # A file that needs arbitrary code to unpickle is refused, not executed (its checksum and
+    # name are right: only the unpickler stands in the way).
     class Evil:
         def __reduce__(self) -> tuple[object, tuple[str]]:
             return (print, ("pwned",))
 
     store = DiskSnapshotStore(tmp_path)
-    torch.save({"x": Evil()}, store.path(3))
+    store.save(3, {"w": torch.ones(1)})
+    path = store.path(3)
+    torch.save({"x": Evil()}, path)
+    crc = zlib.crc32(path.read_bytes())
+    path.rename(path.with_name(f"snapshot-{3:012d}-{store.run}-{crc:08x}.pt"))
+    store.close()
+    reopened = DiskSnapshotStore(tmp_path)
+    reopened.adopt()
     with pytest.raises(SnapshotError, match="cannot load"):
-        store.load(3)
+        reopened.load(3)
 
 
 def test_disk_store_reports_unwritable_directory(tmp_path: Path) -> None:
@@ -119,6 +133,7 @@ def _write_forever(directory: Path, payload: torch.Tensor) -> None:
     It runs no torch kernel (OpenMP is not fork-safe), only serialisation and file writes.
     """
     store = DiskSnapshotStore(directory, keep=2)
+    store.adopt()  # continue the parent's run
     step = 1
     while True:
         store.save(step, {"step": step, "w": payload})
@@ -146,7 +161,7 @@ def test_sigkill_while_writing_leaves_the_previous_snapshot_loadable(tmp_path: P
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         mid_write += any(p.name.startswith(".snapshot-") for p in directory.iterdir())
         store = DiskSnapshotStore(directory, keep=2)
-        steps = store.steps()
+        steps = store.adopt()
         assert steps, "no snapshot survived the kill"
         for step in steps:  # every visible snapshot is complete
             loaded = store.load(step)
@@ -154,3 +169,27 @@ def test_sigkill_while_writing_leaves_the_previous_snapshot_loadable(tmp_path: P
             assert torch.equal(loaded["w"], payload)
         assert not any(p.name.startswith(".snapshot-") for p in directory.iterdir())
     assert mid_write >= 3, f"only {mid_write} of 12 kills hit a write in progress"
+
+
+def test_a_second_process_is_refused_while_a_store_holds_the_directory(tmp_path: Path) -> None:
+    store = DiskSnapshotStore(tmp_path)
+    store.save(1, {"w": torch.ones(1)})
+    in_progress = tmp_path / f".snapshot-000000000002-{store.run}.pt.tmp-{os.getpid()}"
+    in_progress.write_bytes(b"being written")  # as if this process were in the middle of save()
+    with warnings.catch_warnings():  # Python >= 3.12 warns about fork with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 3
+        try:
+            DiskSnapshotStore(tmp_path)
+        except SnapshotError as err:
+            code = 0 if f"in use by another snapshot store (pid {os.getppid()} " in str(err) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert in_progress.exists()  # the refused opener deleted nothing
+    store.close()
+    reopened = DiskSnapshotStore(tmp_path)  # the lock is free again; the dead writer's file goes
+    assert not in_progress.exists() and reopened.other_runs() == {store.run: [1]}

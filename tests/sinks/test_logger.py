@@ -12,7 +12,6 @@ import gradguard as gg
 from gradguard.errors import ConfigError
 from gradguard.records import ActionKind, Alert, AlertKind, Reason, Severity, StepRecord
 from gradguard.sinks import ConsoleSink, JsonlSink, LoggingSink, RankZeroSink, with_default_logging
-from gradguard.sinks import logger as logger_module
 
 
 def _train(steps: int, poison: range = range(0)) -> gg.Guard:
@@ -129,7 +128,7 @@ def test_only_rank_zero_logs(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="gradguard")
-    monkeypatch.setattr(logger_module, "is_rank_zero", lambda: False)
+    monkeypatch.setenv("RANK", "1")  # torchrun's rank 1, before init_process_group
     sink = LoggingSink()
     sink.write(_record(0, _inf_alert(0), action=ActionKind.SKIP, applied=False))
     sink.write(_record(1))

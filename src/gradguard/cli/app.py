@@ -25,8 +25,10 @@ RUN_CONTEXT = {
     "allow_extra_args": True,
     "ignore_unknown_options": True,
     "allow_interspersed_args": False,
+    "auto_envvar_prefix": "GRADGUARD",
 }
-"""``run`` stops parsing at SCRIPT: everything after it belongs to the script."""
+"""``run`` stops parsing at SCRIPT: everything after it belongs to the script; each option can
+also be set as GRADGUARD_<OPTION> (torchrun's own parser rejects ``--log`` after the script)."""
 
 app = typer.Typer(
     name="gradguard",

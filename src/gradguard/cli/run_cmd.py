@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from gradguard.cli.errors import fail
+from gradguard.records import Severity
 
 __all__ = ["EXIT_DIVERGED", "EXIT_INTERRUPTED", "run"]
 
@@ -125,7 +126,20 @@ def run(
     skip a step that would damage the weights (its gradients are dropped), back off or roll back
     when trouble repeats, and log every step. Options go before SCRIPT; everything after it is
     passed to the script. The summary is printed at exit, also after an error or Ctrl-C.
-    The loss is read from backward() (the mean of what it was called on since the last step).
+    A line at the start names the model the parameter names come from (or says why none was
+    found), and a script that calls backward() again and again without optimizer.step() (it
+    updates its weights by hand) is told that it is not protected.
+
+    The loss is read from backward(): the sum of what it was called on since the last step,
+    the loss whose gradient the step applies (under gradient accumulation the micro-batch
+    losses, each divided by their count, add up to the batch loss); with
+    optimizer.step(closure), the loss of the closure's first evaluation.
+
+    Every option can also be set in the environment as GRADGUARD_<OPTION> (GRADGUARD_LOG,
+    GRADGUARD_CLIP, GRADGUARD_PRESET, GRADGUARD_QUIET=1, GRADGUARD_REPORT=1); an option on
+    the command line wins. Use these under torchrun, whose own parser rejects --log:
+    GRADGUARD_LOG=run.jsonl torchrun --nproc-per-node 2 $(which gradguard) run train.py.
+    Only rank 0 writes the log and prints alerts, notes and the summary.
 
     Exit codes: the script's own exit code (0 when it finishes); 3 when the guard stopped a run
     it could not rescue; 130 after Ctrl-C; 2 for a bad script path or option.
@@ -146,12 +160,26 @@ def run(
 
     from gradguard.errors import TrainingDivergedError
     from gradguard.integrations import GlobalGuard
-    from gradguard.sinks import ConsoleSink, LoggingSink
+    from gradguard.integrations.hooks import is_launch_rank_zero
+    from gradguard.sinks import ConsoleSink, LoggingSink, RankZeroSink, Sink
 
-    # alerts and interventions only; --quiet: only an abort (the guard would log warnings)
-    sinks = [LoggingSink(level=logging.ERROR)] if quiet else [ConsoleSink(every=10**9)]
+    # Under torchrun only rank 0 speaks: RANK is set before the script initialises the process
+    # group, and RankZeroSink asks the group itself once it exists. --quiet: a logging sink that
+    # tells only an abort stands in for the guard's default one, which would log warnings.
+    console: list[Sink] = (
+        [RankZeroSink(ConsoleSink(every=10**9))] if is_launch_rank_zero() and not quiet else []
+    )
+    if quiet:
+        console = [LoggingSink(level=logging.ERROR)]
     meta = {"source": "gradguard run", "script": str(script), "argv": script_args}
-    protection = GlobalGuard(log=path, sinks=sinks, metadata=meta, clip=bound, preset=preset)
+    protection = GlobalGuard(
+        log=path,
+        sinks=console,  # alerts and interventions only
+        metadata=meta,
+        notify=_warn if quiet else _say,
+        clip=bound,
+        preset=preset,
+    )
     code, ending = 0, "finished"
     with _as_main(script, script_args), protection:
         try:
@@ -163,13 +191,36 @@ def run(
             code, ending = EXIT_INTERRUPTED, "interrupted (Ctrl-C)"
         except TrainingDivergedError as exc:
             code, ending = EXIT_DIVERGED, "stopped by gradguard"
-            print(f"gradguard: {exc}", file=sys.stderr)
+            if is_launch_rank_zero():  # every rank reached the same decision
+                print(f"gradguard: {exc}", file=sys.stderr)
         except Exception as exc:  # the script's own error: show it as python would
             _print_script_traceback(exc, script)
             code, ending = 1, f"raised {type(exc).__name__}"
     reports = _build_reports(protection.logs) if report else []
-    _print_summary(script, ending, protection.summary(), protection.logs, reports)
+    if is_launch_rank_zero():
+        _print_summary(
+            script,
+            ending,
+            protection.summary(),
+            protection.logs,
+            reports,
+            backward_calls=protection.backward_calls,
+        )
     raise typer.Exit(code)
+
+
+def _say(line: str, severity: Severity) -> None:
+    """A note of the guard (which model names the tensors, steps that never come), rank 0 only."""
+    from gradguard.integrations.hooks import is_launch_rank_zero
+
+    if is_launch_rank_zero():
+        print(f"gradguard: {line}", file=sys.stderr, flush=True)
+
+
+def _warn(line: str, severity: Severity) -> None:
+    """``--quiet``: only the notes that say the run is not protected."""
+    if severity is not Severity.INFO:
+        _say(line, severity)
 
 
 def _build_reports(logs: Sequence[Path]) -> list[Path]:
@@ -190,6 +241,8 @@ def _print_summary(
     summaries: Sequence[dict[str, Any]],
     logs: Sequence[Path],
     reports: Sequence[Path],
+    *,
+    backward_calls: int = 0,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -199,12 +252,13 @@ def _print_summary(
     if not console.is_terminal:
         console.width = max(console.width, 110)
     if not summaries:
-        console.print(
-            Text(
-                f"gradguard: {script.name} {ending}; no optimizer stepped, nothing was guarded.",
-                style="yellow",
+        line = f"gradguard: {script.name} {ending}; no optimizer stepped, nothing was guarded"
+        if backward_calls:
+            line += (
+                f" (backward() ran {backward_calls} times: weights updated by the script itself "
+                "are not protected)"
             )
-        )
+        console.print(Text(f"{line}.", style="yellow"))
         return
     table = Table(title=f"gradguard: {script.name} {ending}", title_justify="left")
     for column in ("optimizer", "model", "steps", "clipped", "skipped", "backoffs", "rollbacks"):

@@ -6,6 +6,7 @@ detector sets the Monitor offers.
 
 from gradguard.detect.base import Detector
 from gradguard.detect.culprit import CulpritDetector
+from gradguard.detect.early import EarlyExplosionDetector
 from gradguard.detect.loss import LossSpikeDetector
 from gradguard.detect.nonfinite import NonFiniteDetector
 from gradguard.detect.params import ParamNormGrowthDetector
@@ -22,6 +23,7 @@ __all__ = [
     "REGISTRY",
     "CulpritDetector",
     "Detector",
+    "EarlyExplosionDetector",
     "GrowthTrendDetector",
     "LossSpikeDetector",
     "NonFiniteDetector",

@@ -7,6 +7,7 @@ from typing import Literal, TypeAlias
 
 from gradguard.detect.base import Detector
 from gradguard.detect.culprit import CulpritDetector
+from gradguard.detect.early import EarlyExplosionDetector
 from gradguard.detect.loss import LossSpikeDetector
 from gradguard.detect.nonfinite import NonFiniteDetector
 from gradguard.detect.params import ParamNormGrowthDetector
@@ -28,6 +29,7 @@ REGISTRY: dict[str, Callable[[], Detector]] = {
     LossSpikeDetector.name: LossSpikeDetector,
     ParamNormGrowthDetector.name: ParamNormGrowthDetector,
     CulpritDetector.name: CulpritDetector,
+    EarlyExplosionDetector.name: EarlyExplosionDetector,
     TextbookDetector.name: TextbookDetector,
     ThresholdGrowthDetector.name: ThresholdGrowthDetector,
 }
@@ -37,6 +39,7 @@ REGISTRY: dict[str, Callable[[], Detector]] = {
 def _default() -> list[Detector]:
     return [
         NonFiniteDetector(),
+        EarlyExplosionDetector(),
         SpikeDetector(),
         GrowthTrendDetector(),
         LossSpikeDetector(),
@@ -48,6 +51,7 @@ def _default() -> list[Detector]:
 def _strict() -> list[Detector]:
     return [
         NonFiniteDetector(),
+        EarlyExplosionDetector(),
         SpikeDetector(warmup=10, z_threshold=4.0, min_ratio=5.0),
         GrowthTrendDetector(warmup=10, window=16, horizon=4000.0, min_r2=0.5, persistence=2),
         LossSpikeDetector(warmup=10, z_threshold=4.0, min_ratio=4.0),
@@ -67,8 +71,9 @@ PRESETS: dict[str, Callable[[], list[Detector]]] = {
 }
 """Preset name -> factory of a fresh detector list.
 
-* ``default``: non-finite, robust spike, growth trend with forecast, loss spike, parameter-norm
-  growth (every 10 steps) and culprit attribution; tuned to stay silent on noisy healthy runs.
+* ``default``: non-finite, explosion from the first steps, robust spike, growth trend with
+  forecast, loss spike, parameter-norm growth (every 10 steps) and culprit attribution; tuned to
+  stay silent on noisy healthy runs.
 * ``strict``: the same families, more sensitive: shorter warm-up, lower ratios. Expect an
   occasional false alarm on noisy runs.
 * ``textbook``: the five-strategy monitor of the textbooks, exactly.

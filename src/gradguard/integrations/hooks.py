@@ -17,9 +17,11 @@ the guard runs in two halves around it (:meth:`Guard.begin_step` and :meth:`Guar
 ``torch.optim.optimizer.register_optimizer_step_pre_hook``/``..._post_hook`` (what
 ``gradguard run`` does) and names the tensors after the module that holds the optimizer's
 parameters. It sees the loss through :class:`LossTap`, which wraps ``torch.autograd.backward``
-(hence ``loss.backward()``) to keep, on the device, the mean of the scalars that ``backward``
-was called on since the last optimizer step (the micro-batch losses under gradient accumulation;
-a ``step(closure)`` call hands its loss over directly). What hooks cannot see: a loss scaled by a
+(hence ``loss.backward()``) to keep, on the device, the sum of the scalars that ``backward``
+was called on since the last optimizer step (the micro-batch losses under gradient accumulation,
+which add up to the batch loss; a ``step(closure)`` call hands its loss over directly). It also
+counts ``backward`` calls, to tell a script that updates its weights by hand (no optimizer step
+ever comes) that it is not protected. What hooks cannot see: a loss scaled by a
 ``GradScaler`` before ``backward`` is seen scaled (the loss rules are ratios, so only a change of
 the scale shows, as a factor of two); and a learning-rate scheduler that the script steps itself
 also advances on skipped steps.
@@ -31,11 +33,13 @@ import contextlib
 import functools
 import gc
 import os
+import sys
 import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from types import FrameType, ModuleType
 from typing import Any
 
 import torch
@@ -47,7 +51,7 @@ from torch.optim.optimizer import (
 
 from gradguard.errors import ConfigError
 from gradguard.guard import Guard, PendingStep
-from gradguard.records import StepRecord
+from gradguard.records import Severity, StepRecord
 from gradguard.recover import scaled_lr
 from gradguard.sinks import JsonlSink, Sink, is_rank_zero
 from gradguard.stats.recurrent import recurrent_weights
@@ -58,6 +62,9 @@ __all__ = [
     "LossTap",
     "describe_model",
     "find_model",
+    "is_launch_rank_zero",
+    "locate",
+    "name_parameters",
     "unwrap_optimizer",
 ]
 
@@ -87,6 +94,7 @@ class _OptimizerParameters(nn.Module):
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         super().__init__()
+        self._gradguard_label = f"{type(optimizer).__name__} tensors"
         self.param_groups = nn.ModuleList(
             nn.ParameterList(list(group["params"])) for group in optimizer.param_groups
         )
@@ -128,12 +136,18 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     """What the report's advisor reads from a log header: recurrent, cell, stacked layers."""
     weights = recurrent_weights(model)
     if not weights:
-        return {"class": type(model).__name__, "recurrent": False}
+        return {"class": _label(model), "recurrent": False}
     kinds = {w.kind for w in weights}
     kind = kinds.pop() if len(kinds) == 1 else None
     cell = "RNN" if kind in ("RNN_TANH", "RNN_RELU") else kind
     layers = len({(id(w.module), w.layer) for w in weights})
-    return {"class": type(model).__name__, "recurrent": True, "cell": cell, "num_layers": layers}
+    return {"class": _label(model), "recurrent": True, "cell": cell, "num_layers": layers}
+
+
+def _label(model: nn.Module) -> str:
+    """The model's class, or what a stand-in model is made of (``encoder+head``)."""
+    label = model.__dict__.get("_gradguard_label")
+    return label if isinstance(label, str) else type(model).__name__
 
 
 def _drop_grads(optimizer: torch.optim.Optimizer) -> None:
@@ -245,10 +259,19 @@ class LossTap:
 
     :meth:`install` wraps ``torch.autograd.backward`` (which ``Tensor.backward`` calls); every
     call on a one-element floating tensor adds its detached value to a per-thread sum on the
-    device (no host sync). :meth:`take` returns the mean since the last call, or ``None``.
+    device (no host sync), and every call is counted. :meth:`take` returns the *sum* since the
+    last call: the loss whose gradient the coming step applies. Under gradient accumulation the
+    script divides each micro-batch loss by the number of micro-batches, so their sum is the
+    batch loss (a mean would be that loss divided once more); losses backpropagated separately
+    before one step (a GAN discriminator's real and fake terms) add up the same way.
+
+    Args:
+        on_backward: called after every ``backward`` call on this thread with the number of
+            calls since the last :meth:`take` (a host integer: no device value is read).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_backward: Callable[[int], None] | None = None) -> None:
+        self.on_backward = on_backward
         self._local = threading.local()
         self._original: Callable[..., Any] | None = None
         self._wrapper: Callable[..., Any] | None = None
@@ -262,7 +285,10 @@ class LossTap:
         @functools.wraps(original)
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
             self._add(tensors)
-            return original(tensors, *args, **kwargs)
+            result = original(tensors, *args, **kwargs)
+            if self.on_backward is not None:
+                self.on_backward(self.calls)
+            return result
 
         self._original, self._wrapper = original, backward
         torch.autograd.backward = backward
@@ -275,29 +301,156 @@ class LossTap:
         self._original = self._wrapper = None
         self._local = threading.local()
 
+    @property
+    def calls(self) -> int:
+        """How many times ``backward`` was called on this thread since the last :meth:`take`."""
+        return int(getattr(self._local, "calls", 0))
+
     def _add(self, tensors: Any) -> None:
+        self._local.calls = self.calls + 1
         if not isinstance(tensors, Tensor) or tensors.numel() != 1:
             return
         if not tensors.is_floating_point():
             return
-        value = tensors.detach().reshape(())
+        value = tensors.detach().reshape(()).float()
         total: Tensor | None = getattr(self._local, "total", None)
         if total is None or total.device != value.device:
-            self._local.total, self._local.count = value.float(), 1
+            self._local.total = value
         else:
-            self._local.total, self._local.count = total + value, self._local.count + 1
+            self._local.total = total + value
 
     def take(self) -> Tensor | None:
-        """The mean of the losses seen on this thread since the last call (a device scalar)."""
+        """The sum of the losses seen on this thread since the last call (a device scalar)."""
         total: Tensor | None = getattr(self._local, "total", None)
-        count = int(getattr(self._local, "count", 0))
-        self._local.total, self._local.count = None, 0
-        if total is None or count == 0:
-            return None
-        return total if count == 1 else total / count
+        self._local.total, self._local.calls = None, 0
+        return total
 
 
-_StepHook = Callable[[torch.optim.Optimizer, tuple[Any, ...], dict[str, Any]], Any]
+_PACKAGE_DIRS = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).parent))
+
+
+def _script_frames() -> list[FrameType]:
+    """The running frames outside gradguard and torch, innermost first (the training code)."""
+    frames = []
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_PACKAGE_DIRS) and not filename.startswith("<frozen"):
+            frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
+def _place(frame: FrameType) -> str:
+    code = frame.f_code
+    name = Path(code.co_filename).name
+    return name if code.co_name == "<module>" else f"{name}:{code.co_name}()"
+
+
+def _members(value: object) -> Iterator[tuple[str, object]]:
+    """Attributes one level down: a module's children, or a plain object's ``__dict__``."""
+    if isinstance(value, nn.Module):
+        yield from value._modules.items()
+    elif not isinstance(value, (type, ModuleType)) and not callable(value):
+        with contextlib.suppress(TypeError):
+            yield from vars(value).items()
+
+
+def locate(module: nn.Module, frames: Iterable[FrameType]) -> str | None:
+    """Where the training code holds ``module``: ``train.py:main() as `model```, or ``None``.
+
+    Looks at the variables of ``frames`` and one attribute down (``self.model``).
+    """
+    for frame in frames:
+        for name, value in list(frame.f_locals.items()):
+            if value is module:
+                return f"{_place(frame)} as `{name}`"
+            for attr, inner in list(_members(value)):
+                if inner is module:
+                    return f"{_place(frame)} as `{name}.{attr}`"
+    return None
+
+
+class _FoundModules(nn.Module):
+    """Stand-in model made of the script's variables that hold some of an optimizer's tensors."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self._gradguard_label = "+".join(modules)
+        for name, module in modules.items():
+            self.add_module(name if not hasattr(self, name) else f"{name}_", module)
+
+
+def _modules_in(
+    frames: Iterable[FrameType], wanted: set[int]
+) -> tuple[dict[str, nn.Module], str, set[int]]:
+    """Variables holding modules that together hold as many of ``wanted`` as they can."""
+    found: dict[str, nn.Module] = {}
+    covered: set[int] = set()
+    place = ""
+    for frame in frames:
+        for name, value in list(frame.f_locals.items()):
+            if not isinstance(value, nn.Module) or name in found or not name.isidentifier():
+                continue
+            held = {id(p) for p in value.parameters()} & wanted
+            if held - covered:
+                found[name], covered = value, covered | held
+                place = place or _place(frame)
+    return found, place, covered
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def name_parameters(optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None, str]:
+    """The module that names ``optimizer``'s tensors under global hooks, and a line saying so.
+
+    The tightest live module holding them all (:func:`find_model`), located among the training
+    code's variables; else the script's modules that hold them between them; else ``None``
+    (the tensors are then named by position).
+    """
+    label = type(optimizer).__name__
+    model = find_model(optimizer)
+    frames = _script_frames()
+    if model is not None:
+        where = (
+            locate(model, frames) or "the live objects (deeper than a variable or its attribute)"
+        )
+        return (
+            model,
+            f"naming the parameters of {label} from model {type(model).__name__} found in {where}",
+        )
+    wanted = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    modules, place, covered = _modules_in(frames, wanted)
+    if modules:
+        names = ", ".join(f"`{n}`" for n in modules)
+        line = (
+            f"naming the parameters of {label} from the modules {names} found in {place} "
+            "(no single nn.Module holds them all)"
+        )
+        if len(covered) < len(wanted):
+            line += (
+                f"; {_count(len(wanted) - len(covered), 'other tensor')} named param_groups[G][I]"
+            )
+        return _FoundModules(modules), line
+    tensors = _count(len(wanted), "tensor")
+    return None, (
+        f"no nn.Module holding the {tensors} of {label} was found: they are named by position, "
+        "param_groups.G.I (group G, index I); to name them, put them in one nn.Module (an "
+        "nn.ParameterDict will do) or pass the model to GlobalGuard(models=[...])"
+    )
+
+
+def is_launch_rank_zero() -> bool:
+    """Rank 0 of a distributed run, also before ``init_process_group``: torchrun sets ``RANK``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return is_rank_zero()
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+NO_STEP_WARNING_AFTER = 10
+"""``backward()`` calls without an optimizer step before :class:`GlobalGuard` says so."""
 
 
 class GlobalGuard:
@@ -310,16 +463,33 @@ class GlobalGuard:
         print(protection.summary())
 
     Each optimizer gets its own guard (and its own log: ``<log>``, then ``<log stem>.opt2.jsonl``
-    ...) at its first step; in a distributed run only rank 0 writes logs.
-    ``optimizer.step(closure)`` is supported: the closure is wrapped so that the guard sees the
-    gradients (and the loss) it produces. Otherwise the loss is what ``backward`` was called on
-    since the last step (see :class:`LossTap`).
+    ...) at its first step; in a distributed run only rank 0 writes logs. The guard names the
+    tensors after the module that holds them (see :func:`name_parameters`) and says which one in
+    a note. ``optimizer.step(closure)`` is supported: the hook evaluates the closure once before
+    the optimizer starts, judges that evaluation, and hands its loss to the optimizer's first
+    call, so a skip and a learning-rate back-off hold for the whole step (L-BFGS reads its rate
+    before its first closure call); the logged loss is that first evaluation's, the loss at the
+    weights the step starts from. A clip scales that evaluation's gradient; L-BFGS's further
+    evaluations within the step are not judged (each would cost a host sync). Otherwise the
+    loss is the sum of what ``backward`` was called on since the last step (see
+    :class:`LossTap`).
+
+    Notes (which model names the tensors; ``backward()`` called again and again with no
+    optimizer step, as in a script that updates its weights by hand, which hooks cannot guard)
+    go to ``notify`` with their severity (INFO, WARNING), and are kept in :attr:`notes`;
+    without ``notify`` the second kind is
+    issued as a :class:`UserWarning`.
 
     Args:
         log: JSONL log of the first optimizer; ``None`` writes none.
         sinks: further sinks (console, TensorBoard) shared by every optimizer's guard.
         metadata: stored in each log header, beside the model's description.
-        capture_loss: watch ``backward`` for the loss; ``False`` judges gradients only.
+        capture_loss: watch ``backward`` for the loss (and for steps that never come);
+            ``False`` judges gradients only.
+        models: modules to name the tensors from, tried before the search.
+        notify: receives each note as one line, with its severity.
+        no_step_warning_after: ``backward()`` calls without an optimizer step before the note
+            that nothing is guarded (twice the longest accumulation seen, once steps came).
         guard_options: keyword arguments of :class:`~gradguard.guard.Guard`.
     """
 
@@ -330,11 +500,27 @@ class GlobalGuard:
         sinks: Iterable[Sink] = (),
         metadata: Mapping[str, Any] | None = None,
         capture_loss: bool = True,
+        models: Iterable[nn.Module] = (),
+        notify: Callable[[str, Severity], None] | None = None,
+        no_step_warning_after: int = NO_STEP_WARNING_AFTER,
         **guard_options: Any,
     ) -> None:
+        if isinstance(no_step_warning_after, bool) or not isinstance(no_step_warning_after, int):
+            raise ConfigError(
+                f"no_step_warning_after must be an integer >= 1, got {no_step_warning_after!r}; "
+                f"the default is {NO_STEP_WARNING_AFTER}."
+            )
+        if no_step_warning_after < 1:
+            raise ConfigError(
+                f"no_step_warning_after must be an integer >= 1, got {no_step_warning_after!r}; "
+                f"the default is {NO_STEP_WARNING_AFTER}."
+            )
         self.log = Path(log) if log is not None else None
         self.sinks = tuple(sinks)
         self.metadata = dict(metadata or {})
+        self.models = tuple(models)
+        self.notify = notify
+        self.notes: list[str] = []
         self.guard_options = guard_options
         self.guards: list[HookedGuard] = []
         self.logs: list[Path] = []
@@ -343,7 +529,12 @@ class GlobalGuard:
         )
         self._handles: list[Any] = []
         self._local = threading.local()
-        self.loss_tap = LossTap() if capture_loss else None
+        self._no_step_after = no_step_warning_after
+        self._longest_accumulation = 0
+        self._warned_no_step = False
+        self.backward_calls = 0
+        """``backward()`` calls seen (with ``capture_loss``), inside closures included."""
+        self.loss_tap = LossTap(self._on_backward) if capture_loss else None
 
     # ------------------------------------------------------------------------------ hooks
     def install(self) -> GlobalGuard:
@@ -375,13 +566,49 @@ class GlobalGuard:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
+    def _note(self, message: str, severity: Severity = Severity.INFO) -> None:
+        self.notes.append(message)
+        if self.notify is not None:
+            self.notify(message, severity)
+        elif severity is not Severity.INFO:
+            warnings.warn(message, UserWarning, stacklevel=5)  # the script's backward()
+
+    def _on_backward(self, calls: int) -> None:
+        """Say once that nothing is guarded when ``backward`` keeps coming without a step."""
+        self.backward_calls += 1
+        if self._warned_no_step or self._busy_now():
+            return
+        if calls >= max(self._no_step_after, 2 * self._longest_accumulation):
+            self._warned_no_step = True
+            since = "yet" if not self.guards else "since the last one"
+            self._note(
+                f"{calls} backward() calls and no optimizer.step() {since}: gradguard guards "
+                "the steps of torch.optim optimizers, so weights updated by hand (e.g. "
+                "p.data.add_(p.grad, alpha=-lr)) are NOT protected. Step a torch.optim optimizer "
+                "(torch.optim.SGD(model.parameters(), lr=lr) does the same update), or call "
+                "gradguard.Guard in the script. (Gradient accumulation over more micro-batches "
+                "looks the same until its step comes.)",
+                Severity.WARNING,
+            )
+
+    def _steps_came(self, calls: int) -> None:
+        """Record how many ``backward`` calls preceded a step; take back a note proved wrong."""
+        if self._warned_no_step and calls >= self._no_step_after:
+            self._note(
+                f"optimizer.step() came after {calls} backward() calls (gradient accumulation): "
+                "the steps are guarded after all."
+            )
+            self._warned_no_step = False
+        self._longest_accumulation = max(self._longest_accumulation, calls)
+
     def _guard_for(self, optimizer: torch.optim.Optimizer) -> HookedGuard:
         hooked = self._by_optimizer.get(optimizer)
         if hooked is not None:
             return hooked
-        model = find_model(optimizer)
+        model, line = self._name(optimizer)
+        self._note(line)
         sinks = list(self.sinks)
-        if self.log is not None and is_rank_zero():  # under torchrun, one log: rank 0's
+        if self.log is not None and is_launch_rank_zero():  # under torchrun, one log: rank 0's
             k = len(self.guards) + 1
             path = self.log if k == 1 else self.log.with_name(f"{self.log.stem}.opt{k}.jsonl")
             meta = {
@@ -391,10 +618,22 @@ class GlobalGuard:
             }
             sinks.insert(0, JsonlSink(path, metadata=meta, if_exists="overwrite"))
             self.logs.append(path)
-        hooked = HookedGuard(optimizer, model, sinks=sinks, **self.guard_options)
+        named = model if model is not None else _OptimizerParameters(optimizer)
+        hooked = HookedGuard(optimizer, named, sinks=sinks, **self.guard_options)
         self._by_optimizer[optimizer] = hooked
         self.guards.append(hooked)
         return hooked
+
+    def _name(self, optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None, str]:
+        wanted = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        label = type(optimizer).__name__
+        for i, module in enumerate(self.models):
+            if wanted <= {id(p) for p in module.parameters()}:
+                return module, (
+                    f"naming the parameters of {label} from model {type(module).__name__} "
+                    f"(models[{i}] of GlobalGuard)"
+                )
+        return name_parameters(optimizer)
 
     @contextlib.contextmanager
     def _busy(self) -> Iterator[bool]:
@@ -406,29 +645,44 @@ class GlobalGuard:
         finally:
             self._local.busy = busy
 
+    def _busy_now(self) -> bool:
+        return bool(getattr(self._local, "busy", False))
+
+    def _take_loss(self) -> Tensor | None:
+        if self.loss_tap is None:
+            return None
+        self._steps_came(self.loss_tap.calls)
+        return self.loss_tap.take()
+
     def _pre_hook(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         with self._busy() as busy:
             if busy:
                 return None
+            tapped = self._take_loss()
             hooked = self._guard_for(optimizer)
             # ``args`` holds the optimizer itself first, then step()'s own arguments.
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-            tapped = self.loss_tap.take() if self.loss_tap is not None else None
             if closure is None:
                 hooked.before_step(tapped)
                 return None
+            # Evaluate the closure here, before the optimizer reads its settings (L-BFGS reads
+            # its rate first), so that the decision holds for the whole step.
+            with torch.enable_grad():
+                first = closure()
+            if self.loss_tap is not None:
+                self.loss_tap.take()  # the closure hands its loss over itself
+            hooked.before_step(first if isinstance(first, (Tensor, float, int)) else None)
         calls = [0]
 
         def guarded_closure() -> Any:
+            calls[0] += 1
+            if calls[0] == 1:  # the evaluation judged above: its gradients are in place
+                return first
             loss = closure()
             if self.loss_tap is not None:
-                self.loss_tap.take()  # the closure hands its loss over itself
-            calls[0] += 1
-            if calls[0] == 1:  # L-BFGS evaluates the closure many times: judge the first
-                with self._busy():
-                    hooked.before_step(loss if isinstance(loss, (Tensor, float, int)) else None)
+                self.loss_tap.take()  # L-BFGS evaluates many times: one loss per step
             return loss
 
         if "closure" in kwargs:
@@ -451,7 +705,7 @@ class GlobalGuard:
         return [
             {
                 "optimizer": type(h.optimizer).__name__,
-                "model": type(h.model).__name__,
+                "model": _label(h.model),
                 **h.guard.summary(),
             }
             for h in self.guards

@@ -1,6 +1,6 @@
 """Recover a run: snapshots (memory or disk, atomic), rollback, LR backoff, state reset."""
 
-from gradguard.recover.optim import reset_optimizer_state_, scaled_lr
+from gradguard.recover.optim import RateCeiling, reset_optimizer_state_, scaled_lr
 from gradguard.recover.rng import capture_rng_state, restore_rng_state
 from gradguard.recover.snapshot import (
     DiskSnapshotStore,
@@ -12,6 +12,7 @@ from gradguard.recover.snapshot import (
 __all__ = [
     "DiskSnapshotStore",
     "MemorySnapshotStore",
+    "RateCeiling",
     "SnapshotStore",
     "capture_rng_state",
     "cpu_copy",

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable
+
+import torch.distributed as dist
 
 from gradguard.errors import ConfigError
 from gradguard.records import ActionKind, Reason, Severity, StepRecord
@@ -101,7 +104,7 @@ class LoggingSink:
             and record.reason not in _NOTED
         ):
             debug = self.level <= logging.DEBUG and self.logger.isEnabledFor(logging.DEBUG)
-            if debug and is_rank_zero():
+            if debug and _rank_zero():
                 self.logger.debug(
                     "step %d: healthy (loss %s, gradient norm %s)",
                     record.step,
@@ -109,7 +112,7 @@ class LoggingSink:
                     record.total_norm,
                 )
             return
-        if not is_rank_zero():
+        if not _rank_zero():
             return
         level = self._level(record)
         if level is None:
@@ -177,6 +180,13 @@ class LoggingSink:
             return
         incident.told_until = step
         self._next_check = min(incident.last + self.quiet + 1, step + self.window)
+
+
+def _rank_zero() -> bool:
+    """Rank 0 of the process group, or before one exists, of the launch (torchrun sets RANK)."""
+    if dist.is_available() and dist.is_initialized():
+        return is_rank_zero()
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _line(record: StepRecord) -> str:

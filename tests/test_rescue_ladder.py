@@ -1,0 +1,142 @@
+"""The rescue ladder's newer rungs: persistent bound, last resort, give-up modes, rate ceilings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradguard as gg
+from gradguard.errors import ConfigError, TrainingDivergedError
+from gradguard.records import ActionKind, Reason
+from gradguard.recover import RateCeiling
+
+
+def _nan_step(model: nn.Module, opt: torch.optim.Optimizer) -> torch.Tensor:
+    opt.zero_grad()
+    loss = model(torch.randn(8, 4)).pow(2).mean() * math.nan
+    loss.backward()
+    return loss
+
+
+def _guard(on_give_up: gg.GiveUp) -> tuple[gg.Guard, nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    policy = gg.PolicyConfig(consecutive_limit=1, max_rollbacks=1)
+    return gg.Guard(model, opt, policy=policy, on_give_up=on_give_up), model, opt
+
+
+def test_give_up_stop_sets_should_stop_and_skips_every_later_step() -> None:
+    guard, model, opt = _guard("stop")
+    kinds = [guard.step(_nan_step(model, opt)).action for _ in range(3)]
+    assert kinds == [ActionKind.ROLLBACK, ActionKind.ROLLBACK, ActionKind.ABORT]
+    assert guard.should_stop
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    record = guard.step()
+    assert not record.applied and record.reason is Reason.BUDGET_EXHAUSTED
+    assert "should_stop" in record.message
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert guard.state_dict()["should_stop"] is True
+
+
+def test_give_up_continue_goes_on_and_raise_raises() -> None:
+    guard, model, opt = _guard("continue")
+    kinds = [guard.step(_nan_step(model, opt)).action for _ in range(4)]
+    assert kinds[2:] == [ActionKind.ABORT, ActionKind.ABORT] and not guard.should_stop
+    opt.zero_grad()
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    assert guard.step().applied  # a healthy step after giving up is trained on
+    guard, model, opt = _guard("raise")
+    guard.step(_nan_step(model, opt))
+    guard.step(_nan_step(model, opt))
+    with pytest.raises(TrainingDivergedError):
+        guard.step(_nan_step(model, opt))
+    with pytest.raises(ConfigError, match="on_give_up"):
+        gg.Guard(model, opt, on_give_up="ignore")  # type: ignore[arg-type]
+
+
+def test_rate_ceiling_holds_a_ramping_schedule_at_the_rate_that_failed() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    ceiling = RateCeiling(opt)
+    with ceiling.applied():
+        assert opt.param_groups[0]["lr"] == 1.0  # untouched before any backoff
+    ceiling.set_scale(0.5)  # the trouble came at rate 1.0
+    for scheduled, expected in [(1.0, 0.5), (4.0, 0.5), (0.2, 0.2)]:
+        opt.param_groups[0]["lr"] = scheduled  # a scheduler's step, or the user's
+        with ceiling.applied():
+            assert opt.param_groups[0]["lr"] == pytest.approx(expected)
+        assert opt.param_groups[0]["lr"] == scheduled  # the schedule's own value is kept
+    opt.param_groups[0]["lr"] = 0.4
+    ceiling.set_scale(0.25)  # a second backoff, while the schedule had fallen to 0.4
+    assert ceiling.rate(0, 0.4) == pytest.approx(0.2) and ceiling.rate(0, 10.0) == pytest.approx(
+        0.2
+    )
+    ceiling.set_scale(1.0)  # fully restored: the rate that failed stays the ceiling
+    assert ceiling.rate(0, 10.0) == pytest.approx(0.8) and ceiling.rate(0, 0.1) == 0.1
+    restored = RateCeiling(opt)
+    restored.load_state_dict(ceiling.state_dict())
+    assert restored.rate(0, 10.0) == ceiling.rate(0, 10.0)
+
+
+def _lr_range_run(guarded: bool) -> tuple[list[float], float]:
+    """An LR-range test: the rate grows 10x every 25 steps until the run blows up."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 10)
+    y = x @ torch.randn(10, 1)
+    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 10 ** (s / 25))
+    guard = gg.Guard(model, opt, scheduler=sched) if guarded else None
+    rates = []
+    for t in range(120):
+        opt.zero_grad()
+        idx = torch.arange(t * 32, t * 32 + 32) % 256
+        loss = nn.functional.mse_loss(model(x[idx]), y[idx])
+        loss.backward()
+        if guard is not None:
+            rates.append(guard.step(loss).lr or math.nan)
+        else:
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        final = float(nn.functional.mse_loss(model(x), y))
+    return rates, final
+
+
+def test_an_lr_range_ramp_is_capped_not_fought_until_abort() -> None:
+    rates, final = _lr_range_run(guarded=True)
+    _, unguarded = _lr_range_run(guarded=False)
+    assert not math.isfinite(unguarded) or unguarded > 1e3  # the ramp destroys the plain run
+    assert math.isfinite(final) and final < 1.0
+    # After the trouble the rate stops following the schedule (which reaches 60 at the end).
+    assert max(rates[-40:]) < 1.0
+
+
+def test_after_an_escalation_the_bound_stays_on() -> None:
+    # A linear model at a rate past its stability limit: once the guard had to escalate, every
+    # later step is clipped to the healthy scale instead of being released and re-fought.
+    torch.manual_seed(0)
+    x = torch.randn(512, 20) * 3
+    y = x @ torch.randn(20, 1)
+    model = nn.Linear(20, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.08)
+    guard = gg.Guard(model, opt)
+    records = []
+    for t in range(300):
+        opt.zero_grad()
+        idx = torch.arange(t * 16, t * 16 + 64) % 512
+        loss = nn.functional.mse_loss(model(x[idx]), y[idx])
+        loss.backward()
+        records.append(guard.step(loss))
+    escalations = [r.step for r in records if r.action in (ActionKind.BACKOFF, ActionKind.ROLLBACK)]
+    assert escalations
+    after = records[escalations[-1] + 1 :]
+    bound = guard.policy.healthy_norm()
+    assert bound is not None and guard.policy.state_dict()["persistent"]
+    assert all(r.total_norm * r.clip_coef <= max(bound, r.total_norm) * 2 + 1e-6 for r in after)
+    assert all(math.isfinite(r.loss or 0.0) for r in records[-20:])
