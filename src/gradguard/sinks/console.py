@@ -16,7 +16,7 @@ import math
 from typing import TYPE_CHECKING
 
 from gradguard.errors import ConfigError
-from gradguard.records import ActionKind, AlertKind, Severity, StepRecord
+from gradguard.records import ActionKind, AlertKind, Reason, Severity, StepRecord
 from gradguard.sinks.tally import StepTally, done_phrase, is_clipped, shown_severity
 
 if TYPE_CHECKING:
@@ -99,7 +99,8 @@ class ConsoleSink:
             self._clipped += 1
             if math.isfinite(record.clip_coef):
                 self._min_coef = min(self._min_coef, record.clip_coef)
-        if record.action not in (ActionKind.PROCEED, ActionKind.CLIP):
+        routine = record.reason is Reason.SCALER_OVERFLOW  # counted in the closing line
+        if record.action not in (ActionKind.PROCEED, ActionKind.CLIP) and not routine:
             self._print_intervention(record)
         for alert in record.alerts:
             severity = shown_severity(record, alert)  # a GradScaler overflow is routine: info
