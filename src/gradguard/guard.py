@@ -430,6 +430,9 @@ class Guard:
             scaler_overflow=overflow,
             clipper=self._clipper_name,
         )
+        # The rates in force now are the ones a backoff judges, before a rollback or the
+        # scheduler changes them.
+        self.rates.set_scale(decision.lr_scale)
         if decision.apply:
             self._clip(stats, obs, decision.clip_bound)
         return PendingStep(self._step, obs, tuple(alerts), decision, overflow)

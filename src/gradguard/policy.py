@@ -917,6 +917,9 @@ class EscalationPolicy:
             factor = cfg.backoff_factor ** (len(s.rollbacks) + 1)
             s.lr_scale = max(old * factor, cfg.min_lr_scale)
         s.rollbacks.append(t)
+        if can_rollback:  # the losses of the abandoned trajectory say nothing of the restored one
+            start = s.incident_start if s.incident_start is not None else t
+            s.loss_history = [entry for entry in s.loss_history if entry[0] < start]
         s.faults = []
         s.consecutive = 0
         s.backoffs_in_incident = 0
