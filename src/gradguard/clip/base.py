@@ -21,8 +21,8 @@ class Clipper(Protocol):
     """A clipping rule: measures nothing itself, acts on a step's :class:`GradStats`.
 
     ``clip_(stats)`` scales the gradients in ``stats.grads`` in place, on the device, without a
-    host synchronisation, and returns the coefficient it applied as a float32 tensor that
-    broadcasts against ``stats.norms``:
+    host synchronisation, and returns the coefficient it applied as a tensor that broadcasts
+    against ``stats.norms`` (float32, or float64 when the gradients are float64):
 
     * 0-d for rules that scale every gradient alike (global norm, percentile, z-score);
     * 1-d, aligned with ``stats.norms``, for rules that act per tensor (per-tensor norm) or
