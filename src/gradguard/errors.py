@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -40,6 +40,7 @@ __all__ = [
     "check_names",
     "check_nonnegative",
     "check_norm_type",
+    "check_objects",
     "check_open_interval",
     "check_path",
     "check_positive",
@@ -299,3 +300,12 @@ def check_interface(name: str, value: _T, methods: tuple[str, ...], *, fix: str 
             )
         )
     return value
+
+
+def check_objects(
+    name: str, values: object, methods: tuple[str, ...], *, fix: str = ""
+) -> tuple[Any, ...]:
+    """Return ``values`` as a tuple if it is a list of objects that each have ``methods``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ConfigTypeError(_message(f"{name} must be a list, got {values!r:.80}.", fix))
+    return tuple(check_interface(f"each of {name}", value, methods, fix=fix) for value in values)

@@ -20,7 +20,7 @@ from torch import Tensor
 from gradguard.detect import Detector, Preset
 from gradguard.detect import preset as make_preset
 from gradguard.detect.base import check_int
-from gradguard.errors import ConfigError
+from gradguard.errors import ConfigError, check_objects
 from gradguard.records import (
     ActionKind,
     Alert,
@@ -52,6 +52,12 @@ if TYPE_CHECKING:
 __all__ = ["History", "Monitor"]
 
 _MAX_CULPRIT_NAMES = 1024
+
+
+def check_sinks(sinks: object) -> tuple[Sink, ...]:
+    """``sinks`` as a tuple, each checked up front to have ``write(record)`` and ``close()``."""
+    fix = "Use gg.ConsoleSink(), gg.JsonlSink(path), or any object with write(record) and close()."
+    return check_objects("sinks", sinks, ("write", "close"), fix=fix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +146,7 @@ class Monitor:
                     "gradguard.detect or implement that interface."
                 )
         self._initial_detectors = copy.deepcopy(self.detector_state())
-        self.sinks = tuple(sinks)
+        self.sinks = check_sinks(sinks)
         self.top_k = check_int("top_k", top_k, minimum=0, fix="The default is 5.")
         self.norm_type = check_norm_type(norm_type)
         size = check_int("history_size", history_size, minimum=1)

@@ -2,9 +2,10 @@
 
 Functions clip in one call (``clip_by_global_norm_``, ``clip_per_tensor_norm_``,
 ``clip_by_value_``, and the drop-ins for PyTorch's ``clip_grad_norm_`` and ``clip_grad_value_``
-with the same names and arguments); objects implement the :class:`Clipper` interface (``clip_(stats)``,
-``state_dict()``, ``load_state_dict()``) so a Guard can take any of them, the adaptive ones
-(:class:`PercentileClipper`, :class:`ZScoreClipper`, :class:`AdaptiveUnitClipper`) included.
+with the same names and arguments); objects implement the :class:`Clipper` interface
+(``clip_(stats)``, ``state_dict()``, ``load_state_dict()``) so a Guard can take any of them, the
+adaptive ones (:class:`PercentileClipper`, :class:`ZScoreClipper`,
+:class:`AdaptiveUnitClipper`) included.
 """
 
 from gradguard.clip.apply import (

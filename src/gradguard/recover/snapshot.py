@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from gradguard.errors import ConfigError, SnapshotError
+from gradguard.errors import SnapshotError, check_int, check_path
 
 __all__ = ["DiskSnapshotStore", "MemorySnapshotStore", "SnapshotStore", "cpu_copy"]
 
@@ -66,12 +66,11 @@ def cpu_copy(obj: Any) -> Any:
 
 
 def _check_keep(keep: object) -> int:
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ConfigError(
-            f"keep must be an integer >= 1, got {keep!r}. Keep at least 2 so that a rollback "
-            "can still reach a snapshot from before a slowly growing incident."
-        )
-    return keep
+    fix = (
+        "Keep at least 2 so that a rollback can still reach a snapshot from before a slowly "
+        "growing incident."
+    )
+    return check_int("keep", keep, minimum=1, fix=fix)
 
 
 class MemorySnapshotStore:
@@ -128,6 +127,7 @@ class DiskSnapshotStore:
 
     def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
         self.keep = _check_keep(keep)
+        check_path("directory", directory, fix="Pass a folder for the snapshots, e.g. 'ckpt'.")
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

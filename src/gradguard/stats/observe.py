@@ -161,13 +161,11 @@ def _host_number(value: object, name: str) -> float:
     """A Python (or NumPy) real number as a float; NaN and Inf are kept, they are observations."""
     if isinstance(value, (bool, str, bytes, complex)):
         raise ConfigTypeError(
-            f"{name} must be a tensor, a number or None, got {type(value).__name__} "
-            f"{value!r:.80}."
+            f"{name} must be a tensor, a number or None, got {type(value).__name__} {value!r:.80}."
         )
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ConfigTypeError(
-            f"{name} must be a tensor, a number or None, got {type(value).__name__} "
-            f"{value!r:.80}."
+            f"{name} must be a tensor, a number or None, got {type(value).__name__} {value!r:.80}."
         ) from None
