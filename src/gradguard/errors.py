@@ -208,11 +208,13 @@ def check_int(
     name: str, value: object, *, minimum: int, maximum: int | None = None, fix: str = ""
 ) -> int:
     """Return ``value`` as an int if it is an integer (not a bool) in ``[minimum, maximum]``."""
+    allowed = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigTypeError(_message(f"{name} must be an integer, got {value!r:.80}.", fix))
+        raise ConfigTypeError(
+            _message(f"{name} must be an integer {allowed}, got {value!r:.80}.", fix)
+        )
     number = int(value)
     if number < minimum or (maximum is not None and number > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise ConfigError(_message(f"{name} must be an integer {allowed}, got {value!r}.", fix))
     return number
 
