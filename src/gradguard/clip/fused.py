@@ -86,9 +86,9 @@ def fused_clipped_step(
             "clip_(). For a Python number c, pass torch.tensor(c)."
         )
     if skip is not None and (not isinstance(skip, Tensor) or skip.numel() != 1):
-        shape = tuple(skip.shape) if isinstance(skip, Tensor) else type(skip).__name__
+        got = tuple(skip.shape) if isinstance(skip, Tensor) else type(skip).__name__
         raise ConfigTypeError(
-            f"skip must be a 0-d bool tensor or None, got {shape!r}. Pass skip=~stats.finite."
+            f"skip must be a 0-d bool tensor or None, got {got!r}. Pass skip=~stats.finite."
         )
     coef = coef.to(torch.float32)
     # NaN, Inf or <= 0 is no clip factor: skip the step on the device rather than apply it.

@@ -101,7 +101,7 @@ def _groups(parameters: Parameters | None, stats: GradStats | None) -> list[list
         grads = tuple(grad for _, _, grad in named)
         if not grads:
             return []
-        grouped = _group_tensors_by_device_and_dtype([list(grads)])  # type: ignore[list-item]
+        grouped = _group_tensors_by_device_and_dtype([list(grads)])
         groups = [tensors[0] for tensors, _ in grouped.values()]  # type: ignore[misc]
     for group in groups:
         if group[0].is_complex():

@@ -51,7 +51,7 @@ def foreach_norms(tensors: Sequence[Tensor], p: float) -> Tensor:
     complex128) tensors. No host sync.
     """
     accumulate = accumulation_dtype(tensors[0].dtype)
-    norms = torch._foreach_norm(list(tensors), p, dtype=accumulate)  # type: ignore[arg-type]
+    norms = torch._foreach_norm(list(tensors), p, dtype=accumulate)
     return torch.stack(norms)
 
 
