@@ -203,7 +203,9 @@ def test_csv_sink_does_not_replace_an_existing_table(tmp_path: Path) -> None:
 def test_every_clipper_refuses_anything_but_a_measurement(name: str) -> None:
     model, _ = _trained()
     before = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
-    with pytest.raises(ConfigTypeError, match=r"clip_ takes this step's measurement.*measure"):
+    with pytest.raises(
+        ConfigTypeError, match=r"\.clip_ takes this step.s measurement.*gg\.measure\(model\)"
+    ):
         gg.clip.REGISTRY[name]().clip_(model)  # type: ignore[arg-type]
     for p, g in zip(model.parameters(), before, strict=True):
         assert torch.equal(p.grad, g)  # type: ignore[arg-type]
@@ -312,3 +314,43 @@ def test_check_path_and_mapping_and_interface() -> None:
         errors.check_mapping("m", "x")
     with pytest.raises(ConfigTypeError, match="which lacks close"):
         errors.check_interface("s", print, ("__call__", "close"))
+
+
+# ------------------------------------------------------------- more entry points, swept
+
+
+@pytest.mark.parametrize(
+    ("call", "shown"),
+    [
+        (lambda m, o: gg.Monitor(m, detectors=5), "detectors must be a list, got 5"),
+        (lambda m, o: gg.Monitor(m, detectors=[5]), "detectors must have update"),
+        (lambda m, o: gg.Monitor(m, sharded_grads="no"), "sharded_grads must be True or False"),
+        (lambda m, o: gg.Guard(m, o, restore_rng="yes"), "restore_rng must be True or False"),
+        (lambda m, o: gg.Guard(m, o, monitor=5), "monitor must be a gg.Monitor or None, got int"),
+        (lambda m, o: gg.Monitor(m).load_state_dict(None), "state must be a dict"),
+        (lambda m, o: gg.Monitor(m).load_detector_state({}), "must be the list"),
+        (lambda m, o: gg.Guard(m, o).policy.load_state_dict(None), "state must be a dict"),
+        (lambda m, o: gg.remedies.init_for_stability(5), "model must be an nn.Module, got int"),
+        (lambda m, o: gg.clip.step_coefficient(None, torch.ones(2)), "step_coefficient takes"),
+        (lambda m, o: gg.Monitor(m).observe(1.0, stats=m), "stats must be this step's"),
+        (lambda m, o: gg.clip_by_global_norm_(None, 1.0, stats=m), r"\(stats=\.\.\.\) takes"),
+        (
+            lambda m, o: gg.clip.safe_coefficient(
+                "1", torch.ones(()), torch.ones((), dtype=bool), 0
+            ),
+            "bound must be a real number, got '1'",
+        ),
+    ],
+)
+def test_more_entry_points_refuse_wrong_types(call: object, shown: str) -> None:
+    model, optimizer = _trained()
+    with pytest.raises(ConfigTypeError, match=shown):
+        call(model, optimizer)  # type: ignore[operator]
+
+
+def test_monitor_load_state_dict_names_what_is_missing() -> None:
+    model, _ = _trained()
+    monitor = gg.Monitor(model)
+    with pytest.raises(ConfigError, match=r"lacks \['alerts', 'counts'"):
+        monitor.load_state_dict({"detectors": monitor.detector_state()})
+    monitor.load_state_dict(monitor.state_dict())

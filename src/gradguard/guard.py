@@ -32,8 +32,10 @@ from gradguard.clip import Clipper, apply_global_bound_, step_coefficient
 from gradguard.detect import Detector, Preset
 from gradguard.errors import (
     ConfigError,
+    ConfigTypeError,
     SnapshotError,
     TrainingDivergedError,
+    check_bool,
     check_interface,
     check_mapping,
     check_path,
@@ -181,6 +183,12 @@ class Guard:
                 f"{optimizer!r:.80}. Pass the optimizer whose step() the guard replaces."
             )
         _check_collaborators(scaler, scheduler, snapshot_dir)
+        check_bool("restore_rng", restore_rng, fix="True also restores the RNG states.")
+        if monitor is not None and not isinstance(monitor, Monitor):
+            raise ConfigTypeError(
+                f"monitor must be a gg.Monitor or None, got {type(monitor).__name__} "
+                f"{monitor!r:.60}. Leave it None and the guard builds one."
+            )
         sinks = check_sinks(sinks)
         self.model = model
         self.optimizer = optimizer

@@ -41,7 +41,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
-from gradguard.errors import ConfigError, check_bool, check_int, check_positive, check_real
+from gradguard.errors import (
+    ConfigError,
+    check_bool,
+    check_int,
+    check_mapping,
+    check_positive,
+    check_real,
+)
 from gradguard.records import Action, ActionKind, Alert, AlertKind, Observation, Reason, Severity
 
 __all__ = ["ClipMode", "Decision", "EscalationPolicy", "PolicyConfig", "abort_advice"]
@@ -930,6 +937,7 @@ class EscalationPolicy:
         Raises:
             ConfigError: ``state`` lacks a field or was not produced by :meth:`state_dict`.
         """
+        check_mapping("state", state, fix="Pass what EscalationPolicy.state_dict() returned.")
         names = [f.name for f in dataclasses.fields(_State)]
         missing = [n for n in names if n not in state]
         if missing:

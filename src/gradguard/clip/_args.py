@@ -26,12 +26,12 @@ def check_eps(eps: object) -> float:
     )
 
 
-def check_stats(owner: str, stats: object) -> GradStats:
+def check_stats(where: str, stats: object) -> GradStats:
     """Return ``stats`` if it is a :class:`GradStats`; a model or tensor list is refused early."""
     if not isinstance(stats, GradStats):
         raise ConfigTypeError(
-            f"{owner}.clip_ takes this step's measurement, got {type(stats).__name__} "
-            f"{stats!r:.60}. Call clipper.clip_(gg.measure(model)) after backward()."
+            f"{where} takes this step's measurement, got {type(stats).__name__} "
+            f"{stats!r:.60}. Pass gg.measure(model), taken after backward()."
         )
     return stats
 
@@ -41,7 +41,7 @@ def stats_for(
 ) -> GradStats:
     """``stats`` when given (reused, nothing measured twice), else ``measure(parameters)``."""
     if stats is not None:
-        return check_stats(caller, stats)
+        return check_stats(f"{caller}(stats=...)", stats)
     if parameters is None:
         raise ConfigError(
             f"{caller} got parameters=None and no stats; pass the parameters to clip (a model, "

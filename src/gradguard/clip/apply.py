@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from gradguard.clip._args import check_writable
+from gradguard.errors import check_positive
 from gradguard.stats import GradStats
 
 __all__ = [
@@ -35,6 +36,7 @@ def safe_coefficient(bound: Tensor | float, norm: Tensor, finite: Tensor, eps: f
     if isinstance(bound, Tensor):
         coef = torch.div(bound, norm + eps)
     else:
+        bound = check_positive("bound", bound, fix="It is the max_norm of the clipping rule.")
         coef = torch.reciprocal(norm + eps).mul_(bound)
     return torch.where(finite, coef.clamp_(max=1.0), 1.0)
 

@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from gradguard.clip._args import check_stats
 from gradguard.errors import ConfigError
 from gradguard.stats import GradStats
 
@@ -67,6 +68,7 @@ def step_coefficient(stats: GradStats, coef: object) -> Tensor | float:
         ConfigError: a tensor coefficient has neither one element nor the shape of
             ``stats.norms``.
     """
+    check_stats("step_coefficient", stats)
     if not isinstance(coef, Tensor):
         if isinstance(coef, numbers.Real) and not isinstance(coef, bool):
             return float(coef)

@@ -60,7 +60,9 @@ class GlobalNormClipper(_Stateless):
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Clip in place; return the 0-d coefficient applied to every gradient."""
-        return apply_global_bound_(check_stats("GlobalNormClipper", stats), self.max_norm, self.eps)
+        return apply_global_bound_(
+            check_stats("GlobalNormClipper.clip_", stats), self.max_norm, self.eps
+        )
 
 
 class PerTensorNormClipper(_Stateless):
@@ -87,7 +89,7 @@ class PerTensorNormClipper(_Stateless):
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Clip in place; return one coefficient per tensor."""
-        stats = check_stats("PerTensorNormClipper", stats)
+        stats = check_stats("PerTensorNormClipper.clip_", stats)
         return apply_per_tensor_bound_(stats, self.max_norm, self.eps)
 
 
@@ -117,7 +119,7 @@ class ValueClipper(_Stateless):
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Clamp in place; return per tensor the factor by which its norm shrank."""
-        stats = check_stats("ValueClipper", stats)
+        stats = check_stats("ValueClipper.clip_", stats)
         clip_by_value_(None, self.clip_value, stats=stats)
         before = stats.norms
         if not stats.grads:

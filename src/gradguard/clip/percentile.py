@@ -75,7 +75,7 @@ class PercentileClipper:
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Record the norm if finite, clip to the percentile bound; return the 0-d coefficient."""
-        stats = check_stats("PercentileClipper", stats)
+        stats = check_stats("PercentileClipper.clip_", stats)
         if not stats.grads:
             return torch.ones((), dtype=torch.float32, device=stats.device)
         state = self._state

@@ -64,7 +64,7 @@ class AdaptiveUnitClipper:
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Clip every unit in place; return per tensor the factor by which its norm shrank."""
-        stats = check_stats("AdaptiveUnitClipper", stats)
+        stats = check_stats("AdaptiveUnitClipper.clip_", stats)
         if not stats.grads:
             return torch.ones(0, dtype=torch.float32, device=stats.device)
         check_writable(stats.names, stats.grads)

@@ -87,7 +87,7 @@ def clip_grad_value_(
 def _groups(parameters: Parameters | None, stats: GradStats | None) -> list[list[Tensor]]:
     """The gradients to clamp, grouped by (device, dtype), after checking all of them."""
     if stats is not None:
-        stats = check_stats("clip_by_value_", stats)
+        stats = check_stats("clip_by_value_(stats=...)", stats)
         names, grads = stats.names, stats.grads
         groups = stats.groups()
     elif parameters is None:

@@ -94,7 +94,7 @@ class ZScoreClipper:
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Update the statistics with a finite norm and clip a spike; return the 0-d coefficient."""
-        stats = check_stats("ZScoreClipper", stats)
+        stats = check_stats("ZScoreClipper.clip_", stats)
         if not stats.grads:
             return torch.ones((), dtype=torch.float32, device=stats.device)
         state = self._state
