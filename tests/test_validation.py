@@ -176,6 +176,8 @@ def test_monitor_refuses_a_sink_object_and_a_complex_loss() -> None:
 
 
 def test_sinks_check_their_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ConfigTypeError, match=r"path must be a file path.*got 5"):
+        gg.JsonlSink(5)  # type: ignore[arg-type]
     with pytest.raises(ConfigTypeError, match=r"metadata must be a dict, got list \[1, 2\]"):
         gg.JsonlSink(tmp_path / "x.jsonl", metadata=[1, 2])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="flush_secs must be a finite number > 0, got -1"):

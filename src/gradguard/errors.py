@@ -255,20 +255,21 @@ def check_names(name: str, value: object, *, fix: str = "") -> frozenset[str]:
     return frozenset(value)
 
 
-def check_path(name: str, value: object, *, fix: str = "") -> str:
+def check_path(name: str, value: object, *, fix: str = "", what: str = "folder") -> str:
     """Return ``value`` as a string path if it is a non-empty ``str`` or ``os.PathLike``.
 
-    The empty string is refused: it would silently mean the current folder.
+    The empty string is refused: it would silently mean the current folder. ``what`` ("folder"
+    or "file") only words the message.
     """
     if not isinstance(value, (str, os.PathLike)):
         raise ConfigTypeError(
-            _message(f"{name} must be a folder path (str or pathlib.Path), got {value!r:.80}.", fix)
+            _message(f"{name} must be a {what} path (str or pathlib.Path), got {value!r:.80}.", fix)
         )
     path = os.fspath(value)
     if not isinstance(path, str) or not path:
         raise ConfigError(
             _message(
-                f"{name} must name a folder, got {value!r} (an empty path would mean the "
+                f"{name} must name a {what}, got {value!r} (an empty path would mean the "
                 "current folder).",
                 fix,
             )

@@ -48,7 +48,7 @@ class CsvSink:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        check_path("path", path, fix="Pass the .csv file to write, e.g. 'run.csv'.")
+        check_path("path", path, what="file", fix="Pass the .csv file to write, e.g. 'run.csv'.")
         check_bool("overwrite", overwrite)
         self.path = Path(path)
         if not overwrite and self.path.exists() and self.path.stat().st_size > 0:
