@@ -41,7 +41,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
-from gradguard.errors import ConfigError, check_positive
+from gradguard.errors import (
+    ConfigError,
+    check_bool,
+    check_int,
+    check_mapping,
+    check_positive,
+    check_real,
+)
 from gradguard.records import Action, ActionKind, Alert, AlertKind, Observation, Reason, Severity
 
 __all__ = ["ClipMode", "Decision", "EscalationPolicy", "PolicyConfig", "abort_advice"]
@@ -163,6 +170,13 @@ class PolicyConfig:
     isolated_clip_factor: float = 4.0
 
     def __post_init__(self) -> None:
+        for name in ("skip_nonfinite", "reset_moments", "backoff_on_rollback", "backoff_on_trend"):
+            check_bool(name, getattr(self, name), fix="See PolicyConfig for what each switch does.")
+        if self.skip_spikes is not None:
+            check_bool("skip_spikes", self.skip_spikes, fix="Or None, the automatic choice.")
+        for field in dataclasses.fields(self):  # every float setting is a real number, not "2"
+            if field.type == "float":
+                check_real(field.name, getattr(self, field.name), fix="See PolicyConfig.")
         for name in (
             "skip_budget",
             "max_backoffs",
@@ -220,11 +234,8 @@ class PolicyConfig:
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"{name} must be an integer >= {minimum}, got {value!r}. See PolicyConfig for what "
-            "each budget means; the defaults suit most runs."
-        )
+    fix = "See PolicyConfig for what each budget means; the defaults suit most runs."
+    check_int(name, value, minimum=minimum, fix=fix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1004,6 +1015,7 @@ class EscalationPolicy:
         Raises:
             ConfigError: ``state`` lacks a field or was not produced by :meth:`state_dict`.
         """
+        check_mapping("state", state, fix="Pass what EscalationPolicy.state_dict() returned.")
         names = [f.name for f in dataclasses.fields(_State)]
         state = {**_ADDED_IN_0_2, **state}  # state saved before these fields existed
         missing = [n for n in names if n not in state]
