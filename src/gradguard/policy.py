@@ -726,12 +726,13 @@ class EscalationPolicy:
         else:
             s.healthy_streak += 1
         if not protected:
-            # Under the persistent bound a norm enters the baseline at most recovered_ratio
-            # times the current median: a slow drift upward cannot carry the bound with it.
+            # Under the persistent bound a norm enters the baseline at most at the current
+            # median: the bound follows the run down, never up (a slow drift upward would
+            # otherwise carry it along, doubling every half window).
             norm = (
                 obs.total_norm
                 if typical is None or not s.persistent
-                else min(obs.total_norm, cfg.recovered_ratio * typical)
+                else min(obs.total_norm, typical)
             )
             s.norms = [*s.norms[-(cfg.baseline - 1) :], norm]
             if obs.loss is not None and math.isfinite(obs.loss):
