@@ -22,6 +22,12 @@ def test_all_lists_only_real_names() -> None:
         assert hasattr(gg, name), name
 
 
+def test_the_torch_drop_ins_are_exported() -> None:
+    assert {"clip_grad_norm_", "clip_grad_value_"} <= set(gg.__all__)
+    assert gg.clip_grad_norm_ is gg.clip.clip_grad_norm_
+    assert gg.clip_grad_value_ is gg.clip.clip_grad_value_
+
+
 def test_import_loads_no_display_or_integration_package() -> None:
     code = f"import sys, gradguard; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run(

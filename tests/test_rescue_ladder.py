@@ -84,16 +84,16 @@ def test_rate_ceiling_holds_a_ramping_schedule_at_the_rate_that_failed() -> None
 
 
 def _lr_range_run(guarded: bool) -> tuple[list[float], float]:
-    """An LR-range test: the rate grows 10x every 25 steps until the run blows up."""
+    """An LR-range test: the rate grows 10x every 40 steps until the run blows up."""
     torch.manual_seed(0)
     x = torch.randn(256, 10)
     y = x @ torch.randn(10, 1)
     model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 1))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 10 ** (s / 25))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 10 ** (s / 40))
     guard = gg.Guard(model, opt, scheduler=sched) if guarded else None
     rates = []
-    for t in range(120):
+    for t in range(240):
         opt.zero_grad()
         idx = torch.arange(t * 32, t * 32 + 32) % 256
         loss = nn.functional.mse_loss(model(x[idx]), y[idx])
@@ -113,7 +113,7 @@ def test_an_lr_range_ramp_is_capped_not_fought_until_abort() -> None:
     _, unguarded = _lr_range_run(guarded=False)
     assert not math.isfinite(unguarded) or unguarded > 1e3  # the ramp destroys the plain run
     assert math.isfinite(final) and final < 1.0
-    # After the trouble the rate stops following the schedule (which reaches 60 at the end).
+    # After the trouble the rate stops following the schedule (which reaches 1e3 at the end).
     assert max(rates[-40:]) < 1.0
 
 

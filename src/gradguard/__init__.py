@@ -9,6 +9,8 @@ from gradguard.clip import (
     Clipper,
     clip_by_global_norm_,
     clip_by_value_,
+    clip_grad_norm_,
+    clip_grad_value_,
     clip_per_tensor_norm_,
 )
 from gradguard.errors import GradguardError
@@ -37,6 +39,8 @@ __all__ = [
     "build_report",
     "clip_by_global_norm_",
     "clip_by_value_",
+    "clip_grad_norm_",
+    "clip_grad_value_",
     "clip_per_tensor_norm_",
     "errors",
     "measure",

@@ -34,8 +34,18 @@ from torch import Tensor, nn
 
 from gradguard.clip import Clipper, apply_global_bound_, step_coefficient
 from gradguard.detect import Detector, Preset
-from gradguard.errors import ConfigError, SnapshotError, TrainingDivergedError, check_positive
-from gradguard.monitor import Monitor
+from gradguard.errors import (
+    ConfigError,
+    ConfigTypeError,
+    SnapshotError,
+    TrainingDivergedError,
+    check_bool,
+    check_interface,
+    check_mapping,
+    check_path,
+    check_positive,
+)
+from gradguard.monitor import Monitor, check_sinks
 from gradguard.policy import EPS, ClipMode, Decision, EscalationPolicy, PolicyConfig, abort_advice
 from gradguard.records import Action, ActionKind, Alert, Observation, Reason, StepRecord
 from gradguard.recover import (
@@ -215,6 +225,14 @@ class Guard:
                 "scheduler=None; the guard's learning-rate backoff scales whatever rate it sets."
             )
         self._named = _guarded_parameters(model, optimizer)
+        _check_collaborators(scaler, scheduler, snapshot_dir)
+        check_bool("restore_rng", restore_rng, fix="True also restores the RNG states.")
+        if monitor is not None and not isinstance(monitor, Monitor):
+            raise ConfigTypeError(
+                f"monitor must be a gg.Monitor or None, got {type(monitor).__name__} "
+                f"{monitor!r:.60}. Leave it None and the guard builds one."
+            )
+        sinks = check_sinks(sinks)
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
@@ -430,6 +448,9 @@ class Guard:
             scaler_overflow=overflow,
             clipper=self._clipper_name,
         )
+        # The rates in force now are the ones a backoff judges, before a rollback or the
+        # scheduler changes them.
+        self.rates.set_scale(decision.lr_scale)
         if decision.apply:
             self._clip(stats, obs, decision.clip_bound)
         return PendingStep(self._step, obs, tuple(alerts), decision, overflow)
@@ -839,10 +860,17 @@ class Guard:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (model and optimizer are restored by their own)."""
+        check_mapping("state", state, fix="Pass what Guard.state_dict() returned.")
         if state.get("version") != _STATE_VERSION:
             raise ConfigError(
                 f"guard state version {state.get('version')!r} is not {_STATE_VERSION}; pass "
                 "what Guard.state_dict() returned."
+            )
+        missing = sorted(set(_STATE_KEYS) - set(state))
+        if missing:
+            raise ConfigError(
+                f"the guard state lacks {missing!r} (it has {sorted(state)!r:.120}); pass the "
+                "whole dict that Guard.state_dict() returned, not a part or an edited copy."
             )
         self._step = int(state["step"])
         self._progress = int(state["progress"])
@@ -881,6 +909,29 @@ def _all_finite(tensors: Sequence[Tensor]) -> bool:
         groups.setdefault((t.device, t.dtype), []).append(t.detach())
     flags = [torch.stack(torch._foreach_norm(ts)).isfinite().all() for ts in groups.values()]
     return bool(torch.stack(flags).all()) if flags else True
+
+
+_STATE_KEYS = ("step", "progress", "since_snapshot", "counters", "policy", "monitor")
+
+
+def _check_collaborators(scaler: object, scheduler: object, snapshot_dir: object) -> None:
+    """Refuse, at construction, objects that would fail in the middle of a training step."""
+    if scaler is not None:
+        check_interface(
+            "scaler",
+            scaler,
+            ("scale", "unscale_", "step", "update", "state_dict", "load_state_dict"),
+            fix="Pass a torch.amp.GradScaler (the one your loop scales the loss with) or None.",
+        )
+    if scheduler is not None:
+        check_interface(
+            "scheduler",
+            scheduler,
+            ("step", "state_dict", "load_state_dict"),
+            fix="Pass a torch.optim.lr_scheduler object built on this optimizer, or None.",
+        )
+    if snapshot_dir is not None:
+        check_path("snapshot_dir", snapshot_dir, fix="Or None to keep snapshots in memory.")
 
 
 def _state_of(clipper: Clipper | None) -> Any:

@@ -20,7 +20,13 @@ from torch import Tensor
 from gradguard.detect import Detector, Preset
 from gradguard.detect import preset as make_preset
 from gradguard.detect.base import check_int
-from gradguard.errors import ConfigError
+from gradguard.errors import (
+    ConfigError,
+    ConfigTypeError,
+    check_bool,
+    check_mapping,
+    check_objects,
+)
 from gradguard.records import (
     ActionKind,
     Alert,
@@ -52,6 +58,16 @@ if TYPE_CHECKING:
 __all__ = ["History", "Monitor"]
 
 _MAX_CULPRIT_NAMES = 1024
+_STATE_KEYS = (
+    "step", "detectors", "counts", "first_alert", "first_critical", "max_norm",
+    "nonfinite_steps", "culprits", "observations", "alerts", "last",
+)  # fmt: skip
+
+
+def check_sinks(sinks: object) -> tuple[Sink, ...]:
+    """``sinks`` as a tuple, each checked up front to have ``write(record)`` and ``close()``."""
+    fix = "Use gg.ConsoleSink(), gg.JsonlSink(path), or any object with write(record) and close()."
+    return check_objects("sinks", sinks, ("write", "close"), fix=fix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,23 +140,27 @@ class Monitor:
     ) -> None:
         self._params = named_tensors(model)
         self.process_group = process_group
+        if sharded_grads is not None:
+            check_bool("sharded_grads", sharded_grads, fix="Or None to detect DTensor shards.")
         self.sharded_grads = (
             holds_dtensor(t for _, t in self._params)
             if sharded_grads is None
             else bool(sharded_grads)
         )
+        if detectors is not None:
+            check_objects("detectors", detectors, ("update", "state_dict", "load_state_dict"))
         self.detectors: list[Detector] = (
             make_preset(preset) if detectors is None else list(detectors)
         )
         for detector in self.detectors:
             if not isinstance(detector, Detector):
-                raise TypeError(
+                raise ConfigTypeError(
                     f"detectors must have name, update(obs), state_dict() and "
                     f"load_state_dict(state); got {detector!r:.80}. Use the classes in "
                     "gradguard.detect or implement that interface."
                 )
         self._initial_detectors = copy.deepcopy(self.detector_state())
-        self.sinks = tuple(sinks)
+        self.sinks = check_sinks(sinks)
         self.top_k = check_int("top_k", top_k, minimum=0, fix="The default is 5.")
         self.norm_type = check_norm_type(norm_type)
         size = check_int("history_size", history_size, minimum=1)
@@ -200,6 +220,11 @@ class Monitor:
         step = self._step
         if stats is None:
             stats = measure(self._params, self.norm_type)
+        elif not isinstance(stats, GradStats):
+            raise ConfigTypeError(
+                f"stats must be this step's gg.measure(...) result or None, got "
+                f"{type(stats).__name__} {stats!r:.60}."
+            )
         weights = None
         if any(step % every == 0 for every in self._param_every):
             weights = measure_param_norm(self._params, self.norm_type)
@@ -296,6 +321,13 @@ class Monitor:
         Raises:
             ConfigError: the saved detectors differ from this monitor's.
         """
+        if not isinstance(state, list) or not all(
+            isinstance(entry, Mapping) and {"name", "state"} <= set(entry) for entry in state
+        ):
+            raise ConfigTypeError(
+                f"the detector state must be the list Monitor.detector_state() returned, got "
+                f"{state!r:.80}."
+            )
         saved = [entry["name"] for entry in state]
         mine = [d.name for d in self.detectors]
         if saved != mine:
@@ -312,6 +344,11 @@ class Monitor:
         Raises:
             ConfigError: the saved detectors differ from this monitor's.
         """
+        fix = "Pass the whole dict that Monitor.state_dict() returned."
+        check_mapping("state", state, fix=fix)
+        missing = sorted(set(_STATE_KEYS) - set(state))
+        if missing:
+            raise ConfigError(f"the monitor state lacks {missing!r}. {fix}")
         self.load_detector_state(state["detectors"])
         self._step = int(state["step"])
         self._counts = {k: {s: int(n) for s, n in v.items()} for k, v in state["counts"].items()}

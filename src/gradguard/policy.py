@@ -41,7 +41,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
-from gradguard.errors import ConfigError, check_positive
+from gradguard.errors import (
+    ConfigError,
+    check_bool,
+    check_int,
+    check_mapping,
+    check_positive,
+    check_real,
+)
 from gradguard.records import Action, ActionKind, Alert, AlertKind, Observation, Reason, Severity
 
 __all__ = ["ClipMode", "Decision", "EscalationPolicy", "PolicyConfig", "abort_advice"]
@@ -163,6 +170,13 @@ class PolicyConfig:
     isolated_clip_factor: float = 4.0
 
     def __post_init__(self) -> None:
+        for name in ("skip_nonfinite", "reset_moments", "backoff_on_rollback", "backoff_on_trend"):
+            check_bool(name, getattr(self, name), fix="See PolicyConfig for what each switch does.")
+        if self.skip_spikes is not None:
+            check_bool("skip_spikes", self.skip_spikes, fix="Or None, the automatic choice.")
+        for field in dataclasses.fields(self):  # every float setting is a real number, not "2"
+            if field.type == "float":
+                check_real(field.name, getattr(self, field.name), fix="See PolicyConfig.")
         for name in (
             "skip_budget",
             "max_backoffs",
@@ -220,11 +234,8 @@ class PolicyConfig:
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"{name} must be an integer >= {minimum}, got {value!r}. See PolicyConfig for what "
-            "each budget means; the defaults suit most runs."
-        )
+    fix = "See PolicyConfig for what each budget means; the defaults suit most runs."
+    check_int(name, value, minimum=minimum, fix=fix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -715,12 +726,13 @@ class EscalationPolicy:
         else:
             s.healthy_streak += 1
         if not protected:
-            # Under the persistent bound a norm enters the baseline at most recovered_ratio
-            # times the current median: a slow drift upward cannot carry the bound with it.
+            # Under the persistent bound a norm enters the baseline at most at the current
+            # median: the bound follows the run down, never up (a slow drift upward would
+            # otherwise carry it along, doubling every half window).
             norm = (
                 obs.total_norm
                 if typical is None or not s.persistent
-                else min(obs.total_norm, cfg.recovered_ratio * typical)
+                else min(obs.total_norm, typical)
             )
             s.norms = [*s.norms[-(cfg.baseline - 1) :], norm]
             if obs.loss is not None and math.isfinite(obs.loss):
@@ -917,6 +929,9 @@ class EscalationPolicy:
             factor = cfg.backoff_factor ** (len(s.rollbacks) + 1)
             s.lr_scale = max(old * factor, cfg.min_lr_scale)
         s.rollbacks.append(t)
+        if can_rollback:  # the losses of the abandoned trajectory say nothing of the restored one
+            start = s.incident_start if s.incident_start is not None else t
+            s.loss_history = [entry for entry in s.loss_history if entry[0] < start]
         s.faults = []
         s.consecutive = 0
         s.backoffs_in_incident = 0
@@ -1001,6 +1016,7 @@ class EscalationPolicy:
         Raises:
             ConfigError: ``state`` lacks a field or was not produced by :meth:`state_dict`.
         """
+        check_mapping("state", state, fix="Pass what EscalationPolicy.state_dict() returned.")
         names = [f.name for f in dataclasses.fields(_State)]
         state = {**_ADDED_IN_0_2, **state}  # state saved before these fields existed
         missing = [n for n in names if n not in state]

@@ -24,7 +24,7 @@ def test_measure_hands_over_its_grouping_as_contiguous_slices_of_norms() -> None
     spans = sorted((g.positions.start, g.positions.stop) for g in groups)  # type: ignore[union-attr]
     assert spans in ([(0, 1), (1, 3)], [(0, 2), (2, 3)])
     for group in groups:
-        norms = torch.stack([g.norm().to(torch.float32) for g in group.grads])
+        norms = torch.stack([g.norm().to(stats.norms.dtype) for g in group.grads])
         torch.testing.assert_close(group.take(stats.norms), norms)
 
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, TypeAlias
 import torch
 from torch import Tensor
 
-from gradguard.errors import ConfigError, NonFiniteError
+from gradguard.errors import ConfigError, NonFiniteError, check_int
 from gradguard.records import to_json_dict
 
 __all__ = [
@@ -43,13 +43,6 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """The result as a dict of JSON-safe values, with ``"kind"`` first."""
         return {"kind": self.kind, **to_json_dict(self)}
-
-
-def check_int(name: str, value: object, *, minimum: int, fix: str = "") -> int:
-    """Return ``value`` if it is an int >= ``minimum`` (bools refused), else raise ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}. {fix}".rstrip())
-    return value
 
 
 def check_matrix(name: str, matrix: object, *, square: bool = True) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from gradguard.analysis._common import LossFn, Progress, Result, call_model, scalar_loss
-from gradguard.errors import ConfigError, UnsupportedModelError, check_positive
+from gradguard.errors import ConfigError, UnsupportedModelError, check_int, check_positive
 
 __all__ = [
     "Cliff",
@@ -498,8 +498,7 @@ def gradient_vs_cliff(
         ICML 2013, §3.2 (clipping keeps the step from jumping over the cliff).
     """
     step = check_positive("lr", lr, fix="Pass the learning rate of your optimizer.")
-    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
-        raise ConfigError(f"points must be an integer >= 2, got {points!r}.")
+    check_int("points", points, minimum=2, fix="20 points resolve a cliff well.")
     scan = landscape_scan(
         model,
         loss_fn,

@@ -1,42 +1,39 @@
-"""Argument checks shared by the clipping rules: each error echoes the value and names the fix."""
+"""Checks the clipping rules share on top of :mod:`gradguard.errors`' validators: the step's
+measurement, and gradients that cannot be scaled in place."""
 
 from __future__ import annotations
 
-import math
-import numbers
+from collections.abc import Sequence
 
-from gradguard.errors import ConfigError
+import torch
+from torch import Tensor
+
+from gradguard.errors import (
+    ConfigError,
+    ConfigTypeError,
+    UnsupportedGradientError,
+    check_nonnegative,
+)
 from gradguard.stats import GradStats, Parameters, measure
 
-__all__ = ["check_count", "check_eps", "check_open_interval", "stats_for"]
+__all__ = ["check_eps", "check_stats", "check_writable", "stats_for"]
 
 
-def check_eps(eps: float) -> float:
+def check_eps(eps: object) -> float:
     """Return ``eps`` as a float if it is a finite number >= 0, else raise :class:`ConfigError`."""
-    number = _as_float("eps", eps)
-    if not (number >= 0 and math.isfinite(number)):
-        raise ConfigError(
-            f"eps must be a finite number >= 0, got {eps!r}. It only guards a division by zero; "
-            "keep the default 1e-6."
+    return check_nonnegative(
+        "eps", eps, fix="It only guards a division by zero; keep the default 1e-6."
+    )
+
+
+def check_stats(where: str, stats: object) -> GradStats:
+    """Return ``stats`` if it is a :class:`GradStats`; a model or tensor list is refused early."""
+    if not isinstance(stats, GradStats):
+        raise ConfigTypeError(
+            f"{where} takes this step's measurement, got {type(stats).__name__} "
+            f"{stats!r:.60}. Pass gg.measure(model), taken after backward()."
         )
-    return number
-
-
-def check_open_interval(name: str, value: float, low: float, high: float, *, fix: str) -> float:
-    """Return ``value`` as a float if ``low < value < high``, else raise :class:`ConfigError`."""
-    number = _as_float(name, value)
-    if not low < number < high:
-        raise ConfigError(
-            f"{name} must lie strictly between {low} and {high}, got {value!r}. {fix}"
-        )
-    return number
-
-
-def check_count(name: str, value: int, *, minimum: int, fix: str) -> int:
-    """Return ``value`` if it is an int >= ``minimum`` (not a bool), else raise ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}. {fix}")
-    return int(value)
+    return stats
 
 
 def stats_for(
@@ -44,7 +41,7 @@ def stats_for(
 ) -> GradStats:
     """``stats`` when given (reused, nothing measured twice), else ``measure(parameters)``."""
     if stats is not None:
-        return stats
+        return check_stats(f"{caller}(stats=...)", stats)
     if parameters is None:
         raise ConfigError(
             f"{caller} got parameters=None and no stats; pass the parameters to clip (a model, "
@@ -53,7 +50,22 @@ def stats_for(
     return measure(parameters, norm_type)
 
 
-def _as_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name} must be a real number, got {value!r}.")
-    return float(value)
+def check_writable(names: Sequence[str], grads: Sequence[Tensor]) -> None:
+    """Refuse, before any gradient changes, a gradient that cannot be written in place.
+
+    An expanded view (stride 0, e.g. ``torch.tensor([g]).expand(n)`` assigned to ``.grad``)
+    holds one value for many elements; PyTorch refuses to write it in place, and a foreach
+    kernel would fail halfway, with some gradients already scaled. The common case costs one
+    C-level pass over ``is_contiguous``; only non-contiguous gradients are examined further.
+    """
+    if all(map(Tensor.is_contiguous, grads)):
+        return
+    for name, grad in zip(names, grads, strict=True):
+        # 1 means "overlaps for sure" (0: does not; 2: too hard to tell, which in-place ops allow).
+        if not grad.is_contiguous() and torch._debug_has_internal_overlap(grad) == 1:
+            raise UnsupportedGradientError(
+                f"the gradient of {name!r} (shape {tuple(grad.shape)}, stride {grad.stride()}) "
+                "is an expanded view whose elements share memory, so it cannot be clipped in "
+                "place; nothing was changed. Assign a real tensor: p.grad = g.expand(...)"
+                ".clone() (or .contiguous())."
+            )

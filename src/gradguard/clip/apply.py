@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from gradguard.clip._args import check_writable
+from gradguard.errors import check_positive
 from gradguard.stats import GradStats
 
 __all__ = [
@@ -34,19 +36,30 @@ def safe_coefficient(bound: Tensor | float, norm: Tensor, finite: Tensor, eps: f
     if isinstance(bound, Tensor):
         coef = torch.div(bound, norm + eps)
     else:
+        bound = check_positive("bound", bound, fix="It is the max_norm of the clipping rule.")
         coef = torch.reciprocal(norm + eps).mul_(bound)
     return torch.where(finite, coef.clamp_(max=1.0), 1.0)
 
 
 def scale_grads_(stats: GradStats, coef: Tensor) -> None:
-    """Multiply every gradient measured in ``stats`` by the 0-d tensor ``coef``, in place."""
+    """Multiply every gradient measured in ``stats`` by the 0-d tensor ``coef``, in place.
+
+    Raises:
+        UnsupportedGradientError: a gradient is an expanded view (checked before any change).
+    """
+    check_writable(stats.names, stats.grads)
     for group in stats.grad_groups():
         # Async copy of a 0-d tensor when the group lives on another device; no host sync.
         torch._foreach_mul_(group.grads, coef.to(group.grads[0].device))
 
 
 def scale_each_grad_(stats: GradStats, coefs: Tensor) -> None:
-    """Multiply gradient ``i`` of ``stats`` by ``coefs[i]`` (1-d, aligned with ``norms``)."""
+    """Multiply gradient ``i`` of ``stats`` by ``coefs[i]`` (1-d, aligned with ``norms``).
+
+    Raises:
+        UnsupportedGradientError: a gradient is an expanded view (checked before any change).
+    """
+    check_writable(stats.names, stats.grads)
     for group in stats.grad_groups():
         mine = group.take(coefs).to(group.grads[0].device)
         torch._foreach_mul_(group.grads, list(mine.unbind(0)))
@@ -55,7 +68,8 @@ def scale_each_grad_(stats: GradStats, coefs: Tensor) -> None:
 def apply_global_bound_(stats: GradStats, bound: Tensor | float, eps: float) -> Tensor:
     """Scale all gradients so their global norm is at most ``bound``; return the coefficient.
 
-    The coefficient is a 0-d float32 tensor, exactly 1 when ``stats.finite`` is False.
+    The coefficient is a 0-d tensor in the norm's dtype (float32, float64 for float64
+    gradients, as ``clip_grad_norm_`` computes it), exactly 1 when ``stats.finite`` is False.
     """
     coef = safe_coefficient(bound, stats.total_norm, stats.finite, eps)
     if stats.grads:
@@ -66,8 +80,8 @@ def apply_global_bound_(stats: GradStats, bound: Tensor | float, eps: float) -> 
 def apply_per_tensor_bound_(stats: GradStats, bound: Tensor | float, eps: float) -> Tensor:
     """Scale each gradient so its own norm is at most ``bound``; return the coefficients.
 
-    The coefficients are a 1-d float32 tensor aligned with ``stats.norms``; a tensor whose norm
-    is non-finite gets exactly 1 (it is left untouched).
+    The coefficients are a 1-d tensor aligned with ``stats.norms`` (in their dtype); a tensor
+    whose norm is non-finite gets exactly 1 (it is left untouched).
     """
     # ``norm < inf`` is False for NaN and +Inf (norms are never negative): one cheap kernel.
     coefs = safe_coefficient(bound, stats.norms, stats.norms < math.inf, eps)

@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from gradguard.clip._args import check_stats
 from gradguard.errors import ConfigError
 from gradguard.stats import GradStats
 
@@ -21,8 +22,8 @@ class Clipper(Protocol):
     """A clipping rule: measures nothing itself, acts on a step's :class:`GradStats`.
 
     ``clip_(stats)`` scales the gradients in ``stats.grads`` in place, on the device, without a
-    host synchronisation, and returns the coefficient it applied as a float32 tensor that
-    broadcasts against ``stats.norms``:
+    host synchronisation, and returns the coefficient it applied as a tensor that broadcasts
+    against ``stats.norms`` (float32, or float64 when the gradients are float64):
 
     * 0-d for rules that scale every gradient alike (global norm, percentile, z-score);
     * 1-d, aligned with ``stats.norms``, for rules that act per tensor (per-tensor norm) or
@@ -67,6 +68,7 @@ def step_coefficient(stats: GradStats, coef: object) -> Tensor | float:
         ConfigError: a tensor coefficient has neither one element nor the shape of
             ``stats.norms``.
     """
+    check_stats("step_coefficient", stats)
     if not isinstance(coef, Tensor):
         if isinstance(coef, numbers.Real) and not isinstance(coef, bool):
             return float(coef)

@@ -8,12 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradguard.clip._args import check_eps
+from gradguard.clip._args import check_eps, check_stats
 from gradguard.clip._state import check_empty_state
 from gradguard.clip.apply import apply_global_bound_, apply_per_tensor_bound_
 from gradguard.clip.value import clip_by_value_
 from gradguard.errors import check_positive
 from gradguard.stats import GradStats
+from gradguard.stats.measure import foreach_norms
 
 __all__ = ["GlobalNormClipper", "PerTensorNormClipper", "ValueClipper"]
 
@@ -59,7 +60,9 @@ class GlobalNormClipper(_Stateless):
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Clip in place; return the 0-d coefficient applied to every gradient."""
-        return apply_global_bound_(stats, self.max_norm, self.eps)
+        return apply_global_bound_(
+            check_stats("GlobalNormClipper.clip_", stats), self.max_norm, self.eps
+        )
 
 
 class PerTensorNormClipper(_Stateless):
@@ -86,6 +89,7 @@ class PerTensorNormClipper(_Stateless):
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Clip in place; return one coefficient per tensor."""
+        stats = check_stats("PerTensorNormClipper.clip_", stats)
         return apply_per_tensor_bound_(stats, self.max_norm, self.eps)
 
 
@@ -115,16 +119,13 @@ class ValueClipper(_Stateless):
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Clamp in place; return per tensor the factor by which its norm shrank."""
+        stats = check_stats("ValueClipper.clip_", stats)
         clip_by_value_(None, self.clip_value, stats=stats)
         before = stats.norms
         if not stats.grads:
             return torch.ones_like(before)
         after = torch.empty_like(before)
         for group in stats.grad_groups():
-            half = group.grads[0].dtype in (torch.float16, torch.bfloat16)
-            norms = torch._foreach_norm(
-                group.grads, stats.norm_type, dtype=torch.float32 if half else None
-            )
-            after[group.positions] = torch.stack(norms).to(after)
+            after[group.positions] = foreach_norms(group.grads, stats.norm_type).to(after)
         usable = torch.isfinite(before) & (before > 0)
         return torch.where(usable, after / before, torch.ones_like(before))

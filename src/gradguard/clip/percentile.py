@@ -9,13 +9,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradguard.clip._args import check_count, check_eps
+from gradguard.clip._args import check_eps, check_stats
 from gradguard.clip._state import TensorState
 from gradguard.clip.apply import apply_global_bound_
-from gradguard.errors import ConfigError
+from gradguard.errors import ConfigError, check_int, check_real
 from gradguard.stats import GradStats
 
 __all__ = ["PercentileClipper"]
+
+_MAX_WINDOW = 10_000_000  # 40 MB of float32 history, and a quantile over it at every step
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class PercentileClipper:
@@ -34,7 +37,7 @@ class PercentileClipper:
     Args:
         percentile: which percentile of recent norms to clip to, in (0, 100]. AutoClip's
             authors recommend 10: most steps are clipped a little.
-        window: how many recent finite norms to keep; >= 1.
+        window: how many recent finite norms to keep; from 1 to 10**7.
         eps: added to the norm before dividing.
 
     Raises:
@@ -46,16 +49,16 @@ class PercentileClipper:
     """
 
     def __init__(self, percentile: float = 10.0, window: int = 1000, *, eps: float = 1e-6) -> None:
-        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
-            percentile = math.nan
-        if not 0 < percentile <= 100:
-            raise ConfigError(
-                f"percentile must lie in (0, 100], got {percentile!r}. AutoClip's authors "
-                "recommend 10; use 50 to clip only steps above the median norm."
-            )
-        self.percentile = float(percentile)
-        self.window = check_count(
-            "window", window, minimum=1, fix="A few hundred to a few thousand steps is typical."
+        fix = "AutoClip's authors recommend 10; use 50 to clip only steps above the median norm."
+        self.percentile = check_real("percentile", percentile, fix=fix)
+        if not 0 < self.percentile <= 100:
+            raise ConfigError(f"percentile must lie in (0, 100], got {percentile!r}. {fix}")
+        self.window = check_int(
+            "window",
+            window,
+            minimum=1,
+            maximum=_MAX_WINDOW,
+            fix="A few hundred to a few thousand steps is typical.",
         )
         self.eps = check_eps(eps)
         self._state = TensorState(
@@ -72,6 +75,7 @@ class PercentileClipper:
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Record the norm if finite, clip to the percentile bound; return the 0-d coefficient."""
+        stats = check_stats("PercentileClipper.clip_", stats)
         if not stats.grads:
             return torch.ones((), dtype=torch.float32, device=stats.device)
         state = self._state
@@ -80,7 +84,9 @@ class PercentileClipper:
             self._slots = self._slots.to(stats.device)
         head, finite = state["head"], stats.finite
         write = (self._slots == head) & finite
-        history = torch.where(write, stats.total_norm, state["history"])
+        # The history is float32; a float64 norm beyond its range enters as float32's largest.
+        norm = stats.total_norm.to(torch.float32).clamp(max=_FLOAT32_MAX)
+        history = torch.where(write, norm, state["history"])
         step = finite.to(torch.int64)
         state.update(history=history, head=(head + step) % self.window, seen=state["seen"] + step)
         bound = torch.nanquantile(history, self.percentile / 100.0)

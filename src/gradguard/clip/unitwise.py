@@ -9,14 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradguard.clip._args import check_eps
+from gradguard.clip._args import check_eps, check_stats, check_writable
 from gradguard.clip._state import check_empty_state
-from gradguard.errors import ConfigError, check_positive
+from gradguard.errors import check_names, check_positive
 from gradguard.stats import GradStats
+from gradguard.stats.measure import accumulation_dtype
 
 __all__ = ["AdaptiveUnitClipper"]
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 class AdaptiveUnitClipper:
@@ -55,12 +54,9 @@ class AdaptiveUnitClipper:
             "clipping", clipping, fix="Brock et al. use 0.01 to 0.16 depending on batch size."
         )
         self.eps = check_eps(eps)
-        if isinstance(exclude, str):
-            raise ConfigError(
-                f"exclude must be a collection of tensor names, got the string {exclude!r}. "
-                f"Write exclude=[{exclude!r}]."
-            )
-        self.exclude = frozenset(exclude)
+        self.exclude = check_names(
+            "exclude", exclude, fix="Use the names in gg.measure(model).names, e.g. ['fc.weight']."
+        )
 
     def __repr__(self) -> str:
         return f"AdaptiveUnitClipper(clipping={self.clipping!r}, eps={self.eps!r})"
@@ -68,10 +64,12 @@ class AdaptiveUnitClipper:
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Clip every unit in place; return per tensor the factor by which its norm shrank."""
+        stats = check_stats("AdaptiveUnitClipper.clip_", stats)
         if not stats.grads:
             return torch.ones(0, dtype=torch.float32, device=stats.device)
+        check_writable(stats.names, stats.grads)
         tensor_finite = torch.isfinite(stats.norms).unbind(0)
-        one = torch.ones((), dtype=torch.float32, device=stats.device)
+        one = torch.ones((), dtype=stats.norms.dtype, device=stats.device)
         factors: list[Tensor] = []
         for name, param, grad, finite in zip(
             stats.names, stats.params, stats.grads, tensor_finite, strict=True
@@ -103,8 +101,8 @@ class AdaptiveUnitClipper:
 
 
 def _unit_norms(tensor: Tensor) -> Tensor:
-    """Frobenius norm per output unit (keepdim, to broadcast), float32 for half precision."""
-    dtype = torch.float32 if tensor.dtype in _HALF else None
+    """Frobenius norm per output unit (keepdim, to broadcast), accumulated as measure() does."""
+    dtype = accumulation_dtype(tensor.dtype)
     dims = tuple(range(1, tensor.ndim)) if tensor.ndim > 1 else None
     norms: Tensor = torch.linalg.vector_norm(
         tensor, dim=dims, keepdim=dims is not None, dtype=dtype

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradguard.clip._args import check_count, check_eps, check_open_interval
+from gradguard.clip._args import check_eps, check_stats
 from gradguard.clip._state import TensorState
 from gradguard.clip.apply import apply_global_bound_
-from gradguard.errors import check_positive
+from gradguard.errors import check_int, check_open_interval, check_positive
 from gradguard.stats import GradStats
 
 __all__ = ["ZScoreClipper"]
@@ -69,7 +69,7 @@ class ZScoreClipper:
         self.alpha = check_open_interval(
             "alpha", alpha, 0.0, 1.0, fix="ZClip uses 0.97; 0.99 smooths over more steps."
         )
-        self.warmup_steps = check_count(
+        self.warmup_steps = check_int(
             "warmup_steps", warmup_steps, minimum=1, fix="ZClip uses 25 steps."
         )
         self.max_norm = (
@@ -94,6 +94,7 @@ class ZScoreClipper:
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Update the statistics with a finite norm and clip a spike; return the 0-d coefficient."""
+        stats = check_stats("ZScoreClipper.clip_", stats)
         if not stats.grads:
             return torch.ones((), dtype=torch.float32, device=stats.device)
         state = self._state
@@ -101,7 +102,8 @@ class ZScoreClipper:
         seen, mean, var = state["seen"], state["mean"], state["var"]
         norm = stats.total_norm
         valid = stats.finite & (norm > 0)
-        x = torch.log(torch.where(valid, norm, torch.ones_like(norm)))
+        # The statistics are float32; the log of even a float64 norm fits in it.
+        x = torch.log(torch.where(valid, norm, torch.ones_like(norm))).to(torch.float32)
         warming = seen < self.warmup_steps
 
         # Warm-up: running mean and (population) variance of the log-norms, Welford's update.

@@ -12,7 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from gradguard.errors import ConfigError
+# The argument checks live in errors.py; detectors import them from here as before.
+from gradguard.errors import check_fraction, check_int, check_ratio
 from gradguard.records import Alert, Observation
 
 __all__ = [
@@ -50,37 +51,6 @@ class Detector(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the state saved by :meth:`state_dict`."""
-
-
-def check_int(name: str, value: int, *, minimum: int, fix: str = "") -> int:
-    """Return ``value`` if it is an int >= ``minimum``, else raise :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}. {fix}".rstrip())
-    return value
-
-
-def check_fraction(name: str, value: float, *, fix: str = "") -> float:
-    """Return ``value`` as a float if it lies in ``(0, 1]``, else raise :class:`ConfigError`."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not 0.0 < number <= 1.0:
-        raise ConfigError(f"{name} must be a number in (0, 1], got {value!r}. {fix}".rstrip())
-    return number
-
-
-def check_ratio(name: str, value: float, *, minimum: float = 1.0, fix: str = "") -> float:
-    """Return ``value`` as a float if it is finite and > ``minimum``, else raise ConfigError."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not (number > minimum and math.isfinite(number)):
-        raise ConfigError(
-            f"{name} must be a finite number > {minimum:g}, got {value!r}. {fix}".rstrip()
-        )
-    return number
 
 
 def fmt(value: float | None) -> str:

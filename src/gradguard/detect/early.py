@@ -24,7 +24,9 @@ __all__ = ["EarlyExplosionDetector"]
 class EarlyExplosionDetector:
     """Critical alert when, within the first ``window`` steps, the run blows up from its start.
 
-    Two rules, both ratios to the run's own earlier values, so they hold at any scale:
+    Two rules, both ratios to the run's own earlier values, so they hold at any scale, and both
+    only while the loss is above the run's first loss (an explosion leaves the run worse than it
+    began; a classifier near zero loss whose tiny norm jumps on a hard batch is not exploding):
 
     * the loss is ``loss_factor`` times the median of the run's earlier losses, the gradient norm
       ``norm_factor`` times the median of its earlier norms, and the norm has grown at each of
@@ -77,13 +79,16 @@ class EarlyExplosionDetector:
         norms, losses = self.norms, self.losses
         previous = norms[-1] if norms else None
         message, since = None, obs.step
-        if previous is not None and previous > 0.0 and norm >= self.jump * previous:
+        # An explosion leaves the run worse than it started; a converging run whose tiny norm
+        # jumps on a hard batch (a classifier near zero loss) does not.
+        above_start = not losses or loss is None or not loss_ok or loss > losses[0]
+        if above_start and previous is not None and previous > 0.0 and norm >= self.jump * previous:
             message = (
                 f"Gradient norm jumped {fmt(norm / previous)}x in one step ({fmt(previous)} -> "
                 f"{fmt(norm)}) at step {obs.step}, before the run had a healthy history: the "
                 "run is exploding from the start."
             )
-        elif loss_ok and loss is not None and len(losses) >= 2 and len(norms) >= self.rising:
+        elif above_start and loss is not None and len(losses) >= 2 and len(norms) >= self.rising:
             loss_then, norm_then = statistics.median(losses), statistics.median(norms)
             recent = [*norms[-self.rising :], norm]
             climbing = all(b > a for a, b in itertools.pairwise(recent))

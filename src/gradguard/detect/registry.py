@@ -72,8 +72,8 @@ PRESETS: dict[str, Callable[[], list[Detector]]] = {
 """Preset name -> factory of a fresh detector list.
 
 * ``default``: non-finite, explosion from the first steps, robust spike, growth trend with
-  forecast, loss spike, parameter-norm growth (every 10 steps) and culprit attribution; tuned to
-  stay silent on noisy healthy runs.
+  forecast, loss spike, parameter-norm growth (every 10 steps) and culprit attribution; tuned
+  to stay silent on noisy healthy runs.
 * ``strict``: the same families, more sensitive: shorter warm-up, lower ratios. Expect an
   occasional false alarm on noisy runs.
 * ``textbook``: the five-strategy monitor of the textbooks, exactly.

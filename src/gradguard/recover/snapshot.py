@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
 
 import torch
 
-from gradguard.errors import ConfigError, SnapshotError
+from gradguard.errors import SnapshotError, check_int, check_path
 
 __all__ = ["DiskSnapshotStore", "MemorySnapshotStore", "SnapshotStore", "cpu_copy"]
 
@@ -75,12 +75,11 @@ def cpu_copy(obj: Any) -> Any:
 
 
 def _check_keep(keep: object) -> int:
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ConfigError(
-            f"keep must be an integer >= 1, got {keep!r}. Keep at least 2 so that a rollback "
-            "can still reach a snapshot from before a slowly growing incident."
-        )
-    return keep
+    fix = (
+        "Keep at least 2 so that a rollback can still reach a snapshot from before a slowly "
+        "growing incident."
+    )
+    return check_int("keep", keep, minimum=1, fix=fix)
 
 
 class MemorySnapshotStore:
@@ -375,17 +374,8 @@ def _newest_mtime(paths: Iterable[Path]) -> float:
 
 
 def _check_directory(directory: object) -> Path:
-    if isinstance(directory, bytes) or not isinstance(directory, (str, os.PathLike)):
-        raise ConfigError(
-            f"snapshot_dir must be a path (str or os.PathLike), got {directory!r:.80}. Pass a "
-            "folder such as 'runs/snapshots', or None to keep snapshots in memory."
-        )
-    if not str(directory).strip():
-        raise ConfigError(
-            f"snapshot_dir must name a folder, got {directory!r}, which would be the current "
-            "folder. Pass a folder such as 'runs/snapshots', or None to keep them in memory."
-        )
-    return Path(directory)
+    fix = "Pass a folder such as 'runs/snapshots', or None to keep snapshots in memory."
+    return Path(check_path("snapshot_dir", directory, fix=fix))
 
 
 def _lock_directory(directory: Path) -> int:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from gradguard.errors import ConfigError
+from gradguard.errors import ConfigError, ConfigTypeError
 from gradguard.stats.recurrent import recurrent_kind
 
 __all__ = ["InitSummary", "init_for_stability"]
@@ -113,6 +113,11 @@ def init_for_stability(
         recurrent networks of rectified linear units", 2015; Jozefowicz, Zaremba and Sutskever,
         "An empirical exploration of recurrent network architectures", ICML 2015.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigTypeError(
+            f"model must be an nn.Module, got {type(model).__name__} {model!r:.60}. Pass the "
+            "model to re-initialise, before training."
+        )
     if recurrent not in ("orthogonal", "identity"):
         raise ConfigError(f"recurrent must be 'orthogonal' or 'identity', got {recurrent!r}.")
     if feedforward not in ("xavier", "he"):

@@ -15,7 +15,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
-from gradguard.errors import ConfigError
+from gradguard.errors import ConfigError, check_int
 from gradguard.records import ActionKind, AlertKind, Reason, Severity, StepRecord
 from gradguard.sinks.tally import StepTally, done_phrase, is_clipped, shown_severity
 
@@ -65,8 +65,7 @@ class ConsoleSink:
         console: Console | None = None,
         min_severity: Severity | str = Severity.WARNING,
     ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ConfigError(f"every must be an integer >= 1, got {every!r}; try every=50.")
+        check_int("every", every, minimum=1, fix="Try every=50.")
         try:
             self.min_severity = Severity(min_severity)
         except ValueError:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import IO
 
+from gradguard.errors import ConfigError, check_bool, check_path
 from gradguard.records import StepRecord
 
 __all__ = ["CSV_COLUMNS", "CsvSink"]
@@ -38,11 +39,23 @@ class CsvSink:
     :class:`~gradguard.sinks.JsonlSink`: the rows before a crash matter most.
 
     Args:
-        path: the ``.csv`` file; it is replaced if it exists, parent folders are created.
+        path: the ``.csv`` file; parent folders are created.
+        overwrite: replace a non-empty file at ``path``; by default such a file (perhaps
+            someone's results table) is refused, as :class:`~gradguard.sinks.JsonlSink` does.
+
+    Raises:
+        ConfigError: ``path`` names a non-empty file and ``overwrite`` is False.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        check_path("path", path, what="file", fix="Pass the .csv file to write, e.g. 'run.csv'.")
+        check_bool("overwrite", overwrite)
         self.path = Path(path)
+        if not overwrite and self.path.exists() and self.path.stat().st_size > 0:
+            raise ConfigError(
+                f"{str(self.path)!r} already exists and is not empty; CsvSink would replace "
+                "it. Pass overwrite=True to replace it, or choose another path."
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = self.path.open("w", encoding="utf-8", newline="")
         self._writer = csv.writer(self._file)

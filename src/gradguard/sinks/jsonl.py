@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from gradguard.errors import ConfigError, LogFormatError
+from gradguard.errors import ConfigError, LogFormatError, check_mapping, check_path
 from gradguard.records import SCHEMA_VERSION, StepRecord, to_json_dict
 
 __all__ = ["LOG_FORMAT", "JsonlSink", "jsonable", "make_header"]
@@ -122,6 +122,9 @@ class JsonlSink:
         metadata: Mapping[str, Any] | None = None,
         if_exists: IfExists = "error",
     ) -> None:
+        check_path("path", path, what="file", fix="Pass the log file, e.g. 'run.jsonl'.")
+        if metadata is not None:
+            check_mapping("metadata", metadata, fix="Pass a dict, e.g. {'lr': 0.1, 'seed': 0}.")
         if if_exists not in _IF_EXISTS:
             raise ConfigError(
                 f"if_exists must be one of {_IF_EXISTS!r}, got {if_exists!r}; use 'append' to "

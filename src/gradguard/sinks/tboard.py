@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from gradguard.errors import MissingDependencyError
+from gradguard.errors import MissingDependencyError, check_positive
 from gradguard.records import ActionKind, StepRecord
 
 __all__ = ["TensorBoardSink"]
@@ -67,6 +67,7 @@ class TensorBoardSink:
     """
 
     def __init__(self, log_dir: str | os.PathLike[str], *, flush_secs: float = 30.0) -> None:
+        check_positive("flush_secs", flush_secs, fix="The default 30 seconds suits most runs.")
         self._tb = _load()
         self.log_dir = os.fspath(log_dir)
         self._writer = self._tb.Writer(self.log_dir, flush_secs=flush_secs)

@@ -1,28 +1,83 @@
-"""Measure gradients on the device: per-tensor norms, the global norm and a finiteness flag.
+"""Measure gradients on the device: the only hot path of gradguard.
 
-This is the hot path. It never synchronises with the host: gradients are grouped by
-(device, dtype), each group is reduced by one ``torch._foreach_norm`` kernel, and the global norm
-comes from the stacked per-tensor norms. Half-precision gradients are reduced in float32.
+It never synchronises with the host: gradients are grouped by (device, dtype), each group is
+reduced by one ``torch._foreach_norm`` kernel, and the global norm comes from the stacked
+per-tensor norms. Half-precision and float32 gradients are reduced in float32; float64 gradients
+in float64, so a large but finite float64 norm stays finite, as in ``clip_grad_norm_``.
+:func:`foreach_norms` and :func:`grouped_norms` are the one home of that rule; every other
+module that needs norms of many tensors (parameter norms, clipped norms) calls them.
 
-A gradient that holds NaN/Inf, or whose finite values are large enough that its float32 norm
-overflows, gives a non-finite norm. Both count as an explosion, and cost no extra pass.
+A gradient that holds NaN/Inf, or whose finite values are large enough that its norm overflows
+its accumulation dtype, gives a non-finite norm. Both count as an explosion, and cost no extra
+pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from gradguard.errors import ConfigError
+from gradguard.errors import check_norm_type
 from gradguard.stats.params import Parameters, named_grads
 
-__all__ = ["GradGroup", "GradStats", "check_norm_type", "measure"]
+__all__ = [
+    "GradGroup",
+    "GradStats",
+    "accumulation_dtype",
+    "check_norm_type",
+    "foreach_norms",
+    "grouped_norms",
+    "measure",
+]
 
 _REDUCED_IN_FLOAT32 = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype norms of ``dtype`` tensors accumulate in: float32 for half precision and float32,
+    ``None`` (the tensor's own precision) for float64 and complex."""
+    return torch.float32 if dtype in _REDUCED_IN_FLOAT32 else None
+
+
+def foreach_norms(tensors: Sequence[Tensor], p: float) -> Tensor:
+    """The ``p``-norm of each tensor (all on one device, one dtype) as a 1-d tensor, one kernel.
+
+    Accumulates in :func:`accumulation_dtype`; the result is float32, or float64 for float64 (and
+    complex128) tensors. No host sync.
+    """
+    accumulate = accumulation_dtype(tensors[0].dtype)
+    norms = torch._foreach_norm(list(tensors), p, dtype=accumulate)
+    return torch.stack(norms)
+
+
+def grouped_norms(tensors: Sequence[Tensor], p: float) -> tuple[Tensor, list[int], list[GradGroup]]:
+    """Norms of tensors on any devices and dtypes: one :func:`foreach_norms` per group.
+
+    Returns:
+        ``(norms, order, groups)``: the norms in group order, on the first tensor's device, in
+        the widest dtype of the groups (float32, or float64 when any tensor is float64);
+        ``order[i]`` is the position in ``tensors`` of the tensor whose norm is ``norms[i]``;
+        ``groups`` the (device, dtype) groups with their slice of ``norms``.
+    """
+    grouped = _group_tensors_by_device_and_dtype([list(tensors)], with_indices=True)
+    first_device = tensors[0].device
+    order: list[int] = []
+    parts: list[Tensor] = []
+    groups: list[GradGroup] = []
+    for [group], indices in grouped.values():
+        # Async device-to-device copy when tensors live on several devices; no host sync.
+        parts.append(foreach_norms(group, p).to(first_device))  # type: ignore[arg-type]
+        groups.append(GradGroup(group, slice(len(order), len(order) + len(group))))  # type: ignore[arg-type]
+        order.extend(indices)
+    if len(parts) == 1:
+        return parts[0], order, groups
+    wide = torch.float64 if any(part.dtype == torch.float64 for part in parts) else torch.float32
+    return torch.cat([part.to(wide) for part in parts]), order, groups
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -30,8 +85,9 @@ class GradStats:
     """Gradient statistics of one step, as device tensors (reading them is a host sync).
 
     Attributes:
-        total_norm: 0-d float32, the global ``norm_type``-norm over all gradients.
-        norms: 1-d float32, one norm per tensor that has a gradient, aligned with ``names``.
+        total_norm: 0-d, the global ``norm_type``-norm over all gradients: float32, or float64
+            when any gradient is float64 (norms accumulate as :func:`accumulation_dtype` says).
+        norms: 1-d, same dtype, one norm per tensor that has a gradient, aligned with ``names``.
         finite: 0-d bool, ``False`` when any gradient is NaN/Inf or a norm overflowed.
         names: names of the measured tensors. They follow the order of the parameters given,
             grouped by (device, dtype) when gradients live on several devices or dtypes.
@@ -109,22 +165,6 @@ def _positions(indices: list[int]) -> slice | list[int]:
     return list(indices)
 
 
-def check_norm_type(norm_type: float | str) -> float:
-    """Return ``norm_type`` as a float p > 0 (``inf`` allowed), or raise :class:`ConfigError`."""
-    if isinstance(norm_type, str) and norm_type.lower() in ("inf", "max"):
-        return math.inf
-    try:
-        p = float(norm_type)
-    except (TypeError, ValueError):
-        p = math.nan
-    if not p > 0:
-        raise ConfigError(
-            f"norm_type must be a number > 0 or 'inf', got {norm_type!r}. Use 2.0 for the "
-            "Euclidean norm (the usual choice), 1.0, or 'inf' for the largest absolute value."
-        )
-    return p
-
-
 def measure(parameters: Parameters, norm_type: float | str = 2.0) -> GradStats:
     """Measure the gradients of ``parameters`` without a host synchronisation.
 
@@ -151,28 +191,17 @@ def measure(parameters: Parameters, norm_type: float | str = 2.0) -> GradStats:
     params = [t for _, t, _ in with_grad]
     grads = [g for _, _, g in with_grad]
 
-    grouped = _group_tensors_by_device_and_dtype([grads], with_indices=True)  # type: ignore[list-item]
-    first_device = grads[0].device
-    order: list[int] = []
-    group_norms: list[Tensor] = []
-    groups: list[GradGroup] = []
-    for (_device, dtype), ([group], indices) in grouped.items():
-        accumulate = torch.float32 if dtype in _REDUCED_IN_FLOAT32 else None
-        norms = torch._foreach_norm(group, p, dtype=accumulate)  # type: ignore[arg-type]
-        # Async device-to-device copy when gradients live on several devices; no host sync.
-        group_norms.append(torch.stack(norms).to(first_device))
-        span = slice(len(order), len(order) + len(group))
-        groups.append(GradGroup(group, span))  # type: ignore[arg-type]
-        order.extend(indices)
-    stacked = group_norms[0] if len(group_norms) == 1 else torch.cat(group_norms)
-    total = torch.linalg.vector_norm(stacked, p).to(torch.float32)
+    stacked, order, groups = grouped_norms(grads, p)
+    # The global norm keeps the norms' dtype: float64 gradients get a float64 total (a finite
+    # float64 norm beyond float32's range stays finite and is clipped, as by clip_grad_norm_).
+    total = torch.linalg.vector_norm(stacked, p)
     if order != list(range(len(order))):
         names = [names[i] for i in order]
         params = [params[i] for i in order]
         grads = [grads[i] for i in order]
     stats = GradStats(
         total_norm=total,
-        norms=stacked.to(torch.float32),
+        norms=stacked,
         # ``total < inf`` is False for NaN and +Inf (a norm is never negative); it is one
         # kernel where isfinite is several.
         finite=total < math.inf,

@@ -12,16 +12,13 @@ import math
 
 import torch
 from torch import Tensor
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from gradguard.errors import ConfigError
+from gradguard.errors import ConfigError, ConfigTypeError, check_int
 from gradguard.records import Observation
-from gradguard.stats.measure import GradStats, check_norm_type
+from gradguard.stats.measure import GradStats, check_norm_type, grouped_norms
 from gradguard.stats.params import Parameters, local_tensor, named_tensors
 
 __all__ = ["observe", "param_norm"]
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def observe(
@@ -57,14 +54,18 @@ def observe(
     Raises:
         ConfigError: ``top_k`` is negative, or ``loss`` or ``clip_coef`` is not a single number.
     """
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ConfigError(f"top_k must be an integer >= 0, got {top_k!r}. The default is 5.")
+    check_int("top_k", top_k, minimum=0, fix="The default is 5.")
     device = stats.total_norm.device
     # float64 keeps a float64 loss and tensor indices exact; MPS has no float64.
     dtype = torch.float32 if device.type == "mps" else torch.float64
     host_loss: float | None = None
     parts = [stats.total_norm.reshape(1), stats.finite.reshape(1)]
     if isinstance(loss, Tensor):
+        if loss.is_complex():
+            raise ConfigTypeError(
+                f"loss must be a real number, got a complex tensor ({loss.dtype}). Pass the real "
+                "scalar you called backward() on (loss.real or loss.abs() if that is your loss)."
+            )
         if loss.numel() != 1:
             raise ConfigError(
                 f"loss must be a single number, got a tensor of shape {tuple(loss.shape)}. "
@@ -150,23 +151,21 @@ def param_norm(parameters: Parameters, norm_type: float | str = 2.0) -> Tensor:
     tensors = [local_tensor(t) for _, t in named_tensors(parameters)]
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
-    first_device = tensors[0].device
-    norms: list[Tensor] = []
     with torch.no_grad():
-        grouped = _group_tensors_by_device_and_dtype([tensors])  # type: ignore[list-item]
-        for (_device, dtype), ([group], _) in grouped.items():
-            accumulate = torch.float32 if dtype in (*_HALF, torch.float32) else None
-            group_norms = torch._foreach_norm(group, p, dtype=accumulate)  # type: ignore[arg-type]
-            norms.append(torch.stack(group_norms).to(first_device))
-        stacked = norms[0] if len(norms) == 1 else torch.cat(norms)
+        stacked, _, _ = grouped_norms(tensors, p)
         total: Tensor = torch.linalg.vector_norm(stacked, p).to(torch.float32)
     return total
 
 
-def _host_number(value: float, name: str) -> float:
+def _host_number(value: object, name: str) -> float:
+    """A Python (or NumPy) real number as a float; NaN and Inf are kept, they are observations."""
+    if isinstance(value, (bool, str, bytes, complex)):
+        raise ConfigTypeError(
+            f"{name} must be a tensor, a number or None, got {type(value).__name__} {value!r:.80}."
+        )
     try:
-        return float(value)
+        return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ConfigError(
+        raise ConfigTypeError(
             f"{name} must be a tensor, a number or None, got {type(value).__name__} {value!r:.80}."
         ) from None

@@ -8,7 +8,12 @@ from typing import TypeAlias
 import torch
 from torch import Tensor, nn
 
-from gradguard.errors import EmptyParametersError, NoGradientsError, UnsupportedGradientError
+from gradguard.errors import (
+    ConfigTypeError,
+    EmptyParametersError,
+    NoGradientsError,
+    UnsupportedGradientError,
+)
 
 __all__ = ["NamedTensors", "Parameters", "local_tensor", "named_grads", "named_tensors"]
 
@@ -39,9 +44,11 @@ def _index_names(count: int) -> list[str]:
 def named_tensors(parameters: Parameters) -> NamedTensors:
     """Return ``parameters`` as a list of ``(name, tensor)`` pairs, in the order given.
 
-    Unnamed tensors are called ``"[i]"`` by position. An iterator that yields nothing (for example
-    ``model.parameters()`` already consumed by an optimizer) raises :class:`EmptyParametersError`;
-    an empty list or tuple is fine and yields ``[]``. A :class:`NamedTensors` is returned as is.
+    Unnamed tensors are called ``"[i]"`` by position; a tensor listed twice is kept once (its
+    gradient would otherwise count twice in the norm and be scaled twice). An iterator that
+    yields nothing (for example ``model.parameters()`` already consumed by an optimizer) raises
+    :class:`EmptyParametersError`; an empty list or tuple is fine and yields ``[]``. A
+    :class:`NamedTensors` is returned as is.
     """
     if type(parameters) is NamedTensors:
         return parameters
@@ -50,7 +57,7 @@ def named_tensors(parameters: Parameters) -> NamedTensors:
     if isinstance(parameters, Tensor):
         return NamedTensors([("[0]", parameters)])
     if isinstance(parameters, (str, bytes)) or not isinstance(parameters, Iterable):
-        raise TypeError(
+        raise ConfigTypeError(
             f"parameters must be an nn.Module, a tensor, or an iterable of tensors or "
             f"(name, tensor) pairs; got {type(parameters).__name__} {parameters!r:.80}."
         )
@@ -60,6 +67,8 @@ def named_tensors(parameters: Parameters) -> NamedTensors:
         out = NamedTensors(zip(_index_names(len(items)), items, strict=True))
     else:
         out = NamedTensors(_checked_pair(i, item) for i, item in enumerate(items))
+    if len({id(tensor) for _, tensor in out}) != len(out):
+        out = _first_of_each(out)
     if was_iterator and not out:
         raise EmptyParametersError(
             f"parameters is an iterator that yielded nothing ({parameters!r:.80}); it was "
@@ -67,6 +76,18 @@ def named_tensors(parameters: Parameters) -> NamedTensors:
             "or list(model.parameters())."
         )
     return out
+
+
+def _first_of_each(named: NamedTensors) -> NamedTensors:
+    """Keep the first entry of each tensor listed more than once (``[p, p]``, a tied weight
+    under two names): counted twice, it would inflate the norm and be clipped twice."""
+    seen: set[int] = set()
+    kept = NamedTensors()
+    for name, tensor in named:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            kept.append((name, tensor))
+    return kept
 
 
 def _checked_pair(i: int, item: object) -> tuple[str, Tensor]:
@@ -79,7 +100,7 @@ def _checked_pair(i: int, item: object) -> tuple[str, Tensor]:
         and isinstance(item[1], Tensor)
     ):
         return item
-    raise TypeError(
+    raise ConfigTypeError(
         f"parameters[{i}] must be a tensor or a (name, tensor) pair, got "
         f"{type(item).__name__} {item!r:.80}. Pass model.parameters() or "
         f"model.named_parameters()."

@@ -102,11 +102,12 @@ def reduce_across_ranks(
         total = packed[:-1].sum().pow(1.0 / p)
     anywhere = packed[-1] > 0
     # A MAX may drop a NaN (fmax); NaN wherever any rank saw a non-finite value keeps all equal.
-    total = torch.where(anywhere, torch.full_like(total, math.nan), total).to(torch.float32)
+    # Back to the measurement's dtype: float32, or float64 for float64 gradients.
+    total = torch.where(anywhere, torch.full_like(total, math.nan), total).to(stats.total_norm)
     reduced = dataclasses.replace(
         stats,
         total_norm=total,
-        norms=norms.to(torch.float32),
+        norms=norms.to(stats.norms.dtype),
         finite=~anywhere & (total < math.inf),
         reduced=True,
     )
