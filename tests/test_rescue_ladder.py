@@ -179,3 +179,16 @@ def test_with_a_fixed_bound_every_untroubled_step_is_clip_grad_norm_then_step(
     plain, _ = run(False)
     if set(kinds) <= {ActionKind.PROCEED, ActionKind.CLIP}:
         assert all(torch.equal(a, b) for a, b in zip(guarded, plain, strict=True))
+
+
+def test_finish_step_twice_is_refused_instead_of_recording_the_step_twice() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = gg.Guard(model, opt)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    pending = guard.begin_step()
+    guard.finish_step(pending)
+    with pytest.raises(ConfigError, match="finish_step once"):
+        guard.finish_step(pending)
+    assert guard.counters["steps"] == 1
