@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import gradguard as gg
@@ -140,3 +142,53 @@ def test_after_an_escalation_the_bound_stays_on() -> None:
     assert bound is not None and guard.policy.state_dict()["persistent"]
     assert all(r.total_norm * r.clip_coef <= max(bound, r.total_norm) * 2 + 1e-6 for r in after)
     assert all(math.isfinite(r.loss or 0.0) for r in records[-20:])
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    bound=st.floats(0.05, 5.0),
+    lr=st.floats(1e-3, 0.3),
+    scale=st.floats(0.1, 30.0),
+    seed=st.integers(0, 10_000),
+)
+def test_with_a_fixed_bound_every_untroubled_step_is_clip_grad_norm_then_step(
+    bound: float, lr: float, scale: float, seed: int
+) -> None:
+    # Dominance by construction: Guard(clip=c) on finite steps without a critical alert is
+    # exactly clip_grad_norm_(c) + step(), whatever the bound, rate and gradient scale.
+    def run(guarded: bool) -> tuple[list[torch.Tensor], list[ActionKind]]:
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.5)
+        guard = gg.Guard(model, opt, clip=bound) if guarded else None
+        kinds = []
+        for t in range(12):
+            g = torch.Generator().manual_seed(seed + t)
+            x = torch.randn(16, 6, generator=g) * scale
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), torch.randn(16, 1, generator=g))
+            loss.backward()
+            if guard is not None:
+                kinds.append(guard.step(loss).action)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), bound)
+                opt.step()
+        return [p.detach().clone() for p in model.parameters()], kinds
+
+    guarded, kinds = run(True)
+    plain, _ = run(False)
+    if set(kinds) <= {ActionKind.PROCEED, ActionKind.CLIP}:
+        assert all(torch.equal(a, b) for a, b in zip(guarded, plain, strict=True))
+
+
+def test_finish_step_twice_is_refused_instead_of_recording_the_step_twice() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = gg.Guard(model, opt)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    pending = guard.begin_step()
+    guard.finish_step(pending)
+    with pytest.raises(ConfigError, match="finish_step once"):
+        guard.finish_step(pending)
+    assert guard.counters["steps"] == 1

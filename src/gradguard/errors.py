@@ -266,7 +266,7 @@ def check_path(name: str, value: object, *, fix: str = "", what: str = "folder")
             _message(f"{name} must be a {what} path (str or pathlib.Path), got {value!r:.80}.", fix)
         )
     path = os.fspath(value)
-    if not isinstance(path, str) or not path:
+    if not isinstance(path, str) or not path.strip():
         raise ConfigError(
             _message(
                 f"{name} must name a {what}, got {value!r} (an empty path would mean the "

@@ -470,6 +470,13 @@ class Guard:
         Raises:
             TrainingDivergedError: as for :meth:`step`.
         """
+        if not isinstance(pending, PendingStep) or pending.step != self._step:
+            done = getattr(pending, "step", None)
+            raise ConfigError(
+                f"finish_step got the pending step of step {done!r}, but the guard is at step "
+                f"{self._step}: call begin_step once, then finish_step once with what it "
+                "returned (a second finish_step would record the step twice)."
+            )
         t, obs, alerts, decision, overflow = (
             pending.step,
             pending.observation,

@@ -52,7 +52,6 @@ from torch.optim.optimizer import (
 from gradguard.errors import ConfigError
 from gradguard.guard import Guard, PendingStep
 from gradguard.records import Severity, StepRecord
-from gradguard.recover import scaled_lr
 from gradguard.sinks import JsonlSink, Sink, is_rank_zero
 from gradguard.stats.recurrent import recurrent_weights
 
@@ -206,7 +205,7 @@ class HookedGuard:
             self._pending = None
         pending = self.guard.begin_step(loss)
         if pending.decision.apply:
-            self._lr.enter_context(scaled_lr(self.optimizer, pending.decision.lr_scale))
+            self._lr.enter_context(self.guard.learning_rate(pending))
         else:
             _drop_grads(self.optimizer)
         self._pending = pending
