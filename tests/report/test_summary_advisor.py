@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 
 import torch
 
 from gradguard.analysis import recurrent_report
 from gradguard.records import ActionKind, Alert, AlertKind, Reason, Severity, StepRecord
-from gradguard.report import advise, model_facts, summarize
+from gradguard.report import advise, model_facts, progress, summarize
+from gradguard.report.page import outcome
 from tests.report.synthetic import METADATA, ruined_mlp_records, synthetic_records
 
 
@@ -316,3 +318,30 @@ def test_a_clip_bound_from_the_log_is_rounded() -> None:
     assert clip.action.endswith("Settings: max_norm=0.037.")
     assert "0.0374266" not in clip.action
     assert clip.confidence == "low"  # one spike
+
+
+def _losses(values: list[float]) -> list[StepRecord]:
+    return [
+        StepRecord(i, ActionKind.PROCEED, Reason.HEALTHY, loss=v, total_norm=1.0)
+        for i, v in enumerate(values)
+    ]
+
+
+def test_progress_compares_first_best_and_final_loss() -> None:
+    trained = progress(_losses([2.0 * 0.95**i for i in range(50)]))
+    assert trained.verdict == "trained"
+    assert trained.first == statistics.median([2.0, 1.9, 1.805, 1.71475, 1.6290125][:5])
+    assert trained.best == (49, 2.0 * 0.95**49)
+    flat = progress(_losses([2.0 + 0.01 * math.sin(i) for i in range(50)]))
+    assert flat.verdict == "did_not_train"
+    # Down to 0.2 by step 20, back up to 1.5 at the end: kept only 0.5 of a 1.8 gain.
+    lost = progress(_losses([2.0 - 0.09 * i for i in range(21)] + [1.5] * 29))
+    assert lost.verdict == "lost_ground" and lost.best == (20, 2.0 - 0.09 * 20)
+    assert progress(_losses([1.0])).verdict == "unknown"
+
+
+def test_a_flat_run_without_incident_is_not_called_healthy() -> None:
+    records = _losses([2.0 + 0.01 * math.sin(i) for i in range(50)])
+    css, verdict = outcome(summarize(records), records)
+    assert css == "bad"
+    assert verdict.startswith("Did not train, with no instability seen: loss 2.00")
