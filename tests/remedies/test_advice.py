@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from gradguard.analysis import (
@@ -213,3 +215,10 @@ def test_initialisation_advice_follows_the_model_type() -> None:
     assert "recurrent weights orthogonal" in rnn.message
     named = next(a for a in suggest(None, obs, recurrent=False) if a.action == Remedy.STABLE_INIT)
     assert named.message == mlp.message
+
+
+@given(st.floats(min_value=1e-12, max_value=1e12, allow_nan=False, allow_infinity=False))
+def test_a_rounded_setting_is_close_below_and_short(value: float) -> None:
+    rounded = round_setting(value)
+    assert 0.9 * value <= rounded <= value * (1.0 + 1e-9)  # down, up to float noise
+    assert float(f"{rounded:.2g}") == rounded  # two significant digits at most
