@@ -175,3 +175,20 @@ def test_a_sink_set_to_error_tells_only_an_abort(caplog: pytest.LogCaptureFixtur
         (logging.ERROR, "step 5: gradguard stopped the run (budget_exhausted).")
     ]
     assert with_default_logging([sink]) == (sink,)  # and the guard adds no second one
+
+
+def test_a_second_run_on_the_same_sink_starts_a_new_incident(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gradguard")
+    sink = LoggingSink()
+    skip = {"action": ActionKind.SKIP, "reason": Reason.NONFINITE_GRAD, "applied": False}
+    for step in (5, 6):
+        sink.write(_record(step, **skip))
+    sink.write(_record(0, **skip))  # a new guard starts again at step 0
+    lines = [r.getMessage() for r in _ours(caplog)]
+    assert lines == [
+        "step 5: gradguard skipped the step (weights unchanged) (nonfinite_grad).",
+        "1 more step(s) of this incident at steps 6-6: 1 skip (nonfinite_grad)",
+        "step 0: gradguard skipped the step (weights unchanged) (nonfinite_grad).",
+    ]

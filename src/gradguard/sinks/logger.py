@@ -96,8 +96,11 @@ class LoggingSink:
 
     def write(self, record: StepRecord) -> None:
         """Log what this step calls for; a healthy step costs a couple of comparisons."""
-        if self._next_check is not None and record.step >= self._next_check:
-            self._tell_repeats(record.step)
+        if self._next_check is not None:
+            if record.step >= self._next_check:
+                self._tell_repeats(record.step)
+            elif self._incident is not None and record.step < self._incident.last:
+                self._tell_repeats(None)  # steps went back: a new run shares this sink
         if (
             not record.alerts
             and record.action is ActionKind.PROCEED
