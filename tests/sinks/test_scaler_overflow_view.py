@@ -62,6 +62,8 @@ def test_scaler_overflows_are_info_in_log_console_and_report(
     assert summary.first_warning is None and summary.first_nonfinite_step is None
     page = build_report(log, tmp_path / "out").read_text(encoding="utf-8")
     assert f"({overflows} routine GradScaler overflow(s) skipped)" in page
+    events = page[page.index('id="events"') :]
+    assert "scaler_overflow" not in events[: events.index("</section>")]  # not one row each
     tally = StepTally()
     for record in records:
         tally.add(record)

@@ -247,7 +247,9 @@ def _events_section(records: Sequence[StepRecord]) -> str:
     total = 0
     for record in records:
         events: list[tuple[str, str]] = []
-        if record.action not in (ActionKind.PROCEED, ActionKind.CLIP) or record.reason in _NOTED:
+        routine = record.reason is Reason.SCALER_OVERFLOW  # counted above, not an event
+        acted = record.action not in (ActionKind.PROCEED, ActionKind.CLIP) and not routine
+        if acted or record.reason in _NOTED:
             detail = record.message
             if record.rolled_back_to is not None:
                 detail = (
