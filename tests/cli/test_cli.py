@@ -117,7 +117,9 @@ def test_report_writes_the_page(tmp_path: Path) -> None:
     assert code == EXIT_OK, err
     page = tmp_path / "out" / "report.html"
     assert page.is_file()
-    assert out.strip() == f"report: {page} (60 steps, 14 interventions, 9 alerts)"
+    first, verdict = out.strip().splitlines()
+    assert first == f"report: {page} (60 steps, 14 interventions, 9 alerts)"
+    assert verdict.startswith("Rescued: gradguard intervened on 14 of 60 steps")
 
 
 def test_report_default_folder(tmp_path: Path) -> None:

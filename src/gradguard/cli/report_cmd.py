@@ -43,11 +43,13 @@ def report(
     if log.is_dir():
         fail(f"log file {str(log)!r} is a folder", "pass the .jsonl file inside it")
     from gradguard.report import build_report, summarize
+    from gradguard.report.page import outcome
     from gradguard.sinks import read_jsonl
 
     try:
         path = build_report(log, out)
-        summary = summarize(read_jsonl(log).records)
+        records = read_jsonl(log).records
+        summary = summarize(records)
     except LogFormatError as exc:
         fail(str(exc), "pass a .jsonl log written by gradguard's JsonlSink")
     except ConfigError as exc:
@@ -58,3 +60,4 @@ def report(
         f"report: {path} ({summary.steps} steps, {summary.interventions} interventions, "
         f"{sum(summary.alerts_by_severity.values())} alerts)"
     )
+    typer.echo(outcome(summary, records)[1])  # the page's first line: did the run train?
