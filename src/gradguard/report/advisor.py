@@ -323,7 +323,7 @@ def _recurrent(records: Sequence[StepRecord], summary: RunSummary, facts: ModelF
     if clipped:
         smallest = min(clipped, key=lambda r: r.clip_coef)
         evidence.append(
-            f"Clipping acted on {len(clipped)} of {len(records)} steps; smallest coefficient "
+            f"Clipping acted on {len(clipped)} of {summary.steps} steps; smallest coefficient "
             f"{_num(smallest.clip_coef)} at step {smallest.step}."
         )
     else:

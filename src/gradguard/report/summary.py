@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from gradguard.records import ActionKind, Alert, Severity, StepRecord
 
@@ -64,8 +64,11 @@ def record_nonfinite(record: StepRecord) -> bool:
     return any(v is not None and not math.isfinite(v) for v in (record.loss, record.total_norm))
 
 
-def summarize(records: Sequence[StepRecord]) -> RunSummary:
-    """Count what happened in ``records`` (in log order) and find the first signs of trouble."""
+def summarize(records: Iterable[StepRecord]) -> RunSummary:
+    """Count what happened in ``records`` (in log order) and find the first signs of trouble.
+
+    One pass: ``records`` may be a stream (the report feeds a million-step log through it).
+    """
     actions: Counter[ActionKind] = Counter()
     severities: Counter[Severity] = Counter()
     kinds: Counter[str] = Counter()
@@ -75,7 +78,16 @@ def summarize(records: Sequence[StepRecord]) -> RunSummary:
     max_norm: tuple[int, float] | None = None
     final_loss: float | None = None
     final_lr: float | None = None
+    count = applied = lost = 0
+    first_step: int | None = None
+    last_step: int | None = None
     for record in records:
+        count += 1
+        if first_step is None:
+            first_step = record.step
+        last_step = record.step
+        applied += record.applied
+        lost += record.steps_lost
         if is_intervention(record):
             actions[record.action] += 1
         for alert in record.alerts:
@@ -95,11 +107,11 @@ def summarize(records: Sequence[StepRecord]) -> RunSummary:
         if record.lr is not None:
             final_lr = record.lr
     return RunSummary(
-        steps=len(records),
-        first_step=records[0].step if records else None,
-        last_step=records[-1].step if records else None,
+        steps=count,
+        first_step=first_step,
+        last_step=last_step,
         actions=dict(actions),
-        applied_steps=sum(r.applied for r in records),
+        applied_steps=applied,
         alerts_by_severity=dict(severities),
         alerts_by_kind=dict(kinds),
         first_warning=first_warning,
@@ -108,5 +120,5 @@ def summarize(records: Sequence[StepRecord]) -> RunSummary:
         max_norm=max_norm,
         final_loss=final_loss,
         final_lr=final_lr,
-        steps_lost=sum(r.steps_lost for r in records),
+        steps_lost=lost,
     )
