@@ -2,8 +2,9 @@
 
 Each run figure takes a :class:`~gradguard.report.digest.RunDigest` (what the report builds in
 its one pass over the log: downsampled curves and the event records) or, for small runs and
-tests, the records themselves. Each function returns PNG bytes. Figures are built with ``matplotlib.figure.Figure`` directly, so
-drawing a report never switches the backend or touches pyplot state of the calling process.
+tests, the records themselves. Each function returns PNG bytes. Figures are built with
+``matplotlib.figure.Figure`` directly, so drawing a report never switches the backend or
+touches pyplot state of the calling process.
 """
 
 from __future__ import annotations

@@ -171,7 +171,9 @@ def _summary_section(page: Page) -> str:
         )
     skipped = page.log.skipped_summary()
     if skipped is not None:
-        note += f"<p>{escape(skipped)}. These lines are not valid step records and are left out.</p>"
+        note += (
+            f"<p>{escape(skipped)}. These lines are not valid step records and are left out.</p>"
+        )
     return (
         f'<section id="summary"><h2>Outcome</h2><div class="outcome {css}">'
         f'{escape(sentence)}</div><div class="cards">{card_html}</div>{table}{note}</section>'

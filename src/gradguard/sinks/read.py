@@ -122,7 +122,9 @@ class LogStream:
         self.strict = strict
         if not self.path.is_file():
             if self.path.exists():
-                raise LogFormatError(f"{str(self.path)!r} is a directory, not a gradguard log file.")
+                raise LogFormatError(
+                    f"{str(self.path)!r} is a directory, not a gradguard log file."
+                )
             raise FileNotFoundError(f"log file {str(self.path)!r} does not exist")
         self._file: IO[bytes] = self.path.open("rb")
         try:
@@ -154,13 +156,17 @@ class LogStream:
     def _records(self) -> Iterator[StepRecord]:
         parser = _Parser()
         lines = self._lines
+        decode = json.JSONDecoder().raw_decode  # skips json.loads' per-call wrappers
         try:
             pending = next(lines, None)
             while pending is not None:
                 number, raw = pending
                 following = next(lines, None)
                 try:
-                    data = json.loads(raw)
+                    text = raw.decode("utf-8").strip()
+                    data, end = decode(text)
+                    if end != len(text):
+                        raise ValueError("extra data after the JSON value")
                 except (ValueError, RecursionError):
                     if following is None:  # a crash while writing the last line
                         self.skipped_last_line = number
@@ -169,7 +175,7 @@ class LogStream:
                 else:
                     try:
                         record = parser.record(data)
-                    except _BadRecord as exc:
+                    except _BadRecordError as exc:
                         self._skip(number, str(exc))
                     else:
                         yield record
@@ -260,7 +266,7 @@ def parse_record(data: Any) -> StepRecord:
 # record, so a million-step log reads in seconds).
 
 
-class _BadRecord(ValueError):
+class _BadRecordError(ValueError):
     """A decoded line is not a valid step record; the message says which field and why."""
 
 
@@ -290,7 +296,7 @@ def _number(value: Any, what: str) -> float:
         special = _NONFINITE.get(value)
         if special is not None:
             return special
-    raise _BadRecord(f"{what} must be a number, got {_show(value)}")
+    raise _BadRecordError(f"{what} must be a number, got {_show(value)}")
 
 
 def _optional_number(value: Any, what: str) -> float | None:
@@ -299,7 +305,7 @@ def _optional_number(value: Any, what: str) -> float | None:
 
 def _whole(value: Any, what: str) -> int:
     if type(value) is not int or value < 0:
-        raise _BadRecord(f"{what} must be a whole number >= 0, got {_show(value)}")
+        raise _BadRecordError(f"{what} must be a whole number >= 0, got {_show(value)}")
     return value  # type: ignore[no-any-return]
 
 
@@ -309,14 +315,14 @@ def _optional_whole(value: Any, what: str) -> int | None:
 
 def _text(value: Any, what: str) -> str:
     if type(value) is not str:
-        raise _BadRecord(f"{what} must be a string, got {_show(value)}")
+        raise _BadRecordError(f"{what} must be a string, got {_show(value)}")
     return value  # type: ignore[no-any-return]
 
 
 def _choice(value: Any, table: Mapping[str, Any], what: str) -> Any:
     found = table.get(value) if type(value) is str else None
     if found is None:
-        raise _BadRecord(f"{what} must be one of {sorted(table)!r}, got {_show(value)}")
+        raise _BadRecordError(f"{what} must be one of {sorted(table)!r}, got {_show(value)}")
     return found
 
 
@@ -337,27 +343,28 @@ class _Parser:
 
     def record(self, data: Any) -> StepRecord:
         if type(data) is not dict:
-            raise _BadRecord(f"a step record is a JSON object, got {_show(data)}")
+            raise _BadRecordError(f"a step record is a JSON object, got {_show(data)}")
         get = data.get
         if "step" not in data or "action" not in data or "reason" not in data:
             missing = [k for k in ("step", "action", "reason") if k not in data]
-            raise _BadRecord(f"missing {', '.join(missing)} in {_show(data)}")
+            raise _BadRecordError(f"missing {', '.join(missing)} in {_show(data)}")
         step = _whole(data["step"], "step")
         applied = get("applied", True)
         if type(applied) is not bool:
-            raise _BadRecord(f"applied must be true or false, got {_show(applied)}")
+            raise _BadRecordError(f"applied must be true or false, got {_show(applied)}")
         alerts = get("alerts", ())
         top = get("top", ())
+        loss, norm, coef, lr = get("loss"), get("total_norm"), get("clip_coef", 1.0), get("lr")
         return StepRecord(
             step=step,
             action=_choice(data["action"], _ACTIONS, "action"),
             reason=_choice(data["reason"], _REASONS, "reason"),
             message=_text(get("message", ""), "message"),
             applied=applied,
-            loss=_optional_number(get("loss"), "loss"),
-            total_norm=_optional_number(get("total_norm"), "total_norm"),
-            clip_coef=_number(get("clip_coef", 1.0), "clip_coef"),
-            lr=_optional_number(get("lr"), "lr"),
+            loss=loss if type(loss) is float else _optional_number(loss, "loss"),
+            total_norm=norm if type(norm) is float else _optional_number(norm, "total_norm"),
+            clip_coef=coef if type(coef) is float else _number(coef, "clip_coef"),
+            lr=lr if type(lr) is float else _optional_number(lr, "lr"),
             alerts=self._alerts(alerts) if alerts else (),
             top=self._top(top) if top else (),
             rolled_back_to=_optional_whole(get("rolled_back_to"), "rolled_back_to"),
@@ -366,26 +373,32 @@ class _Parser:
 
     def _top(self, top: Any) -> tuple[tuple[str, float], ...]:
         if type(top) is not list:
-            raise _BadRecord(f"top must be a list of [name, norm] pairs, got {_show(top)}")
+            raise _BadRecordError(f"top must be a list of [name, norm] pairs, got {_show(top)}")
+        names = self._names
         out = []
         for pair in top:
             if type(pair) is not list or len(pair) != 2:
-                raise _BadRecord(f"top must hold [name, norm] pairs, got {_show(pair)}")
-            out.append((self._name(pair[0], "a top tensor name"), _number(pair[1], "a top norm")))
+                raise _BadRecordError(f"top must hold [name, norm] pairs, got {_show(pair)}")
+            name, norm = pair
+            shared = names.get(name) if type(name) is str else None
+            if shared is not None and type(norm) is float:  # the usual case, checked inline
+                out.append((shared, norm))
+            else:
+                out.append((self._name(name, "a top tensor name"), _number(norm, "a top norm")))
         return tuple(out)
 
     def _alerts(self, alerts: Any) -> tuple[Alert, ...]:
         if type(alerts) is not list:
-            raise _BadRecord(f"alerts must be a list, got {_show(alerts)}")
+            raise _BadRecordError(f"alerts must be a list, got {_show(alerts)}")
         return tuple(self._alert(a) for a in alerts)
 
     def _alert(self, data: Any) -> Alert:
         if type(data) is not dict:
-            raise _BadRecord(f"an alert must be a JSON object, got {_show(data)}")
+            raise _BadRecordError(f"an alert must be a JSON object, got {_show(data)}")
         get = data.get
         culprits = get("culprits", ())
         if type(culprits) not in (list, tuple):
-            raise _BadRecord(f"alert culprits must be a list of names, got {_show(culprits)}")
+            raise _BadRecordError(f"alert culprits must be a list of names, got {_show(culprits)}")
         return Alert(
             step=_whole(get("step"), "alert step"),
             severity=_choice(get("severity"), _SEVERITIES, "alert severity"),

@@ -1,0 +1,147 @@
+"""Time and peak memory of ``gradguard report`` on long run logs, each in its own process.
+
+Writes synthetic logs of 100k and 1M steps (a healthy run with a noisy norm, clipping now and
+then, a few spikes, alerts and one NaN step skipped, top-5 tensors per step, as JsonlSink
+writes them), runs ``gradguard report`` on each in a fresh process and reads that process's
+peak resident memory from ``resource.getrusage``. For comparison, the same process also times
+the parser the report used before (``records.from_json_dict`` per line) on the 100k log. Prints
+a markdown table and one summary line of ratios. Targets: a 1M-step log in under 30 s and
+500 MB.
+
+Usage: .venv/bin/python benchmarks/report.py [--quick] [--steps N ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+NAMES = ("rnn.weight_hh_l0", "rnn.weight_ih_l0", "rnn.bias_hh_l0", "fc.weight", "fc.bias")
+
+# Runs in a child process: the command's wall time and its own peak RSS (ru_maxrss of the
+# children of this small runner, which has exactly one: the command).
+_RUNNER = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+seconds = time.perf_counter() - start
+if done.returncode:
+    sys.exit(done.stderr)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+print(seconds, peak / 1024)
+"""
+
+_OLD_PARSER = """
+import json, resource, sys, time
+from gradguard.records import StepRecord, from_json_dict
+start = time.perf_counter()
+with open(sys.argv[1], "rb") as f:
+    next(f)
+    records = [from_json_dict(StepRecord, json.loads(line)) for line in f]
+seconds = time.perf_counter() - start
+print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def write_log(path: Path, steps: int) -> None:
+    """A JsonlSink-shaped log of ``steps`` records, written fast with string formatting."""
+    header = {
+        "format": "gradguard-log",
+        "schema_version": 1,
+        "gradguard_version": "bench",
+        "started": "",
+        "metadata": {"model": {"cell": "RNN", "num_layers": 1}},
+    }
+    with path.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(header) + "\n")
+        for i in range(steps):
+            norm = 1.0 + 0.5 * math.sin(i * 0.01) + 0.1 * ((i * 7919) % 13)
+            if i % 50_000 == 25_000:
+                norm *= 40.0  # a one-step spike: must survive downsampling
+            loss = 2.0 / (1.0 + i * 1e-4) + 0.01 * ((i * 31) % 7)
+            lr = 1e-3 if i < steps // 2 else 5e-4
+            top = ",".join(f'["{n}",{norm / (k + 1):.6g}]' for k, n in enumerate(NAMES))
+            if i == steps // 3:
+                f.write(
+                    f'{{"step":{i},"action":"skip","reason":"nonfinite_grad","message":"NaN '
+                    f'gradient in {NAMES[0]}; step skipped","applied":false,"loss":{loss:.6g},'
+                    f'"total_norm":"nan","clip_coef":1.0,"lr":{lr},"alerts":[{{"step":{i},'
+                    f'"severity":"critical","kind":"nonfinite_grad","message":"NaN gradient",'
+                    f'"detector":"nonfinite","culprits":["{NAMES[0]}"]}}],"top":[["{NAMES[0]}",'
+                    f'"nan"]],"rolled_back_to":null,"steps_lost":0}}\n'
+                )
+                continue
+            clipped = norm > 3.0
+            alerts = ""
+            if i % 50_000 == 25_000:
+                alerts = (
+                    f'{{"step":{i},"severity":"warning","kind":"grad_norm_spike","message":'
+                    f'"gradient norm spike","detector":"spike","culprits":["{NAMES[0]}"],'
+                    f'"value":{norm:.6g},"threshold":10.0}}'
+                )
+            f.write(
+                f'{{"step":{i},"action":"{"clip" if clipped else "proceed"}","reason":'
+                f'"{"norm_above_bound" if clipped else "healthy"}","message":"","applied":true,'
+                f'"loss":{loss:.6g},"total_norm":{norm:.6g},'
+                f'"clip_coef":{3.0 / norm if clipped else 1.0:.6g},"lr":{lr},'
+                f'"alerts":[{alerts}],"top":[{top}],"rolled_back_to":null,"steps_lost":0}}\n'
+            )
+
+
+def _measure(args: list[str]) -> tuple[float, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", _RUNNER, *args], capture_output=True, text=True, check=True
+    )
+    seconds, peak = done.stdout.split()
+    return float(seconds), float(peak)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20k and 100k steps only")
+    parser.add_argument("--steps", type=int, nargs="*", help="log lengths to measure")
+    options = parser.parse_args()
+    sizes = options.steps or ([20_000, 100_000] if options.quick else [100_000, 1_000_000])
+    gradguard = str(Path(sys.executable).with_name("gradguard"))
+    rows: list[tuple[str, int, float, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for steps in sizes:
+            log = folder / f"run{steps}.jsonl"
+            write_log(log, steps)
+            seconds, peak = _measure([gradguard, "report", str(log), "-o", str(folder / "out")])
+            rows.append(("gradguard report (one pass)", steps, seconds, peak))
+            os.remove(log) if steps != sizes[0] else None
+        small = sizes[0]
+        done = subprocess.run(
+            [sys.executable, "-c", _OLD_PARSER, str(folder / f"run{small}.jsonl")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seconds, peak = (float(v) for v in done.stdout.split())
+        rows.append(("old parser only (from_json_dict per line)", small, seconds, peak))
+
+    print("| what | steps | seconds | peak RSS MB | us per step |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, steps, seconds, peak in rows:
+        print(f"| {name} | {steps:,} | {seconds:.1f} | {peak:.0f} | {seconds / steps * 1e6:.1f} |")
+    report = [r for r in rows if r[0].startswith("gradguard")]
+    (_, n0, s0, m0), (_, n1, s1, m1) = report[0], report[-1]
+    old = rows[-1]
+    print(
+        f"report: {n1:,} steps {s1:.1f} s ({s1 / 30:.2f} of the 30 s target), "
+        f"{m1:.0f} MB ({m1 / 500:.2f} of 500 MB); time {n1 // n0}x steps -> {s1 / s0:.1f}x, "
+        f"memory {m1 / m0:.2f}x; old parser alone / whole new report at {n0:,} steps "
+        f"{old[2] / s0:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
