@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,8 +32,8 @@ done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 seconds = time.perf_counter() - start
 if done.returncode:
     sys.exit(done.stderr)
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
-print(seconds, peak / 1024)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)  # maxrss: KiB on Linux
 """
 
 _OLD_PARSER = """
@@ -45,7 +44,8 @@ with open(sys.argv[1], "rb") as f:
     next(f)
     records = [from_json_dict(StepRecord, json.loads(line)) for line in f]
 seconds = time.perf_counter() - start
-print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(seconds, time.process_time(), usage.ru_maxrss / 1024)
 """
 
 
@@ -94,12 +94,13 @@ def write_log(path: Path, steps: int) -> None:
             )
 
 
-def _measure(args: list[str]) -> tuple[float, float]:
+def _measure(code: str, args: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (MB) of ``code`` run in a fresh process."""
     done = subprocess.run(
-        [sys.executable, "-c", _RUNNER, *args], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
     )
-    seconds, peak = done.stdout.split()
-    return float(seconds), float(peak)
+    wall, cpu, peak = (float(v) for v in done.stdout.split())
+    return wall, cpu, peak
 
 
 def main() -> None:
@@ -109,37 +110,34 @@ def main() -> None:
     options = parser.parse_args()
     sizes = options.steps or ([20_000, 100_000] if options.quick else [100_000, 1_000_000])
     gradguard = str(Path(sys.executable).with_name("gradguard"))
-    rows: list[tuple[str, int, float, float]] = []
+    rows: list[tuple[str, int, float, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for steps in sizes:
             log = folder / f"run{steps}.jsonl"
             write_log(log, steps)
-            seconds, peak = _measure([gradguard, "report", str(log), "-o", str(folder / "out")])
-            rows.append(("gradguard report (one pass)", steps, seconds, peak))
-            os.remove(log) if steps != sizes[0] else None
-        small = sizes[0]
-        done = subprocess.run(
-            [sys.executable, "-c", _OLD_PARSER, str(folder / f"run{small}.jsonl")],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        seconds, peak = (float(v) for v in done.stdout.split())
-        rows.append(("old parser only (from_json_dict per line)", small, seconds, peak))
+            command = [gradguard, "report", str(log), "-o", str(folder / "out")]
+            rows.append(("gradguard report (one pass)", steps, *_measure(_RUNNER, command)))
+            if steps != sizes[0]:
+                log.unlink()  # keep the disk use to one large log at a time
+        small = folder / f"run{sizes[0]}.jsonl"
+        old = ("old parser only (from_json_dict per line)", sizes[0])
+        rows.append((*old, *_measure(_OLD_PARSER, [str(small)])))
 
-    print("| what | steps | seconds | peak RSS MB | us per step |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, steps, seconds, peak in rows:
-        print(f"| {name} | {steps:,} | {seconds:.1f} | {peak:.0f} | {seconds / steps * 1e6:.1f} |")
+    print("| what | steps | wall s | CPU s | peak RSS MB | CPU us per step |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, steps, wall, cpu, peak in rows:
+        print(
+            f"| {name} | {steps:,} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | "
+            f"{cpu / steps * 1e6:.1f} |"
+        )
     report = [r for r in rows if r[0].startswith("gradguard")]
-    (_, n0, s0, m0), (_, n1, s1, m1) = report[0], report[-1]
-    old = rows[-1]
+    (_, n0, _, c0, m0), (_, n1, w1, c1, m1) = report[0], report[-1]
     print(
-        f"report: {n1:,} steps {s1:.1f} s ({s1 / 30:.2f} of the 30 s target), "
-        f"{m1:.0f} MB ({m1 / 500:.2f} of 500 MB); time {n1 // n0}x steps -> {s1 / s0:.1f}x, "
-        f"memory {m1 / m0:.2f}x; old parser alone / whole new report at {n0:,} steps "
-        f"{old[2] / s0:.1f}x"
+        f"report: {n1:,} steps {w1:.1f} s wall ({w1 / 30:.2f} of the 30 s target; CPU "
+        f"{c1:.1f} s), {m1:.0f} MB ({m1 / 500:.2f} of 500 MB); {n1 // n0}x the steps costs "
+        f"{c1 / c0:.1f}x CPU and {m1 / m0:.2f}x memory; old parser alone / whole new report at "
+        f"{n0:,} steps {rows[-1][3] / c0:.1f}x CPU"
     )
 
 

@@ -87,7 +87,7 @@ class Envelope:
             pairs = [(low_step, low), (high_step, high)]
             if high_step < low_step:
                 pairs.reverse()
-            elif high_step == low_step or high == low:
+            elif high_step == low_step and high == low:
                 pairs = pairs[:1]
             for x, y in pairs:
                 xs.append(x)
@@ -252,25 +252,27 @@ class RunDigest:
         )
         norm = record.total_norm
         coef = record.clip_coef
+        nonfinite = False
         if norm is not None:
             if math.isfinite(norm):
                 self.norm.add(step, norm)
                 if coef < 1.0:
                     self.clipped.add(step, norm * coef)
-                if not self._seen_nonfinite:
-                    self._last_finite = (record, len(self.events))
             else:
-                keep = True
+                nonfinite = True
                 self.norm_nonfinite.add(step)
-                self._first_nonfinite()
         loss = record.loss
         if loss is not None:
             if math.isfinite(loss):
                 self.loss.add(step, loss)
             else:
-                keep = True
+                nonfinite = True
                 self.loss_nonfinite.add(step)
-                self._first_nonfinite()
+        if nonfinite:
+            keep = True
+            self._first_nonfinite()
+        elif norm is not None and not self._seen_nonfinite:
+            self._last_finite = (record, len(self.events))
         if math.isfinite(coef):
             self.clip_coef.add(step, coef)
         if not coef >= 1.0:
