@@ -8,6 +8,7 @@ or from the digest's kept records.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 
@@ -36,7 +37,11 @@ def test_an_envelope_keeps_the_extremes_at_their_steps_in_bounded_space(
     assert len(envelope.buckets) <= limit
     xs, ys = envelope.points()
     assert xs == sorted(xs)
-    assert set(zip(xs, ys, strict=True)) <= set(data)  # only real points are drawn
+    drawn = [(x, y) for x, y in zip(xs, ys, strict=True) if not math.isnan(y)]
+    assert set(drawn) <= set(data)  # only real points are drawn; NaN marks a gap
+    keys = sorted(envelope.buckets)
+    gaps = sum(1 for a, b in itertools.pairwise(keys) if b > a + 1)
+    assert len(xs) - len(drawn) == gaps
     if not data:
         assert envelope.bounds() is None
         return
@@ -80,6 +85,7 @@ def test_a_long_healthy_run_keeps_its_spike_and_almost_no_records() -> None:
     xs, ys = digest.norm.points()
     assert (spike, 5000.0) in set(zip(xs, ys, strict=True))
     assert len(xs) <= 2 * BUCKETS
+    assert not any(math.isnan(y) for y in ys)  # a series logged at every step has no gap
     kept = digest.records()
     assert [r.step for r in kept] == [0, 59_999]  # the names' first record and the last one
     cells = digest.culprits

@@ -79,11 +79,20 @@ class Envelope:
             self.buckets = merged
 
     def points(self) -> tuple[list[float], list[float]]:
-        """The curve to draw: ``(steps, values)`` sorted by step, each bucket's min and max."""
+        """The curve to draw: ``(steps, values)`` sorted by step, each bucket's min and max.
+
+        A NaN value separates buckets that are not neighbours, so a line drawn through the
+        points breaks where the series has no values (steps that were not clipped, say).
+        """
         xs: list[float] = []
         ys: list[float] = []
+        previous: int | None = None
         for key in sorted(self.buckets):
             low, low_step, high, high_step = self.buckets[key]
+            if previous is not None and key != previous + 1:
+                xs.append(min(low_step, high_step))
+                ys.append(math.nan)
+            previous = key
             pairs = [(low_step, low), (high_step, high)]
             if high_step < low_step:
                 pairs.reverse()

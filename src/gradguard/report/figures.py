@@ -129,7 +129,9 @@ def norm_figure(records: RunDigest | Sequence[StepRecord]) -> bytes:
     fig, (ax,) = _figure(height=4.2)
     _draw(ax, digest.norm, color="#1f77b4", linewidth=1.2, label="gradient norm")
     if digest.clipped.count:
-        _draw(ax, digest.clipped, color="#2ca02c", linewidth=1.0, label="after clipping")
+        sparse = len(digest.clipped.buckets) < 200  # isolated clipped steps need a marker
+        style = {"marker": ".", "markersize": 4} if sparse else {}
+        _draw(ax, digest.clipped, color="#2ca02c", linewidth=1.0, label="after clipping", **style)
     _mark_nonfinite(ax, digest.norm_nonfinite)
     events = digest.records()
     for severity in (Severity.INFO, Severity.WARNING, Severity.CRITICAL):

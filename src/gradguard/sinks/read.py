@@ -306,7 +306,7 @@ def _optional_number(value: Any, what: str) -> float | None:
 def _whole(value: Any, what: str) -> int:
     if type(value) is not int or value < 0:
         raise _BadRecordError(f"{what} must be a whole number >= 0, got {_show(value)}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _optional_whole(value: Any, what: str) -> int | None:
@@ -316,7 +316,7 @@ def _optional_whole(value: Any, what: str) -> int | None:
 def _text(value: Any, what: str) -> str:
     if type(value) is not str:
         raise _BadRecordError(f"{what} must be a string, got {_show(value)}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _choice(value: Any, table: Mapping[str, Any], what: str) -> Any:
