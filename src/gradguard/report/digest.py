@@ -9,10 +9,12 @@ records one at a time and keeps:
   its smallest and largest value *at their own steps*, so a one-step spike still reaches the
   plot (a mean or every-n-th sample would hide it);
 - NaN/Inf steps as :class:`Marks`, the culprit heat map as :class:`CulpritCells`, both bounded;
-- every event record whole: any step that was not a plain healthy one (an action other than
-  proceed, a reason other than healthy, an alert, a NaN/Inf, clipping, a rollback), plus the
-  context the advisor reads (the first record naming each tensor, the last finite step before
-  the first NaN/Inf, the last record).
+- every event record whole: any step that was not a routine one (an action other than proceed
+  or clip, a reason other than healthy or norm-above-bound, an alert, a NaN/Inf, a rollback),
+  plus the context the advisor reads (the first record naming each tensor, the last finite step
+  before the first NaN/Inf, the last record);
+- routine clipped steps without their tensor list and message (about 300 bytes each): the
+  advisor counts them and quotes the smallest coefficient.
 
 Steps may go back (a log appended after resuming from an older snapshot): buckets are keyed by
 step value, so both passes over the same steps land in the same buckets.
@@ -20,6 +22,7 @@ step value, so both passes over the same steps land in the same buckets.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Iterator
 
@@ -199,7 +202,8 @@ class CulpritCells:
         return sorted(self.peaks, key=lambda n: -self.peaks[n])[:limit]
 
 
-_NOTED_REASONS = frozenset(Reason) - {Reason.HEALTHY}
+_ROUTINE_ACTIONS = frozenset({ActionKind.PROCEED, ActionKind.CLIP})
+_ROUTINE_REASONS = frozenset({Reason.HEALTHY, Reason.NORM_ABOVE_BOUND})
 
 
 class RunDigest:
@@ -214,7 +218,8 @@ class RunDigest:
         norm_nonfinite: steps whose gradient norm was NaN/Inf.
         loss_nonfinite: steps whose loss was NaN/Inf.
         culprits: the heat map's cells.
-        events: every event record whole and the advisor's context records, in log order.
+        events: every event record whole, routine clipped steps slim, and the advisor's
+            context records, in log order.
         steps: how many records were taken.
     """
 
@@ -231,6 +236,7 @@ class RunDigest:
         self.steps = 0
         self._last: StepRecord | None = None
         self._last_kept = False
+        self._last_slim = False
         self._seen_nonfinite = False
         self._last_finite: tuple[StepRecord, int] | None = None
 
@@ -252,9 +258,9 @@ class RunDigest:
         """Take the next record of the log."""
         self.steps += 1
         step = record.step
-        keep = (
-            record.action is not ActionKind.PROCEED
-            or record.reason in _NOTED_REASONS
+        whole = (
+            record.action not in _ROUTINE_ACTIONS
+            or record.reason not in _ROUTINE_REASONS
             or bool(record.alerts)
             or record.rolled_back_to is not None
             or record.steps_lost > 0
@@ -278,24 +284,30 @@ class RunDigest:
                 nonfinite = True
                 self.loss_nonfinite.add(step)
         if nonfinite:
-            keep = True
+            whole = True
             self._first_nonfinite()
-        elif norm is not None and not self._seen_nonfinite:
-            self._last_finite = (record, len(self.events))
         if math.isfinite(coef):
             self.clip_coef.add(step, coef)
-        if not coef >= 1.0:
-            keep = True
         if record.lr is not None and math.isfinite(record.lr):
             self.lr.add(step, record.lr)
         if record.top:
             known = self.culprits.peaks
-            if not keep and any(name not in known for name, _ in record.top):
-                keep = True  # the advisor learns the model's tensor names from the records
+            if not whole and any(name not in known for name, _ in record.top):
+                whole = True  # the advisor learns the model's tensor names from the records
             self.culprits.add(step, record.top)
-        if keep:
-            self.events.append(record)
-        self._last, self._last_kept = record, keep
+        kept: StepRecord | None = record if whole else None
+        if kept is None and not coef >= 1.0:
+            # A routine clipped step: the advisor counts these and quotes the smallest
+            # coefficient; its tensor list and sentence are read by no one, and a run clipped
+            # at every step would otherwise keep ~1 KB per step.
+            kept = dataclasses.replace(record, top=(), message="")
+        if kept is not None:
+            self.events.append(kept)
+        if not nonfinite and norm is not None and not self._seen_nonfinite:
+            stored = kept if kept is not None else record
+            self._last_finite = (stored, len(self.events) - (kept is not None))
+        self._last, self._last_kept = record, kept is record
+        self._last_slim = kept is not None and kept is not record
 
     def _first_nonfinite(self) -> None:
         """Keep the last finite step before the first NaN/Inf: the advisor quotes it."""
@@ -308,7 +320,10 @@ class RunDigest:
                 self.events.insert(position, record)
 
     def records(self) -> tuple[StepRecord, ...]:
-        """The kept records in log order, ending with the log's last record."""
-        if self._last is not None and not self._last_kept:
-            return (*self.events, self._last)
-        return tuple(self.events)
+        """The kept records in log order, ending with the log's last record (whole)."""
+        events = self.events
+        if self._last is None or self._last_kept:
+            return tuple(events)
+        if self._last_slim:
+            return (*events[:-1], self._last)  # in place of the slim copy of a clipped step
+        return (*events, self._last)
