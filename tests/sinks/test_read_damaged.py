@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from gradguard.cli import EXIT_OK, app
 from gradguard.errors import LogFormatError
 from gradguard.records import ActionKind, Reason, StepRecord, to_json_dict
-from gradguard.report import build_report
+from gradguard.report import figures
+from gradguard.report.digest import RunDigest
 from gradguard.sinks import LogStream, read_jsonl
 from gradguard.sinks.read import MAX_SKIPPED_KEPT, parse_record
 
@@ -135,22 +136,24 @@ def test_a_log_appended_after_resuming_from_an_older_snapshot(tmp_path: Path) ->
     """Steps 100-119, then 40-59 again: the heat map used to index a negative column."""
     lines = [_rec(i, top=[["w", float(i)]]) for i in range(100, 120)]
     lines += [_rec(i, top=[["w", 1000.0 + i]]) for i in range(40, 60)]
-    path = _write(tmp_path / "log.jsonl", lines)
-    page = build_report(path, tmp_path / "out")
-    html = page.read_text(encoding="utf-8")
-    assert "40 steps logged" in html.replace("</b><span>", " ")
-    assert (tmp_path / "out" / "culprits.png").stat().st_size > 1000
+    records = read_jsonl(_write(tmp_path / "log.jsonl", lines)).records
+    digest = RunDigest.of(records)
+    assert (digest.culprits.first_step, digest.culprits.last_step) == (40, 119)
+    assert figures.culprit_heatmap(digest).startswith(b"\x89PNG")
+    xs, _ = digest.norm.points()
+    assert xs == sorted(xs) and (xs[0], xs[-1]) == (40, 119)
 
 
 def test_gradguard_report_warns_about_skipped_lines_and_succeeds(tmp_path: Path) -> None:
     bad = [_rec("5"), _rec(6, applied="no"), "x" * 10]
-    path = _write(tmp_path / "log.jsonl", [_rec(i) for i in range(5)] + bad + [_rec(9)])
+    resumed = [_rec(3), _rec(4)]  # continued after resuming from the snapshot of step 3
+    path = _write(tmp_path / "log.jsonl", [_rec(i) for i in range(5)] + bad + [_rec(9), *resumed])
     result = CliRunner().invoke(app, ["report", str(path), "-o", str(tmp_path / "out")])
     assert result.exit_code == EXIT_OK, result.output
     assert "Traceback" not in result.stderr
     warning, *_ = result.stderr.splitlines()
     assert warning.startswith("warning: 3 lines skipped: line 7: step must be a whole number")
     assert "line 8: applied must be true or false" in warning
-    assert "report: " in result.stdout and "(6 steps," in result.stdout
+    assert "report: " in result.stdout and "(8 steps," in result.stdout
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "3 lines skipped: line 7:" in html
