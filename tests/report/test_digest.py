@@ -132,26 +132,30 @@ def test_every_kind_of_event_is_kept_whole() -> None:
     }
     records = [events.get(i, _healthy(i)) for i in range(14)]
     kept = RunDigest.of(records).records()
-    assert [r.step for r in kept] == [0, 3, 5, 7, 8, 9, 11, 13]  # 8: last finite before the inf
-    assert all(r is records[r.step] for r in kept if r.step != 5)
-    slim = kept[2]  # a routine clipped step keeps its numbers, not its tensor list or sentence
-    assert slim == dataclasses.replace(records[5], top=(), message="")
+    assert [r.step for r in kept] == [0, 3, 7, 8, 9, 11, 13]  # 8: last finite before the inf
+    assert all(r is records[r.step] for r in kept)  # whole; routine clipping (5) is only counted
+    assert summarize(records).clipped_steps == 1
 
 
-def test_a_run_clipped_at_every_step_keeps_slim_records_and_its_last_one_whole() -> None:
+def test_a_run_clipped_at_every_step_keeps_no_record_per_step() -> None:
     records = [
         dataclasses.replace(
             _healthy(i), action=ActionKind.CLIP, reason=Reason.NORM_ABOVE_BOUND, clip_coef=0.5
         )
         for i in range(50)
     ]
+    records[20] = dataclasses.replace(records[20], clip_coef=0.01)
     kept = RunDigest.of(records).records()
-    assert len(kept) == 50
-    assert kept[0] is records[0]  # it names the tensors first
-    assert kept[-1] is records[-1]
-    assert all(r.top == () for r in kept[1:-1])
-    assert advise(kept, {"model": {"recurrent": True}}, summarize(records)) == advise(
-        records, {"model": {"recurrent": True}}
+    assert kept == (records[0], records[-1])  # the first names the tensors
+    summary = summarize(records)
+    assert (summary.clipped_steps, summary.smallest_clip) == (50, (20, 0.01))
+    meta = {"model": {"recurrent": True}}
+    advice = advise(kept, meta, summary)
+    assert advice == advise(records, meta)
+    assert any(
+        "Clipping acted on 50 of 50 steps; smallest coefficient 0.01 at step 20" in e
+        for a in advice
+        for e in a.evidence
     )
 
 

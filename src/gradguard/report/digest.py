@@ -12,9 +12,8 @@ records one at a time and keeps:
 - every event record whole: any step that was not a routine one (an action other than proceed
   or clip, a reason other than healthy or norm-above-bound, an alert, a NaN/Inf, a rollback),
   plus the context the advisor reads (the first record naming each tensor, the last finite step
-  before the first NaN/Inf, the last record);
-- routine clipped steps without their tensor list and message (about 300 bytes each): the
-  advisor counts them and quotes the smallest coefficient.
+  before the first NaN/Inf, the last record). Routine clipping is counted by the summary
+  (``RunSummary.clipped_steps``), not kept, so a run clipped at every step stays small too.
 
 Steps may go back (a log appended after resuming from an older snapshot): buckets are keyed by
 step value, so both passes over the same steps land in the same buckets.
@@ -22,7 +21,6 @@ step value, so both passes over the same steps land in the same buckets.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Iterator
 
@@ -218,8 +216,7 @@ class RunDigest:
         norm_nonfinite: steps whose gradient norm was NaN/Inf.
         loss_nonfinite: steps whose loss was NaN/Inf.
         culprits: the heat map's cells.
-        events: every event record whole, routine clipped steps slim, and the advisor's
-            context records, in log order.
+        events: every event record and the advisor's context records, in log order.
         steps: how many records were taken.
     """
 
@@ -236,7 +233,6 @@ class RunDigest:
         self.steps = 0
         self._last: StepRecord | None = None
         self._last_kept = False
-        self._last_slim = False
         self._seen_nonfinite = False
         self._last_finite: tuple[StepRecord, int] | None = None
 
@@ -295,19 +291,11 @@ class RunDigest:
             if not whole and any(name not in known for name, _ in record.top):
                 whole = True  # the advisor learns the model's tensor names from the records
             self.culprits.add(step, record.top)
-        kept: StepRecord | None = record if whole else None
-        if kept is None and not coef >= 1.0:
-            # A routine clipped step: the advisor counts these and quotes the smallest
-            # coefficient; its tensor list and sentence are read by no one, and a run clipped
-            # at every step would otherwise keep ~1 KB per step.
-            kept = dataclasses.replace(record, top=(), message="")
-        if kept is not None:
-            self.events.append(kept)
+        if whole:
+            self.events.append(record)
         if not nonfinite and norm is not None and not self._seen_nonfinite:
-            stored = kept if kept is not None else record
-            self._last_finite = (stored, len(self.events) - (kept is not None))
-        self._last, self._last_kept = record, kept is record
-        self._last_slim = kept is not None and kept is not record
+            self._last_finite = (record, len(self.events) - whole)
+        self._last, self._last_kept = record, whole
 
     def _first_nonfinite(self) -> None:
         """Keep the last finite step before the first NaN/Inf: the advisor quotes it."""
@@ -321,9 +309,6 @@ class RunDigest:
 
     def records(self) -> tuple[StepRecord, ...]:
         """The kept records in log order, ending with the log's last record (whole)."""
-        events = self.events
         if self._last is None or self._last_kept:
-            return tuple(events)
-        if self._last_slim:
-            return (*events[:-1], self._last)  # in place of the slim copy of a clipped step
-        return (*events, self._last)
+            return tuple(self.events)
+        return (*self.events, self._last)

@@ -36,6 +36,8 @@ class RunSummary:
         final_loss: loss of the last record with a finite loss.
         final_lr: learning rate of the last record that has one.
         steps_lost: optimizer steps undone by rollbacks, summed.
+        clipped_steps: steps whose gradients were scaled down (clip coefficient below 1).
+        smallest_clip: the strongest clipping, as ``(step, coefficient)``; ``None`` when none.
     """
 
     steps: int
@@ -52,6 +54,8 @@ class RunSummary:
     final_loss: float | None
     final_lr: float | None
     steps_lost: int
+    clipped_steps: int = 0
+    smallest_clip: tuple[int, float] | None = None
 
     @property
     def interventions(self) -> int:
@@ -78,7 +82,8 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
     max_norm: tuple[int, float] | None = None
     final_loss: float | None = None
     final_lr: float | None = None
-    count = applied = lost = 0
+    count = applied = lost = clipped = 0
+    smallest_clip: tuple[int, float] | None = None
     first_step: int | None = None
     last_step: int | None = None
     for record in records:
@@ -88,6 +93,10 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
         last_step = record.step
         applied += record.applied
         lost += record.steps_lost
+        if record.clip_coef < 1.0:
+            clipped += 1
+            if smallest_clip is None or record.clip_coef < smallest_clip[1]:
+                smallest_clip = (record.step, record.clip_coef)
         if is_intervention(record):
             actions[record.action] += 1
         for alert in record.alerts:
@@ -121,4 +130,6 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
         final_loss=final_loss,
         final_lr=final_lr,
         steps_lost=lost,
+        clipped_steps=clipped,
+        smallest_clip=smallest_clip,
     )
