@@ -156,7 +156,7 @@ def advise(
     everything = [item for items, _ in situations for item in items]
     advice: list[Advice] = []
     if everything:
-        clipped = any(r.clip_coef < 1.0 for r in records)
+        clipped = summary.clipped_steps > 0
         for suggestion in suggest(None, everything, lr=lr):
             advice.append(_worded(suggestion, lines.get(suggestion.action, []), clipped))
     if not advice:
@@ -319,12 +319,11 @@ def _recurrent(records: Sequence[StepRecord], summary: RunSummary, facts: ModelF
         evidence.append(f"The run metadata declares a recurrent model ({facts.cell}).")
     else:
         evidence.append("The run metadata declares a recurrent model.")
-    clipped = [r for r in records if r.clip_coef < 1.0]
-    if clipped:
-        smallest = min(clipped, key=lambda r: r.clip_coef)
+    if summary.smallest_clip is not None:
+        step, coef = summary.smallest_clip
         evidence.append(
-            f"Clipping acted on {len(clipped)} of {len(records)} steps; smallest coefficient "
-            f"{_num(smallest.clip_coef)} at step {smallest.step}."
+            f"Clipping acted on {summary.clipped_steps} of {summary.steps} steps; smallest "
+            f"coefficient {_num(coef)} at step {step}."
         )
     else:
         evidence.append("No step was clipped.")

@@ -169,6 +169,11 @@ def _summary_section(page: Page) -> str:
             f"<p>Line {page.log.skipped_last_line} of the log was cut off (the run stopped "
             "while writing it) and was skipped.</p>"
         )
+    skipped = page.log.skipped_summary()
+    if skipped is not None:
+        note += (
+            f"<p>{escape(skipped)}. These lines are not valid step records and are left out.</p>"
+        )
     return (
         f'<section id="summary"><h2>Outcome</h2><div class="outcome {css}">'
         f'{escape(sentence)}</div><div class="cards">{card_html}</div>{table}{note}</section>'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from gradguard.records import ActionKind, Alert, Severity, StepRecord
 
@@ -36,6 +36,8 @@ class RunSummary:
         final_loss: loss of the last record with a finite loss.
         final_lr: learning rate of the last record that has one.
         steps_lost: optimizer steps undone by rollbacks, summed.
+        clipped_steps: steps whose gradients were scaled down (clip coefficient below 1).
+        smallest_clip: the strongest clipping, as ``(step, coefficient)``; ``None`` when none.
     """
 
     steps: int
@@ -52,6 +54,8 @@ class RunSummary:
     final_loss: float | None
     final_lr: float | None
     steps_lost: int
+    clipped_steps: int = 0
+    smallest_clip: tuple[int, float] | None = None
 
     @property
     def interventions(self) -> int:
@@ -64,8 +68,11 @@ def record_nonfinite(record: StepRecord) -> bool:
     return any(v is not None and not math.isfinite(v) for v in (record.loss, record.total_norm))
 
 
-def summarize(records: Sequence[StepRecord]) -> RunSummary:
-    """Count what happened in ``records`` (in log order) and find the first signs of trouble."""
+def summarize(records: Iterable[StepRecord]) -> RunSummary:
+    """Count what happened in ``records`` (in log order) and find the first signs of trouble.
+
+    One pass: ``records`` may be a stream (the report feeds a million-step log through it).
+    """
     actions: Counter[ActionKind] = Counter()
     severities: Counter[Severity] = Counter()
     kinds: Counter[str] = Counter()
@@ -75,7 +82,21 @@ def summarize(records: Sequence[StepRecord]) -> RunSummary:
     max_norm: tuple[int, float] | None = None
     final_loss: float | None = None
     final_lr: float | None = None
+    count = applied = lost = clipped = 0
+    smallest_clip: tuple[int, float] | None = None
+    first_step: int | None = None
+    last_step: int | None = None
     for record in records:
+        count += 1
+        if first_step is None:
+            first_step = record.step
+        last_step = record.step
+        applied += record.applied
+        lost += record.steps_lost
+        if record.clip_coef < 1.0:
+            clipped += 1
+            if smallest_clip is None or record.clip_coef < smallest_clip[1]:
+                smallest_clip = (record.step, record.clip_coef)
         if is_intervention(record):
             actions[record.action] += 1
         for alert in record.alerts:
@@ -95,11 +116,11 @@ def summarize(records: Sequence[StepRecord]) -> RunSummary:
         if record.lr is not None:
             final_lr = record.lr
     return RunSummary(
-        steps=len(records),
-        first_step=records[0].step if records else None,
-        last_step=records[-1].step if records else None,
+        steps=count,
+        first_step=first_step,
+        last_step=last_step,
         actions=dict(actions),
-        applied_steps=sum(r.applied for r in records),
+        applied_steps=applied,
         alerts_by_severity=dict(severities),
         alerts_by_kind=dict(kinds),
         first_warning=first_warning,
@@ -108,5 +129,7 @@ def summarize(records: Sequence[StepRecord]) -> RunSummary:
         max_norm=max_norm,
         final_loss=final_loss,
         final_lr=final_lr,
-        steps_lost=sum(r.steps_lost for r in records),
+        steps_lost=lost,
+        clipped_steps=clipped,
+        smallest_clip=smallest_clip,
     )
