@@ -44,7 +44,7 @@ class LossMeter:
         self._count = 0
 
     def add(self, loss: Any, factor: float = 1.0) -> None:
-        """Add one micro-batch loss (``loss * factor``); anything but a one-element tensor is ignored."""
+        """Add one micro-batch loss times ``factor`` (only a one-element float tensor counts)."""
         if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             return
         value = loss.detach().reshape(()).float() * factor
@@ -188,9 +188,11 @@ class CallbackGuards:
                 hooked.optimizer.register_step_pre_hook(lambda *_: self.before(hooked))
             )
         if post_hook:
-            self._handles.append(
-                hooked.optimizer.register_step_post_hook(lambda *_: self.finish(hooked))
-            )
+
+            def finish(*_: Any) -> None:
+                self.finish(hooked)
+
+            self._handles.append(hooked.optimizer.register_step_post_hook(finish))
         self.guards[id(inner)] = hooked
         self._order.append(id(inner))
         if k < len(self._restore):
@@ -231,7 +233,7 @@ class CallbackGuards:
         return {"version": STATE_VERSION, "guards": states}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`: into the guards made so far, the others at their first step."""
+        """Restore :meth:`state_dict`: into the guards made so far, others at their first step."""
         if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
             got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
             raise ConfigError(

@@ -60,7 +60,7 @@ def _lightning_base() -> Any:
 
 def _unscaled(trainer: Any, pl_module: Any, loss: Tensor) -> tuple[Tensor, float]:
     """The loss ``training_step`` returned, from the one handed to ``backward`` (on the device)."""
-    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    scaler: Any = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
     scale = getattr(scaler, "_scale", None)  # the device tensor GradScaler.scale multiplied by
     if isinstance(scale, Tensor) and scaler.is_enabled():
         loss = loss.detach() / scale.to(loss.device)
@@ -94,9 +94,7 @@ def callback_class(base: Any) -> Any:
             **guard_options: Any,
         ) -> None:
             super().__init__()
-            self.guards = CallbackGuards(
-                log, sinks, guard_options, logging.getLogger(LOGGER_NAME)
-            )
+            self.guards = CallbackGuards(log, sinks, guard_options, logging.getLogger(LOGGER_NAME))
             self._trainer: Any = None
 
         @property

@@ -93,11 +93,12 @@ def _move_before_reporters(callback: Any) -> None:
     for holder in gc.get_referrers(callback):
         if not isinstance(holder, list):
             continue
+        callbacks: list[Any] = holder
         for owner in gc.get_referrers(holder):
             if getattr(owner, "callbacks", None) is holder and hasattr(owner, "call_event"):
-                holder.remove(callback)
-                first = type(holder[0]).__name__ if holder else ""
-                holder.insert(1 if first == "DefaultFlowCallback" else 0, callback)
+                callbacks.remove(callback)
+                first = type(callbacks[0]).__name__ if callbacks else ""
+                callbacks.insert(1 if first == "DefaultFlowCallback" else 0, callback)
                 return
 
 
@@ -130,9 +131,7 @@ def callback_class(base: Any) -> Any:
             **guard_options: Any,
         ) -> None:
             super().__init__()
-            self.guards = CallbackGuards(
-                log, sinks, guard_options, logging.getLogger(LOGGER_NAME)
-            )
+            self.guards = CallbackGuards(log, sinks, guard_options, logging.getLogger(LOGGER_NAME))
             self.take_over_clipping = take_over_clipping
             self._max_grad_norm: float | None = None
             self._hook: Any = None
