@@ -1,12 +1,13 @@
-"""Lightning and Hugging Face callbacks, driven like their frameworks drive them.
+"""Lightning and Hugging Face callbacks on minimal stand-ins of their base classes.
 
-Neither framework is installed in the development environment (together some 200 MB and 30
-packages), so the callback classes are built on minimal stand-ins of ``Callback`` and
-``TrainerCallback`` and called in the framework's order: the logic under test is gradguard's.
+The callbacks are called here in each framework's order without the framework, which keeps
+gradguard's own logic (and older releases' code paths) testable in milliseconds; the real
+frameworks run in ``test_lightning_e2e.py`` and ``test_transformers_e2e.py``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradguard.errors import MissingDependencyError
+from gradguard.errors import ConfigError, MissingDependencyError
 from gradguard.integrations import lightning, transformers
 from gradguard.records import ActionKind
 from gradguard.sinks import read_jsonl
@@ -143,3 +144,58 @@ def test_missing_frameworks_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
         _ = transformers.GradguardTrainerCallback
     with pytest.raises(AttributeError):
         _ = lightning.Nothing  # type: ignore[attr-defined]
+
+
+class RecordingSink:
+    """A sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def write(self, record: Any) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@pytest.mark.parametrize("rank_zero", [True, False])
+def test_only_rank_zero_reports(
+    rank_zero: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under torchrun every rank runs the callback; alerts and sinks speak on rank 0 only."""
+    monkeypatch.setattr("gradguard.sinks.rank.is_rank_zero", lambda: rank_zero)
+    monkeypatch.setattr("gradguard.integrations._callbacks.is_rank_zero", lambda: rank_zero)
+    sink = RecordingSink()
+    callback = lightning.callback_class(FakeLightningCallback)(sinks=[sink])
+    model, optimizer = _setup()
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.callbacks.gradguard"):
+        for step in range(4):
+            optimizer.zero_grad()
+            _backward(model, step, nan=step == 2)
+            callback.on_before_optimizer_step(None, model, optimizer)
+            optimizer.step()
+    assert callback.summary()[0]["skipped"] == 1  # every rank decides alike
+    assert len(sink.records) == (4 if rank_zero else 0)
+    assert bool(caplog.records) is rank_zero
+
+
+def test_state_round_trip_and_bad_state(tmp_path: Path) -> None:
+    callback = lightning.callback_class(FakeLightningCallback)()
+    model, optimizer = _setup()
+    for step in range(5):
+        optimizer.zero_grad()
+        _backward(model, step, nan=step == 1)
+        callback.on_before_optimizer_step(None, model, optimizer)
+        optimizer.step()
+    state = callback.state_dict()
+    restored = lightning.callback_class(FakeLightningCallback)()
+    restored.load_state_dict(state)  # before any step: applied when the guard is made
+    optimizer.zero_grad()
+    _backward(model, 7, nan=False)
+    restored.on_before_optimizer_step(None, model, optimizer)
+    optimizer.step()
+    summary = restored.summary()[0]
+    assert (summary["steps"], summary["skipped"]) == (6, 1)
+    with pytest.raises(ConfigError, match=r"version None"):
+        restored.load_state_dict({"guards": []})
