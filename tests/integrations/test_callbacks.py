@@ -199,3 +199,36 @@ def test_state_round_trip_and_bad_state(tmp_path: Path) -> None:
     assert (summary["steps"], summary["skipped"]) == (6, 1)
     with pytest.raises(ConfigError, match=r"version None"):
         restored.load_state_dict({"guards": []})
+
+
+class FakeTrainer:
+    """What the Lightning callback reads of a Trainer in mixed precision with accumulation 2."""
+
+    def __init__(self, scaler: torch.amp.GradScaler) -> None:
+        self.precision_plugin = type("Plugin", (), {"scaler": scaler})()
+        self.accumulate_grad_batches = 2
+        self.should_stop = False
+
+
+def test_lightning_loss_is_taken_back_from_scaling_and_accumulation(tmp_path: Path) -> None:
+    """Lightning hands ``backward`` loss / accumulate_grad_batches * scale: the guard wants loss."""
+    callback = lightning.callback_class(FakeLightningCallback)(log=tmp_path / "fit.jsonl")
+    model, optimizer = _setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    trainer = FakeTrainer(scaler)
+    micro = []
+    for k in range(2):
+        g = torch.Generator().manual_seed(k)
+        x, y = torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)
+        loss = nn.functional.mse_loss(model(x), y)
+        micro.append(loss.item())
+        handed = scaler.scale(loss / trainer.accumulate_grad_batches)
+        callback.on_before_backward(trainer, model, handed)
+        handed.backward()
+    scaler.unscale_(optimizer)  # Lightning unscales before on_before_optimizer_step
+    callback.on_before_optimizer_step(trainer, model, optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    callback.on_fit_end(trainer, model)
+    (record,) = read_jsonl(tmp_path / "fit.jsonl").records
+    assert record.loss == pytest.approx(sum(micro) / 2, rel=1e-6)

@@ -50,6 +50,22 @@ class Regression(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+class ManualRegression(Regression):
+    """The same model under manual optimisation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        opt.zero_grad()
+        loss = super().training_step(batch, batch_idx)
+        self.manual_backward(loss)
+        opt.step()
+        return loss
+
+
 def _data(batches: int, corrupt: tuple[int, ...] = (), factor: float = 300.0) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batches * BATCH, 8, generator=g)
@@ -118,6 +134,15 @@ def test_exploding_run_is_rescued_and_every_step_gets_its_loss(tmp_path: Path) -
     assert skipped == callback.summary()[0]["skipped"]
     norms = [float(r["gradguard/grad_norm"]) for r in rows if r.get("gradguard/grad_norm")]
     assert max(norms) == pytest.approx(max(r.total_norm or 0.0 for r in records), rel=1e-6)
+
+
+def test_manual_optimisation_skips_the_poisoned_step(tmp_path: Path) -> None:
+    callback = GradguardCallback(log=tmp_path / "manual.jsonl")
+    module, _ = _fit(tmp_path, callback, _data(24, corrupt=(15,)), module=ManualRegression())
+    records = read_jsonl(tmp_path / "manual.jsonl").records
+    assert [r.step for r in records if not r.applied] == [15]
+    assert [r.loss for r in records] == pytest.approx(module.losses, rel=1e-6)
+    assert _eval_mse(module) < 1.0
 
 
 def test_healthy_run_with_gradient_clip_val_is_bit_identical(tmp_path: Path) -> None:
