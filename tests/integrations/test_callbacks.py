@@ -19,6 +19,7 @@ from torch import nn
 
 from gradguard.errors import ConfigError, MissingDependencyError
 from gradguard.integrations import lightning, transformers
+from gradguard.policy import PolicyConfig
 from gradguard.records import ActionKind
 from gradguard.sinks import read_jsonl
 
@@ -232,3 +233,25 @@ def test_lightning_loss_is_taken_back_from_scaling_and_accumulation(tmp_path: Pa
     callback.on_fit_end(trainer, model)
     (record,) = read_jsonl(tmp_path / "fit.jsonl").records
     assert record.loss == pytest.approx(sum(micro) / 2, rel=1e-6)
+
+
+def test_transformers_callback_stops_the_trainer_when_the_guard_gives_up() -> None:
+    callback = transformers.callback_class(FakeTrainerCallback)(
+        policy=PolicyConfig(max_rollbacks=1)
+    )
+    model, optimizer = _setup()
+    control = type("Control", (), {"should_training_stop": False, "should_save": False})()
+    events = {"model": model, "optimizer": optimizer}
+    callback.on_train_begin(None, None, control, **events)
+    for step in range(60):
+        optimizer.zero_grad()
+        _backward(model, step, nan=step >= 5)  # the run breaks for good at step 5
+        callback.on_pre_optimizer_step(None, None, control, **events)
+        optimizer.step()
+        callback.on_optimizer_step(None, None, control, **events)
+        if control.should_training_stop:
+            break
+    assert control.should_training_stop
+    assert callback.gave_up is not None and "stopped the run" in str(callback.gave_up)
+    assert step < 40
+    assert all(torch.isfinite(p).all() for p in model.parameters())
