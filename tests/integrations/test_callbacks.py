@@ -198,6 +198,8 @@ def test_state_round_trip_and_bad_state(tmp_path: Path) -> None:
     optimizer.step()
     summary = restored.summary()[0]
     assert (summary["steps"], summary["skipped"]) == (6, 1)
+    restored.on_fit_end(None, model)  # a checkpoint saved after training still has the state
+    assert restored.state_dict()["guards"][0]["guard"]["step"] == 6
     with pytest.raises(ConfigError, match=r"version None"):
         restored.load_state_dict({"guards": []})
 

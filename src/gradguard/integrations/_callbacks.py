@@ -155,6 +155,7 @@ class CallbackGuards:
         self._finished: list[dict[str, Any]] = []
         self._order: list[int] = []
         self._handles: list[Any] = []
+        self._closed: dict[str, Any] | None = None
 
     def get(
         self, optimizer: Any, model: nn.Module | None, *, post_hook: bool, pre_hook: bool = False
@@ -227,6 +228,8 @@ class CallbackGuards:
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """The guards' state (detectors, policy, counters) in order of first step; JSON-safe."""
+        if not self._order and self._closed is not None:
+            return self._closed  # after training: a checkpoint saved then resumes from the end
         states = [_state(self.guards[key]) for key in self._order]
         # Guards not made yet in this run keep the state they were restored with.
         states += [dict(s) for s in self._restore[len(states) :]]
@@ -240,7 +243,7 @@ class CallbackGuards:
                 f"gradguard callback state version {got!r} is not {STATE_VERSION}; pass what "
                 "the callback's state_dict() returned (a checkpoint of this gradguard version)."
             )
-        self._restore = list(state["guards"])
+        self._restore, self._closed = list(state["guards"]), None
         for k, key in enumerate(self._order[: len(self._restore)]):
             _load(self.guards[key], self._restore[k])
 
@@ -254,6 +257,8 @@ class CallbackGuards:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._order:
+            self._closed = self.state_dict()
         for key in self._order:
             hooked = self.guards[key]
             self._finished.append(hooked.guard.summary())

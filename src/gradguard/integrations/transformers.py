@@ -201,8 +201,12 @@ def callback_class(base: Any) -> Any:
             """Keep the guards' state in the TrainerState before an end-of-epoch save."""
             self._store_state(state, control)
 
-        def _store_state(self, state: Any, control: Any) -> None:
-            if getattr(control, "should_save", False) and isinstance(
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Keep the guards' state before a save that depends on the evaluation (``best``)."""
+            self._store_state(state, control, always=True)
+
+        def _store_state(self, state: Any, control: Any, *, always: bool = False) -> None:
+            if (always or getattr(control, "should_save", False)) and isinstance(
                 getattr(state, "stateful_callbacks", None), dict
             ):
                 state.stateful_callbacks[STATE_KEY] = self.guards.state_dict()
