@@ -8,16 +8,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+import lightning as L  # the `tests` extra, which make installs
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from gradguard.integrations.lightning import GradguardCallback
 from gradguard.policy import PolicyConfig
 from gradguard.sinks import read_jsonl
-
-L = pytest.importorskip("lightning", reason="the e2e tests need the lightning extra")
-from gradguard.integrations.lightning import GradguardCallback  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",

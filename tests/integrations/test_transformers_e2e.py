@@ -7,13 +7,12 @@ from typing import Any
 
 import pytest
 import torch
+import transformers as tf  # the `tests` extra, which make installs
 from torch import nn
 
 from gradguard.integrations import transformers as hf_integration
+from gradguard.integrations.transformers import GradguardTrainerCallback
 from gradguard.sinks import read_jsonl
-
-tf = pytest.importorskip("transformers", reason="the e2e tests need the transformers extra")
-from gradguard.integrations.transformers import GradguardTrainerCallback  # noqa: E402
 
 BATCH = 8
 W = torch.randn(8, 1, generator=torch.Generator().manual_seed(123))
