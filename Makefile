@@ -11,7 +11,7 @@ LINT_PATHS := src tests benchmarks examples
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,tests]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -188,10 +188,10 @@ def test_sinks_check_their_arguments(tmp_path: Path) -> None:
 def test_csv_sink_does_not_replace_an_existing_table(tmp_path: Path) -> None:
     table = tmp_path / "results.csv"
     table.write_text("epoch,accuracy\n1,0.93\n")
-    with pytest.raises(ConfigError, match=r"results.csv.*overwrite=True"):
+    with pytest.raises(ConfigError, match=r"results.csv.*if_exists='overwrite'"):
         CsvSink(table)
     assert table.read_text() == "epoch,accuracy\n1,0.93\n"
-    CsvSink(table, overwrite=True).close()
+    CsvSink(table, if_exists="overwrite").close()
     assert table.read_text().startswith("step,action")
     empty = tmp_path / "empty.csv"
     empty.touch()

@@ -113,10 +113,11 @@ class PolicyConfig:
             halvings take any float32 scale below 1: a warm-up from Megatron's 2**32 needs ~30.
         restart_fraction: while fewer than ``min_history`` healthy norms exist (the run went
             wrong in its first steps), the automatic bound is this fraction of the first finite
-            norm of the run: that scale proved too large to take, and cutting the step by about
-            two orders of magnitude (1/50) restarts runs whose first norms range from 1 to 1e3.
-        fallback_bound: the automatic bound when not even one finite norm was seen; 1.0 is the
-            usual global-norm bound of the literature.
+            norm of the run (the scale of the weights an early explosion is rolled back to), at
+            most ``fallback_bound``.
+        fallback_bound: the automatic bound when not even one finite norm was seen, the cap of
+            the bound before any healthy history and of the last resort's; 1.0 is the usual
+            global-norm bound of the literature.
         baseline: how many recent healthy steps form the baselines (norm and loss medians).
         min_history: healthy norms needed before their median replaces ``fallback_bound``.
         loss_jump: during the first ``baseline`` steps, while the detectors warm up, a finite
@@ -159,7 +160,7 @@ class PolicyConfig:
     backoff_on_trend: bool = True
     max_scaler_overflows: int = 128
     fallback_bound: float = 1.0
-    restart_fraction: float = 0.02
+    restart_fraction: float = 1.0
     baseline: int = 32
     min_history: int = 5
     loss_jump: float = 100.0
@@ -650,7 +651,7 @@ class EscalationPolicy:
         if typical is not None:
             bound = typical
         elif s.first_norm is not None:
-            bound = s.first_norm * cfg.restart_fraction
+            bound = min(s.first_norm * cfg.restart_fraction, cfg.fallback_bound)
         else:
             bound = cfg.fallback_bound
         return min(bound, cfg.fallback_bound) if s.last_resort else bound
@@ -726,14 +727,12 @@ class EscalationPolicy:
         else:
             s.healthy_streak += 1
         if not protected:
-            # Under the persistent bound a norm enters the baseline at most at the current
-            # median: the bound follows the run down, never up (a slow drift upward would
+            # Under the persistent bound a norm enters the baseline at most at the bound in
+            # force: the bound follows the run down, never up (a slow drift upward would
             # otherwise carry it along, doubling every half window).
-            norm = (
-                obs.total_norm
-                if typical is None or not s.persistent
-                else min(obs.total_norm, typical)
-            )
+            norm = obs.total_norm
+            if s.persistent and bound is not None:
+                norm = min(norm, bound)
             s.norms = [*s.norms[-(cfg.baseline - 1) :], norm]
             if obs.loss is not None and math.isfinite(obs.loss):
                 s.losses = [*s.losses[-(cfg.baseline - 1) :], obs.loss]

@@ -58,7 +58,8 @@ def test_help_shows_the_defaults() -> None:
 
     assert "[default: 100; x>=1]" in help_of("inspect")  # --seq-len
     assert "[default: <log name>-report beside it]" in help_of("report")
-    assert "[default: runs/gradguard-<time>.jsonl]" in help_of("run")
+    assert "[default: runs/gradguard-<time>-<pid>.jsonl]" in help_of("run")
+    assert "[env var: GRADGUARD_CLIP; default: auto]" in help_of("run")
 
 
 def test_bare_gradguard_prints_its_help_once() -> None:

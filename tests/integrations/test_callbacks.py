@@ -1,12 +1,13 @@
-"""Lightning and Hugging Face callbacks, driven like their frameworks drive them.
+"""Lightning and Hugging Face callbacks on minimal stand-ins of their base classes.
 
-Neither framework is installed in the development environment (together some 200 MB and 30
-packages), so the callback classes are built on minimal stand-ins of ``Callback`` and
-``TrainerCallback`` and called in the framework's order: the logic under test is gradguard's.
+The callbacks are called here in each framework's order without the framework, which keeps
+gradguard's own logic (and older releases' code paths) testable in milliseconds; the real
+frameworks run in ``test_lightning_e2e.py`` and ``test_transformers_e2e.py``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from gradguard.errors import MissingDependencyError
+from gradguard.errors import ConfigError, MissingDependencyError
 from gradguard.integrations import lightning, transformers
+from gradguard.policy import PolicyConfig
 from gradguard.records import ActionKind
 from gradguard.sinks import read_jsonl
 
@@ -143,3 +145,115 @@ def test_missing_frameworks_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
         _ = transformers.GradguardTrainerCallback
     with pytest.raises(AttributeError):
         _ = lightning.Nothing  # type: ignore[attr-defined]
+
+
+class RecordingSink:
+    """A sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def write(self, record: Any) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@pytest.mark.parametrize("rank_zero", [True, False])
+def test_only_rank_zero_reports(
+    rank_zero: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under torchrun every rank runs the callback; alerts and sinks speak on rank 0 only."""
+    monkeypatch.setattr("gradguard.sinks.rank.is_rank_zero", lambda: rank_zero)
+    monkeypatch.setattr("gradguard.integrations._callbacks.is_rank_zero", lambda: rank_zero)
+    sink = RecordingSink()
+    callback = lightning.callback_class(FakeLightningCallback)(sinks=[sink])
+    model, optimizer = _setup()
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.callbacks.gradguard"):
+        for step in range(4):
+            optimizer.zero_grad()
+            _backward(model, step, nan=step == 2)
+            callback.on_before_optimizer_step(None, model, optimizer)
+            optimizer.step()
+    assert callback.summary()[0]["skipped"] == 1  # every rank decides alike
+    assert len(sink.records) == (4 if rank_zero else 0)
+    assert bool(caplog.records) is rank_zero
+
+
+def test_state_round_trip_and_bad_state(tmp_path: Path) -> None:
+    callback = lightning.callback_class(FakeLightningCallback)()
+    model, optimizer = _setup()
+    for step in range(5):
+        optimizer.zero_grad()
+        _backward(model, step, nan=step == 1)
+        callback.on_before_optimizer_step(None, model, optimizer)
+        optimizer.step()
+    state = callback.state_dict()
+    restored = lightning.callback_class(FakeLightningCallback)()
+    restored.load_state_dict(state)  # before any step: applied when the guard is made
+    optimizer.zero_grad()
+    _backward(model, 7, nan=False)
+    restored.on_before_optimizer_step(None, model, optimizer)
+    optimizer.step()
+    summary = restored.summary()[0]
+    assert (summary["steps"], summary["skipped"]) == (6, 1)
+    restored.on_fit_end(None, model)  # a checkpoint saved after training still has the state
+    assert restored.state_dict()["guards"][0]["guard"]["step"] == 6
+    with pytest.raises(ConfigError, match=r"version None"):
+        restored.load_state_dict({"guards": []})
+
+
+class FakeTrainer:
+    """What the Lightning callback reads of a Trainer in mixed precision with accumulation 2."""
+
+    def __init__(self, scaler: torch.amp.GradScaler) -> None:
+        self.precision_plugin = type("Plugin", (), {"scaler": scaler})()
+        self.accumulate_grad_batches = 2
+        self.should_stop = False
+
+
+def test_lightning_loss_is_taken_back_from_scaling_and_accumulation(tmp_path: Path) -> None:
+    """Lightning hands ``backward`` loss / accumulate_grad_batches * scale: the guard wants loss."""
+    callback = lightning.callback_class(FakeLightningCallback)(log=tmp_path / "fit.jsonl")
+    model, optimizer = _setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    trainer = FakeTrainer(scaler)
+    micro = []
+    for k in range(2):
+        g = torch.Generator().manual_seed(k)
+        x, y = torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)
+        loss = nn.functional.mse_loss(model(x), y)
+        micro.append(loss.item())
+        handed = scaler.scale(loss / trainer.accumulate_grad_batches)
+        callback.on_before_backward(trainer, model, handed)
+        handed.backward()
+    scaler.unscale_(optimizer)  # Lightning unscales before on_before_optimizer_step
+    callback.on_before_optimizer_step(trainer, model, optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    callback.on_fit_end(trainer, model)
+    (record,) = read_jsonl(tmp_path / "fit.jsonl").records
+    assert record.loss == pytest.approx(sum(micro) / 2, rel=1e-6)
+
+
+def test_transformers_callback_stops_the_trainer_when_the_guard_gives_up() -> None:
+    callback = transformers.callback_class(FakeTrainerCallback)(
+        policy=PolicyConfig(max_rollbacks=1)
+    )
+    model, optimizer = _setup()
+    control = type("Control", (), {"should_training_stop": False, "should_save": False})()
+    events = {"model": model, "optimizer": optimizer}
+    callback.on_train_begin(None, None, control, **events)
+    for step in range(60):
+        optimizer.zero_grad()
+        _backward(model, step, nan=step >= 5)  # the run breaks for good at step 5
+        callback.on_pre_optimizer_step(None, None, control, **events)
+        optimizer.step()
+        callback.on_optimizer_step(None, None, control, **events)
+        if control.should_training_stop:
+            break
+    assert control.should_training_stop
+    assert callback.gave_up is not None and "stopped the run" in str(callback.gave_up)
+    assert step < 40
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -170,7 +170,7 @@ def ruined_mlp_records() -> list[StepRecord]:
                 reason=Reason.NONFINITE_LOSS,
                 loss=math.inf,
                 applied=False,
-                rolled_back_to=step - lost,
+                rolled_back_to=max(0, step - lost),
                 steps_lost=lost,
                 alerts=(Alert(step, Severity.CRITICAL, AlertKind.NONFINITE_LOSS, "loss inf"),),
             )

@@ -342,6 +342,6 @@ def test_progress_compares_first_best_and_final_loss() -> None:
 
 def test_a_flat_run_without_incident_is_not_called_healthy() -> None:
     records = _losses([2.0 + 0.01 * math.sin(i) for i in range(50)])
-    css, verdict = outcome(summarize(records), records)
+    css, verdict = outcome(summarize(records))
     assert css == "bad"
     assert verdict.startswith("Did not train, with no instability seen: loss 2.00")

@@ -12,6 +12,7 @@ from rich.console import Console
 from gradguard.errors import ConfigError
 from gradguard.records import ActionKind, Alert, AlertKind, Reason, Severity, StepRecord
 from gradguard.sinks import ConsoleSink
+from gradguard.sinks.console import terminal_safe
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -220,3 +221,21 @@ def test_a_scaler_overflow_is_counted_as_info_not_shown_as_critical() -> None:
         "gradguard: 3 steps, 0 clipped, 2 skipped, 1 of them GradScaler overflows; "
         "2 critical, 1 info alerts"
     )
+
+
+def test_control_characters_from_names_never_reach_the_terminal() -> None:
+    assert terminal_safe("rnn.weight_hh_l0") == "rnn.weight_hh_l0"
+    assert terminal_safe("a\x1b[2Jb\x07\nc\u202e\x9b") == "a\\x1b[2Jb\\x07\\nc\\u202e\\x9b"
+    assert terminal_safe("héllo wörld ✓") == "héllo wörld ✓"  # printable text is left alone
+    console, buffer = _console(color=True)
+    sink = ConsoleSink(every=1000, console=console)
+    evil = "\x1b]0;TITLE\x07w\nFAKE ROW"
+    alert = Alert(1, Severity.WARNING, AlertKind.GRAD_NORM_SPIKE, f"spike in {evil}")
+    sink.write(_record(1, alert))
+    skip = dataclasses.replace(_record(2, action=ActionKind.SKIP), message=f"NaN in {evil}")
+    sink.write(skip)
+    text = ANSI.sub("", buffer.getvalue())  # rich's own colour codes are fine
+    assert "\x1b" not in text and "\x07" not in text
+    assert "spike in \\x1b]0;TITLE\\x07w\\nFAKE ROW" in text
+    assert "NaN in \\x1b]0;TITLE" in text
+    assert not any(line.startswith("FAKE ROW") for line in text.splitlines())

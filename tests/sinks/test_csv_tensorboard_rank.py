@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from gradguard.errors import MissingDependencyError
+from gradguard.errors import ConfigError, LogFormatError, MissingDependencyError
 from gradguard.records import ActionKind, Alert, AlertKind, Reason, Severity, StepRecord
 from gradguard.sinks import CSV_COLUMNS, CsvSink, RankZeroSink, TensorBoardSink, is_rank_zero
 
@@ -149,3 +149,44 @@ def test_rank_zero_gate_in_a_real_process_group(tmp_path: Path) -> None:
         assert inner.records == [RECORDS[1]]
     finally:
         dist.destroy_process_group()
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_never_replaces_an_earlier_table_by_accident(tmp_path: Path) -> None:
+    path = tmp_path / "run.csv"
+    with_rows = CsvSink(path)
+    for record in RECORDS:
+        with_rows.write(record)
+    with_rows.close()
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=r"already exists; pass if_exists='append'"):
+        CsvSink(path)
+    assert path.read_bytes() == before  # untouched
+    again = CsvSink(path, if_exists="append")
+    again.write(RECORDS[0])
+    again.close()
+    assert [r["step"] for r in _rows(path)] == ["0", "1", "2", "0"]  # one header, rows added
+    fresh = CsvSink(path, if_exists="overwrite")
+    fresh.close()
+    assert _rows(path) == []
+    with pytest.raises(ConfigError, match=r"if_exists must be one of .* got 'replace'"):
+        CsvSink(path, if_exists="replace")  # type: ignore[arg-type]
+
+
+def test_csv_appends_only_to_its_own_complete_tables(tmp_path: Path) -> None:
+    foreign = tmp_path / "other.csv"
+    foreign.write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(LogFormatError, match=r"not a gradguard CSV table .* \['a', 'b'\]"):
+        CsvSink(foreign, if_exists="append")
+    cut = tmp_path / "cut.csv"
+    cut.write_text(",".join(CSV_COLUMNS) + "\n0,proceed,heal", encoding="utf-8")
+    with pytest.raises(LogFormatError, match="ends inside a row"):
+        CsvSink(cut, if_exists="append")
+    empty = tmp_path / "empty.csv"
+    empty.touch()
+    CsvSink(empty).close()  # an empty file holds nothing to lose
+    assert empty.read_text(encoding="utf-8").splitlines() == [",".join(CSV_COLUMNS)]

@@ -177,7 +177,7 @@ def test_every_cut_inside_the_last_line_is_tolerated(tmp_path: Path) -> None:
     assert len(read_jsonl(cut_path).records) == 4
 
 
-def test_a_garbled_line_before_the_last_is_an_error(tmp_path: Path) -> None:
+def test_a_garbled_line_before_the_last_is_skipped_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "run.jsonl"
     with JsonlSink(path) as sink:
         for i in range(3):
@@ -185,8 +185,13 @@ def test_a_garbled_line_before_the_last_is_an_error(tmp_path: Path) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     lines[2] = lines[2][:10]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(LogFormatError, match=r"line 3 is not a step record"):
-        read_jsonl(path)
+    log = read_jsonl(path)
+    assert [r.step for r in log.records] == [0, 2]
+    assert log.skipped_count == 1
+    assert log.skipped_last_line is None
+    assert log.skipped_summary() == f"1 line skipped: line 3: not JSON: {lines[2]!r}"
+    with pytest.raises(LogFormatError, match=r"line 3 is not a step record: not JSON"):
+        read_jsonl(path, strict=True)
 
 
 @pytest.mark.parametrize(

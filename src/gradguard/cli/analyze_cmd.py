@@ -25,6 +25,7 @@ from gradguard.analysis import (
 from gradguard.cli.errors import fail
 from gradguard.errors import GradguardError, UnsupportedModelError
 from gradguard.remedies import Advice, suggest
+from gradguard.sinks.console import terminal_safe
 
 __all__ = ["Analysis", "analyze", "run_analysis"]
 
@@ -265,7 +266,7 @@ def _print(result: Analysis) -> None:
             table.add_column(column, justify="left" if column == "weight" else "right")
         for b in report.blocks:
             table.add_row(
-                Text(b.name),
+                Text(terminal_safe(b.name)),
                 b.gate,
                 "x".join(map(str, b.shape)),
                 _num(b.radius),
@@ -288,7 +289,7 @@ def _print(result: Analysis) -> None:
             table.add_column(column, justify="left" if column in ("layer", "type") else "right")
         for layer in depth.layers:
             table.add_row(
-                Text(layer.name),
+                Text(terminal_safe(layer.name)),
                 layer.module_type,
                 _num(layer.signal_norm),
                 _num(layer.input_grad_norm),

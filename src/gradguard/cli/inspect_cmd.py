@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradguard.cli.errors import EXIT_NONFINITE, EXIT_OK
+from gradguard.sinks.console import terminal_safe
 
 __all__ = ["inspect"]
 
@@ -67,7 +68,9 @@ def inspect(
     shown = bad + [h for h in health if h.finite or h.name not in judged]
     if not show_all:
         shown = shown[: max(MAX_ROWS, len(bad))]
-    table = Table(title=f"{checkpoint.name}: {len(health)} tensors", title_justify="left")
+    table = Table(
+        title=f"{terminal_safe(checkpoint.name)}: {len(health)} tensors", title_justify="left"
+    )
     for column in ("tensor", "shape", "dtype", "norm", "max |x|", "NaN/Inf"):
         table.add_column(column, justify="right" if column != "tensor" else "left")
     for h in shown:
@@ -75,7 +78,7 @@ def inspect(
         if not h.finite and h.name not in judged:
             problem += " (bookkeeping, not judged)"
         table.add_row(
-            Text(h.name),
+            Text(terminal_safe(h.name)),
             "x".join(map(str, h.shape)) or "scalar",
             h.dtype,
             _num(h.norm),
@@ -96,7 +99,7 @@ def inspect(
             spectral.add_column(column, justify="left" if column == "tensor" else "right")
         for b in report.blocks if report is not None else ():
             spectral.add_row(
-                Text(b.name),
+                Text(terminal_safe(b.name)),
                 b.gate,
                 _num(b.radius),
                 _num(b.effective_radius),
@@ -104,10 +107,10 @@ def inspect(
             )
         for name, why in spectra.skipped:
             style = "bold red" if why == "non-finite" else "dim"
-            spectral.add_row(Text(name), "-", "-", "-", Text(why, style=style))
+            spectral.add_row(Text(terminal_safe(name)), "-", "-", "-", Text(why, style=style))
         console.print(spectral)
     if bad:
-        listed = ", ".join(f"{h.name} ({h.nan} NaN, {h.inf} Inf)" for h in bad[:5])
+        listed = ", ".join(f"{terminal_safe(h.name)} ({h.nan} NaN, {h.inf} Inf)" for h in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         console.print(
             Text(f"FAIL: {len(bad)} of {len(judged)} tensors hold NaN/Inf: {listed}{more}"),

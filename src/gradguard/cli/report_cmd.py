@@ -42,22 +42,22 @@ def report(
         )
     if log.is_dir():
         fail(f"log file {str(log)!r} is a folder", "pass the .jsonl file inside it")
-    from gradguard.report import build_report, summarize
+    from gradguard.report.build import write_report
     from gradguard.report.page import outcome
-    from gradguard.sinks import read_jsonl
 
     try:
-        path = build_report(log, out)
-        records = read_jsonl(log).records
-        summary = summarize(records)
+        built = write_report(log, out)
     except LogFormatError as exc:
         fail(str(exc), "pass a .jsonl log written by gradguard's JsonlSink")
     except ConfigError as exc:
         fail(str(exc), "choose another output folder with -o DIR")
     except OSError as exc:
         fail(f"cannot write the report: {exc}", "check the output folder's permissions, or -o DIR")
+    summary = built.summary
+    if built.skipped is not None:
+        typer.echo(f"warning: {built.skipped}", err=True)
     typer.echo(
-        f"report: {path} ({summary.steps} steps, {summary.interventions} interventions, "
+        f"report: {built.path} ({summary.steps} steps, {summary.interventions} interventions, "
         f"{sum(summary.alerts_by_severity.values())} alerts)"
     )
-    typer.echo(outcome(summary, records)[1])  # the page's first line: did the run train?
+    typer.echo(outcome(summary)[1])  # the page's first line: did the run train?

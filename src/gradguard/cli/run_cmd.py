@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import runpy
 import sys
 import traceback
@@ -28,9 +29,20 @@ PRESETS = ("default", "strict", "textbook")
 
 
 def default_log() -> Path:
-    """``runs/gradguard-<local time>.jsonl`` in the current folder."""
+    """``runs/gradguard-<local time>-<process id>.jsonl`` in the current folder, not yet taken.
+
+    The process id keeps runs started in the same second (a sweep, a job array) apart; a name
+    that is somehow taken gets ``-2``, ``-3``, ... appended. Nothing is created until the run's
+    first step writes the log.
+    """
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"gradguard-{stamp}.jsonl"
+    stem = f"gradguard-{stamp}-{os.getpid()}"
+    path = Path("runs") / f"{stem}.jsonl"
+    number = 1
+    while path.exists():
+        number += 1
+        path = path.with_name(f"{stem}-{number}.jsonl")
+    return path
 
 
 def _clip_option(text: str) -> float | str | None:
@@ -98,10 +110,13 @@ def run(
         Path | None,
         typer.Option(
             "--log",
-            help="JSONL log of the run [default: runs/gradguard-<time>.jsonl].",
+            help="JSONL log of the run [default: runs/gradguard-<time>-<pid>.jsonl].",
             show_default=False,
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite the --log file if it already exists.")
+    ] = False,
     report: Annotated[
         bool, typer.Option("--report", help="Also build the HTML report beside the log.")
     ] = False,
@@ -157,6 +172,11 @@ def run(
     path = log if log is not None else default_log()
     if path.exists() and path.is_dir():
         fail(f"--log {str(path)!r} is a folder", "pass a file name, e.g. --log runs/train.jsonl")
+    if path.is_file() and path.stat().st_size > 0 and not force:
+        fail(
+            f"--log {str(path)!r} already exists (an earlier run's log?)",
+            "pass --force to overwrite it, or choose another --log path",
+        )
 
     from gradguard.errors import TrainingDivergedError
     from gradguard.integrations import GlobalGuard

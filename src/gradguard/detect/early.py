@@ -33,7 +33,9 @@ class EarlyExplosionDetector:
       the last ``rising`` steps: training from a random start lowers the loss, so a loss
       several-fold above where it began while the gradients grow step after step is divergence
       (a noisy batch lifts one loss, not a steady climb of both; medians, not the first value,
-      so a lucky first batch sets no low bar);
+      so a lucky first batch sets no low bar); without the climb, both must be ``order`` times
+      their earlier medians at once (an RMSprop LSTM whose first step multiplies the norm 40-100x
+      and the loss 10-80x);
     * the gradient norm jumps ``jump`` times between two consecutive finite steps: healthy early
       steps measured in our runs change it by at most about 7x (a zero-initialised head waking
       up), an explosion by orders of magnitude.
@@ -47,6 +49,8 @@ class EarlyExplosionDetector:
         norm_factor: gradient norm over its first finite value required with ``loss_factor``.
         jump: step-to-step gradient-norm ratio that is critical on its own.
         rising: consecutive norm increases the first rule requires.
+        order: without such a climb, the loss and the norm must both be this many times their
+            earlier medians at once (healthy first steps measured: at most 5.7x and 6.9x).
     """
 
     name = "early_explosion"
@@ -59,12 +63,14 @@ class EarlyExplosionDetector:
         norm_factor: float = 4.0,
         jump: float = 100.0,
         rising: int = 3,
+        order: float = 10.0,
     ) -> None:
         self.window = check_int("window", window, minimum=1)
         self.loss_factor = check_ratio("loss_factor", loss_factor)
         self.norm_factor = check_ratio("norm_factor", norm_factor)
         self.jump = check_ratio("jump", jump)
         self.rising = check_int("rising", rising, minimum=1)
+        self.order = check_ratio("order", order)
         self.seen = 0
         self.losses: list[float] = []  # finite positive losses so far (at most ``window``)
         self.norms: list[float] = []  # finite norms so far (at most ``window``)
@@ -88,25 +94,32 @@ class EarlyExplosionDetector:
                 f"{fmt(norm)}) at step {obs.step}, before the run had a healthy history: the "
                 "run is exploding from the start."
             )
-        elif above_start and loss is not None and len(losses) >= 2 and len(norms) >= self.rising:
+        elif above_start and loss is not None and losses and norms:
             loss_then, norm_then = statistics.median(losses), statistics.median(norms)
             recent = [*norms[-self.rising :], norm]
-            climbing = all(b > a for a, b in itertools.pairwise(recent))
+            climbing = (
+                len(norms) >= self.rising
+                and len(losses) >= 2
+                and all(b > a for a, b in itertools.pairwise(recent))
+            )
+            # Several-fold on a climb, or an order of magnitude at once in both.
+            factor = 1.0 if climbing else self.order / min(self.loss_factor, self.norm_factor)
             if (
-                climbing
-                and loss >= self.loss_factor * loss_then
-                and norm >= self.norm_factor * norm_then
+                loss >= factor * self.loss_factor * loss_then
+                and norm >= factor * self.norm_factor * norm_then
             ):
                 # The climb is no history to compare with: later steps (after a rollback, say)
                 # are judged against what came before it.
-                since = obs.step - self.rising
-                del norms[-self.rising :]
-                del losses[-self.rising :]
+                climb = self.rising if climbing else 0
+                since = obs.step - climb
+                if climb:
+                    del norms[-climb:]
+                    del losses[-climb:]
+                how = f", up at each of the last {self.rising} steps," if climbing else ""
                 message = (
                     f"Loss {fmt(loss)} is {fmt(loss / loss_then)}x its earlier median and the "
-                    f"gradient norm {fmt(norm)}, up at each of the last {self.rising} steps, "
-                    f"{fmt(norm / norm_then)}x its earlier median, {obs.step} steps in: the run "
-                    "is exploding from the start."
+                    f"gradient norm {fmt(norm)}{how} {fmt(norm / norm_then)}x its earlier median, "
+                    f"{obs.step} steps in: the run is exploding from the start."
                 )
         if message is not None:
             return [

@@ -28,18 +28,23 @@ import math
 import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from gradguard.errors import GradguardError
-from gradguard.records import ActionKind, Alert, AlertKind, Observation, Severity, StepRecord
+from gradguard.records import Alert, AlertKind, Observation, Severity, StepRecord
 from gradguard.remedies import Advice as Suggestion
-from gradguard.remedies import Remedy, round_setting, suggest
-from gradguard.report.summary import RunSummary, is_fault, summarize
+from gradguard.remedies import Remedy, suggest
+from gradguard.report.summary import (
+    Confidence,
+    RateEvidence,
+    RunSummary,
+    is_fault,
+    rates,
+    summarize,
+)
 from gradguard.sinks import shown_severity
 
 __all__ = ["Advice", "Confidence", "ModelFacts", "RateEvidence", "advise", "model_facts", "rates"]
-
-Confidence = Literal["high", "medium", "low"]
 
 _RECURRENT = re.compile(r"weight_hh(?:_l(\d+))?")
 _RECURRENT_MODULE = re.compile(r"(?:^|[._])(?:rnn|lstm|gru)\d*(?:[._]|$)", re.IGNORECASE)
@@ -54,8 +59,6 @@ _LOSS_ALERTS = {AlertKind.LOSS_SPIKE, AlertKind.LOSS_THRESHOLD}
 _MAX_LISTED = 8
 _EARLY_STEPS = 20
 """Faults that begin within this many steps (or 5% of the run) point at the initialisation."""
-_HELD_HIGH, _HELD_MEDIUM = 50, 10
-"""Fault-free steps at a backed-off rate for high and medium confidence in that rate."""
 _ISOLATION = 10
 """Steps after a skipped fault that must pass without warnings for it to count as isolated."""
 _TITLES = {
@@ -116,30 +119,6 @@ class ModelFacts:
     seq_len: int | None
 
 
-@dataclasses.dataclass(frozen=True)
-class RateEvidence:
-    """What the log shows about the learning rate.
-
-    Attributes:
-        start: learning rate of the first record that has one.
-        backoffs: ``(step, rate after it)`` of each back-off.
-        held: the rate the last back-off set, when the run then applied steps at it.
-        held_steps: applied steps at (or below) ``held`` after the last back-off, up to the
-            first fault at that rate or the end.
-        faults_after: whether NaN/Inf or rollbacks still came at or below ``held``.
-        suggested: the rate to try, rounded down to two digits (``None``: no evidence).
-        confidence: how firmly the log supports ``suggested``.
-    """
-
-    start: float | None
-    backoffs: tuple[tuple[int, float], ...]
-    held: float | None
-    held_steps: int
-    faults_after: bool
-    suggested: float | None
-    confidence: Confidence
-
-
 def model_facts(records: Sequence[StepRecord], metadata: Mapping[str, Any]) -> ModelFacts:
     """Gather :class:`ModelFacts` from ``metadata["model"]`` and the tensor names in the records.
 
@@ -176,43 +155,6 @@ def model_facts(records: Sequence[StepRecord], metadata: Mapping[str, Any]) -> M
     )
 
 
-def rates(records: Sequence[StepRecord]) -> RateEvidence:
-    """Read the learning rate the run held after gradguard's back-offs (see :class:`RateEvidence`).
-
-    The rate set by the last back-off is the evidence: if the run then applied steps at it without
-    NaN/Inf or rollbacks, that is a rate this model trains at (high confidence after 50 such
-    steps, medium after 10). If faults went on at it, or there was no back-off but faults
-    repeated, a tenth of the lowest rate seen is a guess (low confidence).
-    """
-    start = next((r.lr for r in records if r.lr is not None), None)
-    backoffs = tuple(
-        (r.step, r.lr) for r in records if r.action is ActionKind.BACKOFF and r.lr is not None
-    )
-    faults = [r for r in records if is_fault(r) or r.action is ActionKind.ROLLBACK]
-    if backoffs:
-        last = max(i for i, r in enumerate(records) if r.action is ActionKind.BACKOFF)
-        held = backoffs[-1][1]
-        steps, faults_after = 0, False
-        for record in records[last + 1 :]:
-            at_rate = record.lr is None or record.lr <= held * (1.0 + 1e-6)
-            if at_rate and (is_fault(record) or record.action is ActionKind.ROLLBACK):
-                faults_after = True
-                break
-            steps += at_rate and record.applied
-        if faults_after:
-            lowest = min(lr for _, lr in backoffs)
-            return RateEvidence(
-                start, backoffs, held, steps, True, round_setting(lowest / 10.0), "low"
-            )
-        confidence: Confidence = (
-            "high" if steps >= _HELD_HIGH else "medium" if steps >= _HELD_MEDIUM else "low"
-        )
-        return RateEvidence(start, backoffs, held, steps, False, round_setting(held), confidence)
-    if len(faults) >= 2 and start is not None:
-        return RateEvidence(start, (), None, 0, True, round_setting(start / 10.0), "low")
-    return RateEvidence(start, (), None, 0, False, None, "low")
-
-
 def advise(
     records: Sequence[StepRecord],
     metadata: Mapping[str, Any] | None = None,
@@ -234,7 +176,7 @@ def advise(
     """
     summary = summary or summarize(records)
     facts = model_facts(records, metadata or {})
-    rate = rates(records)
+    rate = summary.rate
     faults = [r for r in records if is_fault(r)]
     advice: list[Advice] = []
     isolated = _isolated(records, faults, summary)
@@ -242,7 +184,7 @@ def advise(
         advice.append(isolated)
     else:
         advice += _learning_rate(records, faults, rate, summary)
-        advice += _initialisation(records, faults, facts)
+        advice += _initialisation(summary, faults, facts)
     situations = _situations(records, summary, facts, rate) + _analyses(analysis or {})
     lines: dict[Remedy, list[str]] = {}
     confidence: dict[Remedy, Confidence] = {}
@@ -255,7 +197,7 @@ def advise(
                 confidence[suggestion.action] = sure
     everything = [item for items, _, _ in situations for item in items]
     if everything:
-        clipped = any(r.clip_coef < 1.0 for r in records)
+        clipped = summary.clipped_steps > 0
         have = {a.key for a in advice}
         for suggestion in suggest(None, everything, recurrent=facts.recurrent):
             if suggestion.action.value in have:
@@ -316,7 +258,10 @@ def _isolated(
     fault = faults[0]
     if fault.applied or summary.progress.verdict in ("did_not_train", "lost_ground"):
         return None
+    # The records may hold only the events (the report's digest drops routine steps): a step
+    # missing here had no alert. How many steps followed comes from the summary.
     after = [r for r in records if fault.step < r.step <= fault.step + _ISOLATION]
+    followed = min(_ISOLATION, (summary.last_step or fault.step) - fault.step)
     troubled = any(
         shown_severity(r, a).rank >= Severity.WARNING.rank for r in after for a in r.alerts
     )
@@ -334,9 +279,9 @@ def _isolated(
         ),
         evidence=(
             f"One step with a NaN/Inf {what} ({_num(value)}) at step {fault.step}, not applied.",
-            f"No warning in the {len(after)} steps after it; no rollback, no back-off.",
+            f"No warning in the {followed} steps after it; no rollback, no back-off.",
         ),
-        confidence="high" if len(after) >= _ISOLATION else "medium",
+        confidence="high" if followed >= _ISOLATION else "medium",
     )
 
 
@@ -402,13 +347,13 @@ def _learning_rate(
 
 
 def _initialisation(
-    records: Sequence[StepRecord], faults: Sequence[StepRecord], facts: ModelFacts
+    summary: RunSummary, faults: Sequence[StepRecord], facts: ModelFacts
 ) -> list[Advice]:
-    if not faults or not records:
+    if not faults or summary.first_step is None:
         return []
     first = faults[0]
-    into = first.step - records[0].step
-    early = max(_EARLY_STEPS, len(records) // 20)
+    into = first.step - summary.first_step
+    early = max(_EARLY_STEPS, summary.steps // 20)
     if into >= early:
         return []
     observation = Observation(
@@ -478,29 +423,35 @@ def _data_spikes(records: Sequence[StepRecord]) -> _Situation:
     """Loss spikes that look like a bad batch: ordinary loss and no warning just before and after.
 
     A spike that follows a gradient blow-up (or leaves the loss high) comes from the weights,
-    not the data: those are left to the learning-rate and clipping advice.
+    not the data: those are left to the learning-rate and clipping advice. ``records`` may hold
+    only the events (the report's digest drops routine steps): a neighbouring step missing from
+    them raised no alert and counts as ordinary.
     """
-    finite = [
-        (i, r.loss) for i, r in enumerate(records) if r.loss is not None and math.isfinite(r.loss)
-    ]
-    position = {i: k for k, (i, _) in enumerate(finite)}
+    by_step = {r.step: r for r in records}
+    losses: list[float] = []
     spikes: list[Alert] = []
-    for i, record in enumerate(records):
+    for index, record in enumerate(records):
         alerts = [a for a in record.alerts if a.kind in _LOSS_ALERTS]
-        if not alerts or i not in position or i == 0 or i + 1 >= len(records):
+        loss = record.loss
+        finite = loss is not None and math.isfinite(loss)
+        level = statistics.median(losses[-10:]) if losses else None
+        if finite and loss is not None:
+            losses.append(loss)
+        if not alerts or not finite or index == len(records) - 1:
             continue
-        k = position[i]
-        before = [v for _, v in finite[max(0, k - 10) : k]]
-        after = records[i + 1].loss
-        if not before or after is None or not math.isfinite(after):
-            continue
-        level = statistics.median(before)
+        before, after = by_step.get(record.step - 1), by_step.get(record.step + 1)
         calm = not any(
-            shown_severity(records[j], a).rank >= Severity.WARNING.rank
-            for j in (i - 1, i + 1)
-            for a in records[j].alerts
+            shown_severity(n, a).rank >= Severity.WARNING.rank
+            for n in (before, after)
+            if n is not None
+            for a in n.alerts
         )
-        if calm and abs(after) <= 2.0 * abs(level) + 1e-12:
+        settled = after is None or (
+            after.loss is not None
+            and math.isfinite(after.loss)
+            and (level is None or abs(after.loss) <= 2.0 * abs(level) + 1e-12)
+        )
+        if calm and settled:
             spikes.extend(alerts)
     if not spikes:
         return [], [], "low"
@@ -568,12 +519,11 @@ def _recurrent(records: Sequence[StepRecord], summary: RunSummary, facts: ModelF
         evidence.append(f"The run metadata declares a recurrent model ({facts.cell}).")
     else:
         evidence.append("The run metadata declares a recurrent model.")
-    clipped = [r for r in records if r.clip_coef < 1.0]
-    if clipped:
-        smallest = min(clipped, key=lambda r: r.clip_coef)
+    if summary.smallest_clip is not None:
+        step, coef = summary.smallest_clip
         evidence.append(
-            f"Clipping acted on {len(clipped)} of {len(records)} steps; smallest coefficient "
-            f"{_num(smallest.clip_coef)} at step {smallest.step}."
+            f"Clipping acted on {summary.clipped_steps} of {summary.steps} steps; smallest "
+            f"coefficient {_num(coef)} at step {step}."
         )
     else:
         evidence.append("No step was clipped.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,11 +13,12 @@ from gradguard.report import figures
 from gradguard.report.advisor import advise
 from gradguard.report.analysis_view import analysis_blocks
 from gradguard.report.blocks import Plot
+from gradguard.report.digest import RunDigest
 from gradguard.report.page import Page, render_page
-from gradguard.report.summary import summarize
-from gradguard.sinks import read_jsonl
+from gradguard.report.summary import RunSummary, summarize
+from gradguard.sinks import LogStream, RunLog
 
-__all__ = ["REPORT_NAME", "build_report", "default_report_dir"]
+__all__ = ["REPORT_NAME", "BuiltReport", "build_report", "default_report_dir", "write_report"]
 
 REPORT_NAME = "report.html"
 
@@ -25,6 +27,22 @@ def default_report_dir(log_path: str | os.PathLike[str]) -> Path:
     """``<log folder>/<log stem>-report``: where the report goes when no folder is given."""
     path = Path(log_path)
     return path.with_name(f"{path.stem}-report")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltReport:
+    """What :func:`write_report` wrote and what it read.
+
+    Attributes:
+        path: the ``report.html`` written.
+        summary: the run's summary (counts over every record of the log).
+        skipped: ``"3 lines skipped: line 17: ..."`` when lines of the log were not valid
+            records and were left out, else ``None``.
+    """
+
+    path: Path
+    summary: RunSummary
+    skipped: str | None
 
 
 def build_report(
@@ -41,7 +59,8 @@ def build_report(
     offline. It shows the outcome, the advisor's remedies with their evidence, the gradient
     norm on a log scale with alerts and interventions, the loss, a per-tensor culprit heat map,
     the clip coefficient and learning rate, a table of events, analysis results and the run
-    metadata.
+    metadata. The log is read once, record by record: a million-step log takes seconds and
+    little memory (see :func:`write_report`).
 
     Args:
         log_path: a log written by :class:`~gradguard.sinks.JsonlSink`.
@@ -60,25 +79,53 @@ def build_report(
         LogFormatError: ``log_path`` is not a gradguard log.
         ConfigError: ``out_dir`` exists and is not a folder.
     """
-    log = read_jsonl(log_path)
+    return write_report(log_path, out_dir, analysis=analysis, title=title).path
+
+
+def write_report(
+    log_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    analysis: Mapping[str, Any] | None = None,
+    title: str | None = None,
+) -> BuiltReport:
+    """:func:`build_report`, also returning the summary and the skipped lines it found.
+
+    One pass over the log feeds both the summary (counts over every record) and a
+    :class:`~gradguard.report.digest.RunDigest`: the plots are drawn from curves downsampled
+    per bucket of steps (min and max kept, so spikes show), the events table and the advisor
+    read every event record, and healthy records are dropped as soon as they are counted.
+    Lines that are not valid records are skipped and noted on the page.
+
+    Args and Raises: as :func:`build_report`.
+    """
     out = Path(out_dir) if out_dir is not None else default_report_dir(log_path)
     if out.exists() and not out.is_dir():
         raise ConfigError(
             f"report folder {str(out)!r} exists and is not a folder; pass another -o/out_dir."
         )
+    digest = RunDigest()
+    with LogStream(log_path) as stream:
+        summary = summarize(digest.feed(stream))
+    log = RunLog(
+        path=stream.path,
+        header=stream.header,
+        records=digest.records(),  # the events and their context; the summary counted all
+        skipped_last_line=stream.skipped_last_line,
+        skipped=tuple(stream.skipped),
+        skipped_count=stream.skipped_count,
+    )
     out.mkdir(parents=True, exist_ok=True)
-    records = log.records
-    summary = summarize(records)
     results: dict[str, Any] = {}
     stored = log.header.metadata.get("analysis")
     if isinstance(stored, Mapping):
         results.update(stored)
     results.update(analysis or {})
     plots = [
-        Plot("gradient-norm", "Gradient norm", figures.norm_figure(records)),
-        Plot("loss", "Loss", figures.loss_figure(records)),
-        Plot("culprits", "Culprits", figures.culprit_heatmap(records)),
-        Plot("clip-lr", "Clip coefficient and learning rate", figures.clip_lr_figure(records)),
+        Plot("gradient-norm", "Gradient norm", figures.norm_figure(digest)),
+        Plot("loss", "Loss", figures.loss_figure(digest)),
+        Plot("culprits", "Culprits", figures.culprit_heatmap(digest)),
+        Plot("clip-lr", "Clip coefficient and learning rate", figures.clip_lr_figure(digest)),
     ]
     blocks = analysis_blocks(results)
     for plot in plots + [b for b in blocks if isinstance(b, Plot)]:
@@ -87,10 +134,10 @@ def build_report(
         title=title if title is not None else f"gradguard report: {log.path.name}",
         log=log,
         summary=summary,
-        advice=advise(records, log.header.metadata, summary, analysis=results),
+        advice=advise(log.records, log.header.metadata, summary, analysis=results),
         figures=plots,
         analysis=blocks,
     )
     target = out / REPORT_NAME
     target.write_text(render_page(page), encoding="utf-8")
-    return target
+    return BuiltReport(path=target, summary=summary, skipped=log.skipped_summary())

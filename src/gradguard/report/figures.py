@@ -1,7 +1,10 @@
-"""The report's plots, drawn from records with matplotlib (Agg, no pyplot, imported lazily).
+"""The report's plots, drawn with matplotlib (Agg, no pyplot, imported lazily).
 
-Each function returns PNG bytes. Figures are built with ``matplotlib.figure.Figure`` directly, so
-drawing a report never switches the backend or touches pyplot state of the calling process.
+Each run figure takes a :class:`~gradguard.report.digest.RunDigest` (what the report builds in
+its one pass over the log: downsampled curves and the event records) or, for small runs and
+tests, the records themselves. Each function returns PNG bytes. Figures are built with
+``matplotlib.figure.Figure`` directly, so drawing a report never switches the backend or
+touches pyplot state of the calling process.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradguard.records import ActionKind, Severity, StepRecord
+from gradguard.report.digest import Envelope, Marks, RunDigest
 from gradguard.sinks import shown_severity
 
 __all__ = [
@@ -82,8 +86,12 @@ def _finite(values: Sequence[float | None]) -> list[float]:
     return [v if v is not None and math.isfinite(v) else math.nan for v in values]
 
 
-def _mark_nonfinite(ax: Any, steps: Sequence[int], values: Sequence[float | None]) -> None:
-    bad = [s for s, v in zip(steps, values, strict=True) if v is not None and not math.isfinite(v)]
+def _digest(records: RunDigest | Sequence[StepRecord]) -> RunDigest:
+    return records if isinstance(records, RunDigest) else RunDigest.of(records)
+
+
+def _mark_nonfinite(ax: Any, marks: Marks) -> None:
+    bad = marks.steps()
     if bad:
         ax.scatter(
             bad,
@@ -93,56 +101,66 @@ def _mark_nonfinite(ax: Any, steps: Sequence[int], values: Sequence[float | None
             color="#d62728",
             s=40,
             zorder=5,
-            label=f"NaN/Inf ({len(bad)})",
+            label=f"NaN/Inf ({marks.count})",
         )
 
 
-def _mark_interventions(ax: Any, records: Sequence[StepRecord]) -> None:
-    seen: set[ActionKind] = set()
-    for record in records:
-        style = ACTION_STYLE.get(record.action)
-        if style is None:
-            continue
-        color, linestyle = style
-        name = record.action.value
-        ax.axvline(
-            record.step,
-            color=color,
-            linestyle=linestyle,
+def _mark_interventions(ax: Any, events: Sequence[StepRecord]) -> None:
+    """One vertical line per skip, back-off, rollback, reset or abort (one artist per kind)."""
+    by_kind: dict[ActionKind, list[int]] = {}
+    for record in events:
+        if record.action in ACTION_STYLE:
+            by_kind.setdefault(record.action, []).append(record.step)
+    for kind, steps in by_kind.items():
+        color, linestyle = ACTION_STYLE[kind]
+        ax.vlines(
+            steps,
+            0.0,
+            1.0,
+            transform=ax.get_xaxis_transform(),
+            colors=color,
+            linestyles=linestyle,
             linewidth=1.0,
             alpha=0.7,
-            label=None if record.action in seen else name,
+            label=kind.value,
         )
-        seen.add(record.action)
 
 
-def norm_figure(records: Sequence[StepRecord]) -> bytes:
+def _draw(ax: Any, envelope: Envelope, **style: Any) -> None:
+    xs, ys = envelope.points()
+    ax.plot(xs, ys, **style)
+
+
+def norm_figure(records: RunDigest | Sequence[StepRecord]) -> bytes:
     """Gradient norm per step on a log scale, with alerts and interventions marked.
 
-    Non-finite norms are drawn as red crosses at the top edge (a log axis cannot show them);
-    the norm after clipping is drawn where it differs; alerts are triangles coloured by
-    severity at the norm of their step (just under the top edge when that norm is NaN/Inf);
-    skips, back-offs, rollbacks, resets and aborts are vertical lines.
+    Long runs are drawn from their :class:`~gradguard.report.digest.RunDigest`: the smallest
+    and largest norm of each bucket of steps, so every spike shows. Non-finite norms are red
+    crosses at the top edge (a log axis cannot show them); the norm after clipping is drawn
+    where it differs; alerts are triangles coloured by severity at the norm of their step (just
+    under the top edge when that norm is NaN/Inf); skips, back-offs, rollbacks, resets and
+    aborts are vertical lines.
     """
+    digest = _digest(records)
     fig, (ax,) = _figure(height=4.2)
-    steps = [r.step for r in records]
-    norms = [r.total_norm for r in records]
-    finite = _finite(norms)
-    ax.plot(steps, finite, color="#1f77b4", linewidth=1.2, label="gradient norm")
-    clipped = [
-        n * r.clip_coef if r.clip_coef < 1.0 else math.nan
-        for n, r in zip(finite, records, strict=True)
-    ]
-    if any(math.isfinite(c) for c in clipped):
-        ax.plot(steps, clipped, color="#2ca02c", linewidth=1.0, label="after clipping")
-    _mark_nonfinite(ax, steps, norms)
-    by_step = dict(zip(steps, finite, strict=True))
+    _draw(ax, digest.norm, color="#1f77b4", linewidth=1.2, label="gradient norm")
+    if digest.clipped.count:
+        sparse = len(digest.clipped.buckets) < 200  # isolated clipped steps need a marker
+        style = {"marker": ".", "markersize": 4} if sparse else {}
+        _draw(ax, digest.clipped, color="#2ca02c", linewidth=1.0, label="after clipping", **style)
+    _mark_nonfinite(ax, digest.norm_nonfinite)
+    events = digest.records()
     for severity in (Severity.INFO, Severity.WARNING, Severity.CRITICAL):
-        xs = [a.step for r in records for a in r.alerts if shown_severity(r, a) is severity]
+        xs: list[int] = []
+        ys: list[float] = []
+        for record in events:
+            for alert in record.alerts:
+                if shown_severity(record, alert) is severity:  # a scaler overflow: info
+                    xs.append(alert.step)
+                    ys.append(math.nan if record.total_norm is None else record.total_norm)
         if not xs:
             continue
-        ys = [by_step.get(x, math.nan) for x in xs]
-        drawable = [y > 0 for y in ys]  # False for NaN too: those go to the top edge
+        drawable = [y > 0 and math.isfinite(y) for y in ys]  # NaN/Inf go to the top edge
         style = {"marker": "v", "color": SEVERITY_COLOR[severity], "s": 36, "zorder": 4}
         ax.scatter(
             [x for x, ok in zip(xs, drawable, strict=True) if ok],
@@ -153,8 +171,9 @@ def norm_figure(records: Sequence[StepRecord]) -> bytes:
         off = [x for x, ok in zip(xs, drawable, strict=True) if not ok]
         if off:
             ax.scatter(off, [0.91] * len(off), transform=ax.get_xaxis_transform(), **style)
-    _mark_interventions(ax, records)
-    if any(math.isfinite(v) and v > 0 for v in finite):
+    _mark_interventions(ax, events)
+    bounds = digest.norm.bounds()
+    if bounds is not None and bounds[1] > 0:
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("global gradient norm")
@@ -164,16 +183,14 @@ def norm_figure(records: Sequence[StepRecord]) -> bytes:
     return png_bytes(fig)
 
 
-def loss_figure(records: Sequence[StepRecord]) -> bytes:
+def loss_figure(records: RunDigest | Sequence[StepRecord]) -> bytes:
     """Loss per step (log scale when positive and spanning more than two decades)."""
+    digest = _digest(records)
     fig, (ax,) = _figure()
-    steps = [r.step for r in records]
-    losses = [r.loss for r in records]
-    finite = _finite(losses)
-    ax.plot(steps, finite, color="#ff7f0e", linewidth=1.2, label="loss")
-    _mark_nonfinite(ax, steps, losses)
-    _mark_interventions(ax, records)
-    _log_if_wide(ax, finite)
+    _draw(ax, digest.loss, color="#ff7f0e", linewidth=1.2, label="loss")
+    _mark_nonfinite(ax, digest.loss_nonfinite)
+    _mark_interventions(ax, digest.records())
+    _log_if_wide(ax, digest.loss.bounds())
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("Loss")
@@ -182,38 +199,35 @@ def loss_figure(records: Sequence[StepRecord]) -> bytes:
     return png_bytes(fig)
 
 
-def culprit_heatmap(records: Sequence[StepRecord]) -> bytes:
+def culprit_heatmap(records: RunDigest | Sequence[StepRecord]) -> bytes:
     """Per-tensor gradient norms (the logged top-k) over steps, log10 colour scale.
 
     Rows are the tensors that reached the top-k, largest peak first (at most 16); columns are
     steps, binned (maximum per bin) when the run has more than 400 of them. A blank cell means
-    the tensor was not among the top-k that step; a red cell means its norm was NaN/Inf.
+    the tensor was not among the top-k that step; a red cell means its norm was NaN/Inf. Steps
+    that go back (a log continued after resuming from an older snapshot) share the columns of
+    their step numbers.
     """
     import numpy as np
 
-    peaks: dict[str, float] = {}
-    for record in records:
-        for name, norm in record.top:
-            value = norm if math.isfinite(norm) else math.inf
-            peaks[name] = max(peaks.get(name, -math.inf), value)
-    names = sorted(peaks, key=lambda n: -peaks[n])[:MAX_HEATMAP_ROWS]
+    cells = _digest(records).culprits
+    names = cells.names(MAX_HEATMAP_ROWS)
     fig, (ax,) = _figure(height=max(2.6, 0.4 * len(names) + 1.4))
-    if not names or not records:
+    if not names or cells.first_step is None or cells.last_step is None:
         ax.text(0.5, 0.5, "no per-tensor norms in the log", ha="center", transform=ax.transAxes)
         ax.set_axis_off()
         return png_bytes(fig)
-    row = {name: i for i, name in enumerate(names)}
-    first, last = records[0].step, max(r.step for r in records)
-    span = max(last - first + 1, 1)
-    columns = min(span, MAX_HEATMAP_COLUMNS)
+    first, last, shift = cells.first_step, cells.last_step, cells.shift
+    low = first >> shift
+    keys = (last >> shift) - low + 1
+    span = last - first + 1
+    columns = min(keys, MAX_HEATMAP_COLUMNS)
     grid = np.full((len(names), columns), np.nan)
     bad = np.zeros((len(names), columns), dtype=bool)
-    for record in records:
-        col = min(int((record.step - first) * columns / span), columns - 1)
-        for name, norm in record.top:
-            i = row.get(name)
-            if i is None:
-                continue
+    for i, name in enumerate(names):
+        row = cells.cells[name]
+        for key, norm in row.items():
+            col = min((key - low) * columns // keys, columns - 1)
             if not math.isfinite(norm):
                 bad[i, col] = True
             elif norm > 0:
@@ -238,29 +252,27 @@ def culprit_heatmap(records: Sequence[StepRecord]) -> bytes:
     return png_bytes(fig)
 
 
-def clip_lr_figure(records: Sequence[StepRecord]) -> bytes:
+def clip_lr_figure(records: RunDigest | Sequence[StepRecord]) -> bytes:
     """Clip coefficient (top) and learning rate (bottom) per step."""
+    digest = _digest(records)
     fig, (top, bottom) = _figure(rows=2, height=2.4)
-    steps = [r.step for r in records]
-    coefs = [r.clip_coef for r in records]
-    top.step(steps, coefs, where="post", color="#2ca02c")
-    if min(coefs, default=1.0) < 0.05:
+    _draw(top, digest.clip_coef, color="#2ca02c", drawstyle="steps-post")
+    coefs = digest.clip_coef.bounds()
+    if coefs is not None and coefs[0] < 0.05:
         top.set_yscale("log")
     else:
         top.set_ylim(-0.05, 1.05)
     top.set_ylabel("clip coefficient")
     top.set_title("Clip coefficient (1 = not clipped) and learning rate")
     top.grid(True, alpha=0.3)
-    lrs = [r.lr for r in records]
-    if any(v is not None for v in lrs):
-        finite = _finite(lrs)
-        bottom.step(steps, finite, where="post", color="#9467bd")
-        _log_if_wide(bottom, finite, decades=1.0)
+    if digest.lr.count:
+        _draw(bottom, digest.lr, color="#9467bd", drawstyle="steps-post")
+        _log_if_wide(bottom, digest.lr.bounds(), decades=1.0)
     else:
         bottom.text(
             0.5, 0.5, "no learning rate in the log", ha="center", transform=bottom.transAxes
         )
-    _mark_interventions(bottom, records)
+    _mark_interventions(bottom, digest.records())
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("step")
     bottom.grid(True, alpha=0.3)
@@ -274,7 +286,8 @@ def series_figure(title: str, series: Sequence[tuple[str, Sequence[float]]]) -> 
     for ax, (name, values) in zip(axes, series, strict=True):
         finite = _finite(values)
         ax.plot(range(len(finite)), finite, marker="." if len(finite) <= 60 else None)
-        _log_if_wide(ax, finite)
+        shown = [v for v in finite if math.isfinite(v)]
+        _log_if_wide(ax, (min(shown), max(shown)) if shown else None)
         ax.set_ylabel(label(name, 32))
         ax.grid(True, alpha=0.3)
     axes[0].set_title(label(title, 80))
@@ -285,12 +298,13 @@ def series_figure(title: str, series: Sequence[tuple[str, Sequence[float]]]) -> 
 def lines_figure(title: str, lines: Sequence[tuple[str, Sequence[float]]]) -> bytes:
     """One panel, one labelled line per series, x = index: e.g. a growth curve per radius."""
     fig, (ax,) = _figure(height=3.2)
-    everything: list[float] = []
+    finite_values: list[float] = []
     for name, values in lines:
         finite = _finite(values)
-        everything += finite
+        finite_values += [v for v in finite if math.isfinite(v)]
         ax.plot(range(len(finite)), finite, label=label(name, 32))
-    _log_if_wide(ax, everything)
+    bounds = (min(finite_values), max(finite_values)) if finite_values else None
+    _log_if_wide(ax, bounds)
     ax.set_title(label(title, 80))
     ax.set_xlabel("index")
     ax.grid(True, alpha=0.3)
@@ -298,7 +312,6 @@ def lines_figure(title: str, lines: Sequence[tuple[str, Sequence[float]]]) -> by
     return png_bytes(fig)
 
 
-def _log_if_wide(ax: Any, values: Sequence[float], decades: float = 2.0) -> None:
-    positive = [v for v in values if math.isfinite(v)]
-    if positive and min(positive) > 0 and math.log10(max(positive) / min(positive)) > decades:
+def _log_if_wide(ax: Any, bounds: tuple[float, float] | None, decades: float = 2.0) -> None:
+    if bounds is not None and bounds[0] > 0 and math.log10(bounds[1] / bounds[0]) > decades:
         ax.set_yscale("log")

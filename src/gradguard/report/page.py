@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from html import escape
 
 from gradguard.records import ActionKind, Reason, Severity, StepRecord
-from gradguard.report.advisor import Advice, rates
+from gradguard.report.advisor import Advice
 from gradguard.report.analysis_view import format_value
 from gradguard.report.blocks import Block, Plot, Table
 from gradguard.report.summary import RunSummary, record_nonfinite
@@ -79,7 +79,7 @@ class Page:
 
 def render_page(page: Page) -> str:
     """Render the report as one HTML string (every user string escaped)."""
-    css, verdict = outcome(page.summary, page.log.records)
+    css, verdict = outcome(page.summary)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -114,15 +114,15 @@ def _subtitle(log: RunLog) -> str:
     )
 
 
-def outcome(summary: RunSummary, records: Sequence[StepRecord]) -> tuple[str, str]:
+def outcome(summary: RunSummary) -> tuple[str, str]:
     """The verdict on a run in one sentence, and its style (``ok``, ``rescued`` or ``bad``).
 
     "Finite" is not "trained": the first, best and final loss decide whether the run learned,
     and a run that did not is told so first, with the learning rate the log supports.
     """
-    if not records:
+    last = summary.last
+    if last is None:
         return "bad", "The log holds no steps."
-    last = records[-1]
     if last.action is ActionKind.ABORT:
         return "bad", f"The run was aborted at step {last.step}: {last.message}"
     if record_nonfinite(last) and last.applied:
@@ -140,7 +140,7 @@ def outcome(summary: RunSummary, records: Sequence[StepRecord]) -> tuple[str, st
     lost = (
         f"; {tally.steps_lost} of {tally.steps} steps lost to rollbacks" if tally.steps_lost else ""
     )
-    rate = rates(records)
+    rate = summary.rate
     to_try = ""
     if rate.suggested is not None:
         why = (
@@ -217,6 +217,11 @@ def _summary_section(page: Page, css: str, sentence: str) -> str:
         note = (
             f"<p>Line {page.log.skipped_last_line} of the log was cut off (the run stopped "
             "while writing it) and was skipped.</p>"
+        )
+    skipped = page.log.skipped_summary()
+    if skipped is not None:
+        note += (
+            f"<p>{escape(skipped)}. These lines are not valid step records and are left out.</p>"
         )
     return (
         f'<section id="summary"><h2>Outcome</h2><div class="outcome {css}">'

@@ -1,27 +1,33 @@
 """Facts about a logged run, computed from its records: counts, first warning, first NaN, progress.
 
 Counts come from :class:`~gradguard.sinks.StepTally`, the tally the console and the logging sink
-keep, so a report never disagrees with what was printed during the run.
+keep, so a report never disagrees with what was printed during the run. Everything is computed
+in one pass over the records, which may be a stream.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Literal
 
 from gradguard.records import ActionKind, Alert, Reason, Severity, StepRecord
+from gradguard.remedies import round_setting
 from gradguard.sinks import StepTally, shown_severity
 
 __all__ = [
+    "Confidence",
     "Progress",
+    "RateEvidence",
     "RunSummary",
     "is_fault",
     "is_intervention",
     "progress",
+    "rates",
     "record_nonfinite",
     "summarize",
 ]
@@ -32,7 +38,11 @@ TRAINED_FRACTION = 0.1
 GAVE_BACK_FRACTION = 0.5
 """A run that gave back more than this fraction of its best gain ended worse than it got."""
 
+HELD_HIGH, HELD_MEDIUM = 50, 10
+"""Fault-free steps at a backed-off rate for high and medium confidence in that rate."""
+
 Verdict = Literal["trained", "did_not_train", "lost_ground", "unknown"]
+Confidence = Literal["high", "medium", "low"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,24 +68,138 @@ class Progress:
     final: float | None
 
 
-def progress(records: Sequence[StepRecord]) -> Progress:
+class _ProgressTracker:
+    """:class:`Progress` in one pass: the first and last ten finite losses and the best."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.head: list[float] = []
+        self.tail: collections.deque[float] = collections.deque(maxlen=10)
+        self.best: tuple[int, float] | None = None
+
+    def add(self, record: StepRecord) -> None:
+        loss = record.loss
+        if loss is None or not math.isfinite(loss):
+            return
+        self.count += 1
+        if len(self.head) < 10:
+            self.head.append(loss)
+        self.tail.append(loss)
+        if self.best is None or loss < self.best[1]:
+            self.best = (record.step, loss)
+
+    def result(self) -> Progress:
+        if self.count < 2 or self.best is None:
+            return Progress("unknown", None, None, None)
+        k = max(1, min(10, self.count // 10))
+        first = statistics.median(self.head[:k])
+        final = statistics.median(list(self.tail)[-k:])
+        scale = max(abs(first), 1e-12)
+        gain, best_gain = first - final, first - self.best[1]
+        if gain < TRAINED_FRACTION * scale:
+            verdict: Verdict = "did_not_train"
+        elif gain < (1.0 - GAVE_BACK_FRACTION) * best_gain:
+            verdict = "lost_ground"
+        else:
+            verdict = "trained"
+        return Progress(verdict, first, self.best, final)
+
+
+def progress(records: Iterable[StepRecord]) -> Progress:
     """Compare the first, best and final loss of ``records`` (see :class:`Progress`)."""
-    losses = [(r.step, r.loss) for r in records if r.loss is not None and math.isfinite(r.loss)]
-    if len(losses) < 2:
-        return Progress("unknown", None, None, None)
-    k = max(1, min(10, len(losses) // 10))
-    first = statistics.median(v for _, v in losses[:k])
-    final = statistics.median(v for _, v in losses[-k:])
-    best = min(losses, key=lambda sv: sv[1])
-    scale = max(abs(first), 1e-12)
-    gain, best_gain = first - final, first - best[1]
-    if gain < TRAINED_FRACTION * scale:
-        verdict: Verdict = "did_not_train"
-    elif gain < (1.0 - GAVE_BACK_FRACTION) * best_gain:
-        verdict = "lost_ground"
-    else:
-        verdict = "trained"
-    return Progress(verdict, first, best, final)
+    tracker = _ProgressTracker()
+    for record in records:
+        tracker.add(record)
+    return tracker.result()
+
+
+@dataclasses.dataclass(frozen=True)
+class RateEvidence:
+    """What the log shows about the learning rate.
+
+    Attributes:
+        start: learning rate of the first record that has one.
+        backoffs: ``(step, rate after it)`` of each back-off.
+        held: the rate the last back-off set, when the run then applied steps at it.
+        held_steps: applied steps at (or below) ``held`` after the last back-off, up to the
+            first fault at that rate or the end.
+        faults_after: whether NaN/Inf or rollbacks still came at or below ``held``.
+        suggested: the rate to try, rounded down to two digits (``None``: no evidence).
+        confidence: how firmly the log supports ``suggested``.
+    """
+
+    start: float | None
+    backoffs: tuple[tuple[int, float], ...]
+    held: float | None
+    held_steps: int
+    faults_after: bool
+    suggested: float | None
+    confidence: Confidence
+
+
+class _RateTracker:
+    """:class:`RateEvidence` in one pass."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.backoffs: list[tuple[int, float]] = []
+        self.faults = 0
+        self.held_steps = 0
+        self.faults_after = False
+
+    def add(self, record: StepRecord) -> None:
+        if self.start is None and record.lr is not None:
+            self.start = record.lr
+        fault = is_fault(record) or record.action is ActionKind.ROLLBACK
+        self.faults += fault
+        if record.action is ActionKind.BACKOFF and record.lr is not None:
+            self.backoffs.append((record.step, record.lr))
+            self.held_steps, self.faults_after = 0, False
+            return
+        if not self.backoffs or self.faults_after:
+            return
+        held = self.backoffs[-1][1]
+        at_rate = record.lr is None or record.lr <= held * (1.0 + 1e-6)
+        if at_rate and fault:
+            self.faults_after = True
+        else:
+            self.held_steps += at_rate and record.applied
+
+    def result(self) -> RateEvidence:
+        backoffs = tuple(self.backoffs)
+        if backoffs:
+            held = backoffs[-1][1]
+            if self.faults_after:
+                lowest = min(lr for _, lr in backoffs)
+                suggested = round_setting(lowest / 10.0)
+                return RateEvidence(
+                    self.start, backoffs, held, self.held_steps, True, suggested, "low"
+                )
+            steps = self.held_steps
+            confidence: Confidence = (
+                "high" if steps >= HELD_HIGH else "medium" if steps >= HELD_MEDIUM else "low"
+            )
+            return RateEvidence(
+                self.start, backoffs, held, steps, False, round_setting(held), confidence
+            )
+        if self.faults >= 2 and self.start is not None:
+            suggested = round_setting(self.start / 10.0)
+            return RateEvidence(self.start, (), None, 0, True, suggested, "low")
+        return RateEvidence(self.start, (), None, 0, False, None, "low")
+
+
+def rates(records: Iterable[StepRecord]) -> RateEvidence:
+    """Read the learning rate the run held after gradguard's back-offs.
+
+    The rate set by the last back-off is the evidence: if the run then applied steps at it
+    without NaN/Inf or rollbacks, that is a rate this model trains at (high confidence after 50
+    such steps, medium after 10). If faults went on at it, or there was no back-off but faults
+    repeated, a tenth of the lowest rate seen is a guess (low confidence).
+    """
+    tracker = _RateTracker()
+    for record in records:
+        tracker.add(record)
+    return tracker.result()
 
 
 def is_fault(record: StepRecord) -> bool:
@@ -108,8 +232,12 @@ class RunSummary:
         final_loss: loss of the last record with a finite loss.
         final_lr: learning rate of the last record that has one.
         steps_lost: optimizer steps undone by rollbacks, summed.
+        clipped_steps: steps whose gradients were scaled down (clip coefficient below 1).
+        smallest_clip: the strongest clipping, as ``(step, coefficient)``; ``None`` when none.
         tally: the counts every display shares (clipped, skipped, alerts by shown severity).
         progress: first, best and final loss and whether the run trained.
+        rate: what the back-offs showed about the learning rate.
+        last: the last record (``None`` for an empty log).
     """
 
     steps: int
@@ -126,8 +254,12 @@ class RunSummary:
     final_loss: float | None
     final_lr: float | None
     steps_lost: int
-    tally: StepTally
-    progress: Progress
+    clipped_steps: int = 0
+    smallest_clip: tuple[int, float] | None = None
+    tally: StepTally = dataclasses.field(default_factory=StepTally)
+    progress: Progress = Progress("unknown", None, None, None)
+    rate: RateEvidence = RateEvidence(None, (), None, 0, False, None, "low")
+    last: StepRecord | None = None
 
     @property
     def interventions(self) -> int:
@@ -140,9 +272,11 @@ def record_nonfinite(record: StepRecord) -> bool:
     return any(v is not None and not math.isfinite(v) for v in (record.loss, record.total_norm))
 
 
-def summarize(records: Sequence[StepRecord]) -> RunSummary:
-    """Count what happened in ``records`` (in log order) and find the first signs of trouble."""
-    tally = StepTally()
+def summarize(records: Iterable[StepRecord]) -> RunSummary:
+    """Count what happened in ``records`` (in log order) and find the first signs of trouble.
+
+    One pass: ``records`` may be a stream (the report feeds a million-step log through it).
+    """
     actions: Counter[ActionKind] = Counter()
     severities: Counter[Severity] = Counter()
     kinds: Counter[str] = Counter()
@@ -152,12 +286,31 @@ def summarize(records: Sequence[StepRecord]) -> RunSummary:
     max_norm: tuple[int, float] | None = None
     final_loss: float | None = None
     final_lr: float | None = None
+    count = applied = lost = clipped = 0
+    smallest_clip: tuple[int, float] | None = None
+    first_step: int | None = None
+    last_step: int | None = None
+    tally, tracked, rate = StepTally(), _ProgressTracker(), _RateTracker()
+    last: StepRecord | None = None
     for record in records:
         tally.add(record)
+        tracked.add(record)
+        rate.add(record)
+        last = record
+        count += 1
+        if first_step is None:
+            first_step = record.step
+        last_step = record.step
+        applied += record.applied
+        lost += record.steps_lost
+        if record.clip_coef < 1.0:
+            clipped += 1
+            if smallest_clip is None or record.clip_coef < smallest_clip[1]:
+                smallest_clip = (record.step, record.clip_coef)
         if is_intervention(record):
             actions[record.action] += 1
         for alert in record.alerts:
-            severity = shown_severity(record, alert)
+            severity = shown_severity(record, alert)  # a GradScaler overflow is routine: info
             severities[severity] += 1
             kinds[alert.kind.value] += 1
             if first_warning is None and severity.rank >= Severity.WARNING.rank:
@@ -174,11 +327,11 @@ def summarize(records: Sequence[StepRecord]) -> RunSummary:
         if record.lr is not None:
             final_lr = record.lr
     return RunSummary(
-        steps=len(records),
-        first_step=records[0].step if records else None,
-        last_step=records[-1].step if records else None,
+        steps=count,
+        first_step=first_step,
+        last_step=last_step,
         actions=dict(actions),
-        applied_steps=sum(r.applied for r in records),
+        applied_steps=applied,
         alerts_by_severity=dict(severities),
         alerts_by_kind=dict(kinds),
         first_warning=first_warning,
@@ -187,7 +340,11 @@ def summarize(records: Sequence[StepRecord]) -> RunSummary:
         max_norm=max_norm,
         final_loss=final_loss,
         final_lr=final_lr,
-        steps_lost=sum(r.steps_lost for r in records),
+        steps_lost=lost,
+        clipped_steps=clipped,
+        smallest_clip=smallest_clip,
         tally=tally,
-        progress=progress(records),
+        progress=tracked.result(),
+        rate=rate.result(),
+        last=last,
     )

@@ -6,7 +6,7 @@ from gradguard.sinks.csvfile import CSV_COLUMNS, CsvSink
 from gradguard.sinks.jsonl import LOG_FORMAT, JsonlSink
 from gradguard.sinks.logger import LOGGER_NAME, LoggingSink, with_default_logging
 from gradguard.sinks.rank import RankZeroSink, is_rank_zero
-from gradguard.sinks.read import LogHeader, RunLog, read_jsonl
+from gradguard.sinks.read import LogHeader, LogStream, RunLog, SkippedLine, read_jsonl
 from gradguard.sinks.tally import StepTally, done_phrase, is_clipped, shown_severity
 from gradguard.sinks.tboard import TensorBoardSink
 
@@ -18,10 +18,12 @@ __all__ = [
     "CsvSink",
     "JsonlSink",
     "LogHeader",
+    "LogStream",
     "LoggingSink",
     "RankZeroSink",
     "RunLog",
     "Sink",
+    "SkippedLine",
     "StepTally",
     "TensorBoardSink",
     "done_phrase",

@@ -23,7 +23,21 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-__all__ = ["ConsoleSink"]
+__all__ = ["ConsoleSink", "terminal_safe"]
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control or invisible character shown escaped, as ``repr`` shows it.
+
+    Tensor names and messages come from checkpoints and models the user may not have written;
+    printed raw, an ESC sequence in one could clear the screen or retitle the terminal and a
+    newline could fake a table row. Escaped, an ESC character shows as the four characters
+    ``\\x1b`` and a newline as ``\\n``.
+    """
+    if text.isprintable():  # the usual case: one C-level scan, no copy
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
 
 SEVERITY_STYLE = {
     Severity.INFO: "cyan",
@@ -145,7 +159,7 @@ class ConsoleSink:
         line.append(f"step {step:>6} ", style="dim")
         line.append(f"{severity.value.upper():<8}", style=SEVERITY_STYLE[severity])
         line.append(f" {kind.value}: ", style=SEVERITY_STYLE[severity])
-        line.append(message)
+        line.append(terminal_safe(message))
         self.console.print(line)
 
     def _print_intervention(self, record: StepRecord) -> None:
@@ -159,7 +173,7 @@ class ConsoleSink:
         if record.rolled_back_to is not None:
             line.append(f" -> step {record.rolled_back_to}, {record.steps_lost} steps lost")
         if record.message:
-            line.append(f": {record.message}")
+            line.append(f": {terminal_safe(record.message)}")
         self.console.print(line)
 
     def _print_periodic(self, record: StepRecord) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
-from gradguard.errors import ConfigError, check_bool, check_path
+from gradguard.errors import ConfigError, LogFormatError, check_path
 from gradguard.records import StepRecord
 
 __all__ = ["CSV_COLUMNS", "CsvSink"]
@@ -40,26 +40,43 @@ class CsvSink:
 
     Args:
         path: the ``.csv`` file; parent folders are created.
-        overwrite: replace a non-empty file at ``path``; by default such a file (perhaps
-            someone's results table) is refused, as :class:`~gradguard.sinks.JsonlSink` does.
+        if_exists: what to do when ``path`` already holds data: ``"error"`` (default) refuses,
+            so an earlier run's table is never lost by accident; ``"overwrite"`` replaces it;
+            ``"append"`` adds rows to a table with the same columns (after a restart).
 
     Raises:
-        ConfigError: ``path`` names a non-empty file and ``overwrite`` is False.
+        ConfigError: ``if_exists`` is not one of the three values, or the file exists and
+            ``if_exists="error"``.
+        LogFormatError: ``if_exists="append"`` on a file whose first row is not this header.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        check_path("path", path, what="file", fix="Pass the .csv file to write, e.g. 'run.csv'.")
-        check_bool("overwrite", overwrite)
-        self.path = Path(path)
-        if not overwrite and self.path.exists() and self.path.stat().st_size > 0:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        if_exists: Literal["error", "append", "overwrite"] = "error",
+    ) -> None:
+        if if_exists not in _IF_EXISTS:
             raise ConfigError(
-                f"{str(self.path)!r} already exists and is not empty; CsvSink would replace "
-                "it. Pass overwrite=True to replace it, or choose another path."
+                f"if_exists must be one of {_IF_EXISTS!r}, got {if_exists!r}; use 'append' to "
+                "continue a table after a restart."
+            )
+        check_path("path", path, what="file", fix="Pass the .csv file to write, e.g. 'run.csv'.")
+        self.path = Path(path)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if exists and if_exists == "error":
+            raise ConfigError(
+                f"CSV file {str(self.path)!r} already exists; pass if_exists='append' to add "
+                "rows to it, if_exists='overwrite' to replace it, or choose another path."
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = self.path.open("w", encoding="utf-8", newline="")
+        append = exists and if_exists == "append"
+        if append:
+            _check_header(self.path)
+        self._file: IO[str] = self.path.open("a" if append else "w", encoding="utf-8", newline="")
         self._writer = csv.writer(self._file)
-        self._writer.writerow(CSV_COLUMNS)
+        if not append:
+            self._writer.writerow(CSV_COLUMNS)
         self._file.flush()
 
     def write(self, record: StepRecord) -> None:
@@ -89,6 +106,28 @@ class CsvSink:
         """Flush and close the file."""
         if not self._file.closed:
             self._file.close()
+
+
+_IF_EXISTS = ("error", "append", "overwrite")
+
+
+def _check_header(path: Path) -> None:
+    """Refuse to append to a file that is not a table with :data:`CSV_COLUMNS`, or that ends
+    inside a row (a crash while writing it)."""
+    with path.open(encoding="utf-8", newline="", errors="replace") as f:
+        first = next(csv.reader(f), [])
+    if tuple(first) != CSV_COLUMNS:
+        raise LogFormatError(
+            f"{str(path)!r} is not a gradguard CSV table (its first row is {first[:4]!r}...); "
+            "cannot append to it. Choose another path or if_exists='overwrite'."
+        )
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            raise LogFormatError(
+                f"{str(path)!r} ends inside a row (a crash while writing it?); cannot append "
+                "to it. Remove the partial last row, or choose another path."
+            )
 
 
 def _cell(value: float | int | None) -> str:

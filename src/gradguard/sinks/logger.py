@@ -21,9 +21,10 @@ import torch.distributed as dist
 
 from gradguard.errors import ConfigError
 from gradguard.records import ActionKind, Reason, Severity, StepRecord
+from gradguard.sinks import rank
 from gradguard.sinks.base import Sink
 from gradguard.sinks.console import ConsoleSink
-from gradguard.sinks.rank import RankZeroSink, is_rank_zero
+from gradguard.sinks.rank import RankZeroSink
 from gradguard.sinks.tally import done_phrase, shown_severity
 
 __all__ = ["LOGGER_NAME", "LoggingSink", "with_default_logging"]
@@ -187,9 +188,10 @@ class LoggingSink:
 
 def _rank_zero() -> bool:
     """Rank 0 of the process group, or before one exists, of the launch (torchrun sets RANK)."""
-    if dist.is_available() and dist.is_initialized():
-        return is_rank_zero()
-    return os.environ.get("RANK", "0").strip() in ("", "0")
+    if not rank.is_rank_zero():
+        return False
+    initialised = dist.is_available() and dist.is_initialized()
+    return initialised or os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _line(record: StepRecord) -> str:
