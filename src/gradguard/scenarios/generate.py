@@ -55,13 +55,16 @@ __all__ = [
     "GeneratedScenario",
     "Method",
     "OptimizerName",
+    "Outcome",
     "RunResult",
     "Schedule",
     "Split",
     "Stepper",
     "base_lr",
     "by_id",
+    "classify",
     "generate",
+    "incident_step",
     "plain",
     "run",
 ]
@@ -78,7 +81,7 @@ SCHEDULES: tuple[Schedule, ...] = ("constant", "warmup", "ramp", "restarts")
 FAULTS: tuple[Fault, ...] = ("none", "nan", "corrupt", "labelnoise", "infweight", "overflow")
 MULTIPLIERS: tuple[int, ...] = (1, 3, 10, 30, 100)
 
-STEPS = 150
+STEPS = 120
 """Optimizer steps of every generated run."""
 
 EXPLODE_FACTOR = 2.0
@@ -103,8 +106,8 @@ _SGD_LR: dict[Arch, float] = {
     "transformer": 0.01,
     "gpt": 0.1,
 }
-_ADAPTIVE_LR: dict[Arch, float] = dict.fromkeys(ARCHS, 1e-3) | {"gpt": 3e-3}
-_LBFGS_LR: dict[Arch, float] = dict.fromkeys(ARCHS, 0.1) | {"cnn": 0.03}
+_ADAPTIVE_LR: dict[Arch, float] = dict.fromkeys(ARCHS, 1e-3) | {"cnn": 3e-3, "gpt": 3e-3}
+_LBFGS_LR: dict[Arch, float] = dict.fromkeys(ARCHS, 0.1) | {"cnn": 0.01}
 
 
 def base_lr(arch: Arch, optimizer: OptimizerName) -> float:
@@ -126,9 +129,9 @@ class GeneratedScenario:
         arch: the model and its synthetic task.
         optimizer: the optimizer (``momentum`` is SGD with heavy-ball 0.9).
         multiplier: the learning rate is ``multiplier`` times :func:`base_lr`.
-        schedule: ``constant``; ``warmup`` (linear from 5 % over 40 steps); ``ramp`` (linear
+        schedule: ``constant``; ``warmup`` (linear from 5 % over 30 steps); ``ramp`` (linear
             from 1x to ``multiplier`` x over the run); ``restarts`` (cosine, restarting every
-            50 steps).
+            40 steps).
         fault: ``none``; ``nan`` (a NaN, or on odd seeds Inf, gradient at ``fault_step``);
             ``corrupt`` (one batch 1000x too large); ``labelnoise`` (labels replaced by noise
             for a few steps); ``infweight`` (one weight set to Inf); ``overflow`` (a GradScaler
@@ -313,7 +316,7 @@ class GeneratedRun(TrainingRun):
         def closure() -> Tensor:
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.compute_loss(step)
-            loss.backward()
+            torch.autograd.backward(loss)
             return loss
 
         return closure
@@ -336,7 +339,7 @@ class _Poisoned(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.model(x)
-        out.register_hook(lambda g: g * self.value)
+        out.register_hook(lambda g: g * self.value)  # type: ignore[no-untyped-call]
         return out
 
 
@@ -369,7 +372,7 @@ def _task(arch: Arch, seed: int) -> tuple[nn.Module, Sampler, Callable[[nn.Modul
 
         def images(g: torch.Generator, n: int) -> Batch:
             y = torch.randint(0, 4, (n,), generator=g)
-            return prototypes[y] + 0.8 * torch.randn(n, 1, 8, 8, generator=g), y
+            return prototypes[y] + 0.5 * torch.randn(n, 1, 8, 8, generator=g), y
 
         return SmallCNN(), images, _cross_entropy
     if arch in ("rnn", "lstm", "gru"):
@@ -388,7 +391,7 @@ def _task(arch: Arch, seed: int) -> tuple[nn.Module, Sampler, Callable[[nn.Modul
 
         return TinyTransformer(), peak, _mse
     # gpt: text from a fixed Markov chain in which every token has two likely successors.
-    vocab, context = 16, 16
+    vocab, context = 16, 12
     logits = torch.full((vocab, vocab), -4.0)
     succ = torch.randint(0, vocab, (vocab, 2), generator=fixed)
     logits.scatter_(1, succ, 2.0)
@@ -422,14 +425,14 @@ def _optimizer(name: OptimizerName, model: nn.Module, lr: float) -> Optimizer:
 
 def _scheduler(spec: GeneratedScenario, optimizer: Optimizer) -> LRScheduler | None:
     if spec.schedule == "warmup":
-        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.05, total_iters=40)
+        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.05, total_iters=30)
     if spec.schedule == "ramp":
         m, last = float(spec.multiplier), spec.steps - 1
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (1.0 + (m - 1.0) * min(1.0, s / last)) / m
         )
     if spec.schedule == "restarts":
-        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=50)
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=40)
     return None
 
 
@@ -439,19 +442,19 @@ def _build(spec: GeneratedScenario) -> GeneratedRun:
 
     if spec.optimizer == "lbfgs":
         # A quasi-Newton method needs the same function every step: a fixed training batch.
-        train = sample(generator(spec.seed, -3), 128)
+        train = sample(generator(spec.seed, -3), 64)
 
         def batch(step: int) -> Batch:
             return train
 
     else:
 
-        def batch(step: int) -> Batch:
-            return sample(generator(spec.seed, step), 32)
+        size = 32 if spec.arch in ("mlp", "deepmlp", "cnn") else 16
 
-    scaler = (
-        torch.amp.GradScaler("cpu", init_scale=2.0**16) if spec.fault == "overflow" else None
-    )
+        def batch(step: int) -> Batch:
+            return sample(generator(spec.seed, step), size)
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16) if spec.fault == "overflow" else None
     return GeneratedRun(
         model,
         optimizer,
@@ -486,7 +489,7 @@ def plain(run: GeneratedRun) -> Stepper:
 
     def step(loss: Tensor | None, closure: Callable[[], Tensor] | None) -> None:
         if closure is not None:
-            run.optimizer.step(closure)
+            run.optimizer.step(closure)  # type: ignore[arg-type]
         elif run.scaler is not None:
             run.scaler.step(run.optimizer)
             run.scaler.update()
@@ -550,7 +553,9 @@ def run(spec: GeneratedScenario, method: Method = plain) -> RunResult:
             if lbfgs:
                 inner = built.closure(step)
 
-                def closure(inner: Callable[[], Tensor] = inner) -> Tensor:
+                def closure(
+                    inner: Callable[[], Tensor] = inner, seen: list[Tensor] = seen
+                ) -> Tensor:
                     loss = inner()
                     seen.append(loss.detach())
                     return loss
@@ -560,7 +565,7 @@ def run(spec: GeneratedScenario, method: Method = plain) -> RunResult:
                 built.optimizer.zero_grad(set_to_none=True)
                 loss = built.compute_loss(step)
                 scaled = built.scaler.scale(loss) if built.scaler is not None else loss
-                scaled.backward()
+                torch.autograd.backward(scaled)
                 seen.append(loss.detach())
                 stepper(loss, None)
         except TrainingDivergedError:
@@ -592,3 +597,41 @@ def run(spec: GeneratedScenario, method: Method = plain) -> RunResult:
         time.perf_counter() - start,
         note() if callable(note) else "",
     )
+
+
+Outcome: TypeAlias = Literal["exploding", "healthy", "tolerated"]
+
+
+def classify(spec: GeneratedScenario, unguarded: RunResult) -> Outcome:
+    """What an unprotected run of ``spec`` did: the label the benchmarks score against.
+
+    ``exploding``: it ended non-finite, a training loss was non-finite or above 1e4 times the
+    initial held-out loss, or its final loss is above :data:`EXPLODE_FACTOR` times the initial.
+    ``healthy``: otherwise, without a fault (a guard must leave it bit-identical).
+    ``tolerated``: otherwise, with a fault that the run shrugged off (the scaler skipped it, the
+    noisy labels did no lasting harm).
+    """
+    if (
+        not unguarded.finite
+        or unguarded.divergence_step is not None
+        or unguarded.final > EXPLODE_FACTOR * unguarded.initial
+    ):
+        return "exploding"
+    return "healthy" if spec.fault == "none" else "tolerated"
+
+
+def incident_step(spec: GeneratedScenario, unguarded: RunResult) -> int:
+    """The step an exploding unprotected run went wrong: a detector should warn by then.
+
+    The divergence step when there is one; else the first step from which every training loss
+    stays above :data:`EXPLODE_FACTOR` times the initial held-out loss (the last step if none).
+    """
+    if unguarded.divergence_step is not None:
+        return unguarded.divergence_step
+    bar = EXPLODE_FACTOR * unguarded.initial
+    start = len(unguarded.losses) - 1
+    for i in range(len(unguarded.losses) - 1, -1, -1):
+        if not unguarded.losses[i] > bar:
+            break
+        start = i
+    return start

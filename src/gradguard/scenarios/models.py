@@ -85,7 +85,7 @@ def deep_mlp(inputs: int, width: int, depth: int, gain: float) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """Two 3x3 convolutions, global average pooling and a linear classifier, for 8x8 images."""
+    """Two 3x3 convolutions, 2x2 average pooling and a linear classifier, for 8x8 images."""
 
     def __init__(self, channels: int = 8, classes: int = 4) -> None:
         super().__init__()
@@ -94,11 +94,13 @@ class SmallCNN(nn.Module):
             nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
         )
-        self.head = nn.Linear(channels, classes)
+        self.head = nn.Linear(4 * channels, classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.head(self.features(x).mean((2, 3)))
+        out: Tensor = self.head(self.features(x))
         return out
 
 
