@@ -134,8 +134,8 @@ class GeneratedScenario:
             40 steps).
         fault: ``none``; ``nan`` (a NaN, or on odd seeds Inf, gradient at ``fault_step``);
             ``corrupt`` (one batch 1000x too large); ``labelnoise`` (labels replaced by noise
-            for a few steps); ``infweight`` (one weight set to Inf); ``overflow`` (a GradScaler
-            whose scaled gradients overflow at a few steps).
+            for a few steps); ``infweight`` (one output-layer weight set to Inf); ``overflow``
+            (a GradScaler whose scaled gradients overflow at a few steps).
         seed: model initialisation and data; also the number after ``#`` in :attr:`id`.
         split: the half it belongs to.
         fault_step: the step the fault strikes (``-1`` without one).
@@ -302,8 +302,8 @@ class GeneratedRun(TrainingRun):
             else:
                 y = torch.randint(0, int(y.max()) + 1, y.shape, generator=g)
         if fault == "infweight" and at == 0:
-            with torch.no_grad():
-                next(iter(self.model.parameters())).view(-1)[0] = math.inf
+            with torch.no_grad():  # the output layer's last parameter: every output is Inf
+                list(self.model.parameters())[-1].view(-1)[0] = math.inf
         model = self.model
         if (fault == "nan" and at == 0) or (fault == "overflow" and at in OVERFLOW_OFFSETS):
             model = _Poisoned(model, math.inf if fault == "overflow" or spec.seed % 2 else math.nan)
@@ -331,7 +331,11 @@ class GeneratedRun(TrainingRun):
 
 
 class _Poisoned(nn.Module):
-    """Runs ``model`` and multiplies the gradient flowing back into its output by ``value``."""
+    """Runs ``model``; the gradient flowing back into its first output element becomes ``value``.
+
+    One bad element, as a bad kernel or an fp16 overflow would give: an Inf reaches the head's
+    gradients as Inf, and turns into NaN where it meets opposite signs deeper down.
+    """
 
     def __init__(self, model: nn.Module, value: float) -> None:
         super().__init__()
@@ -339,8 +343,13 @@ class _Poisoned(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.model(x)
-        out.register_hook(lambda g: g * self.value)  # type: ignore[no-untyped-call]
+        out.register_hook(self._poison)  # type: ignore[no-untyped-call]
         return out
+
+    def _poison(self, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        grad.view(-1)[0] = self.value
+        return grad
 
 
 def _mse(model: nn.Module, batch: Batch) -> Tensor:
@@ -448,7 +457,6 @@ def _build(spec: GeneratedScenario) -> GeneratedRun:
             return train
 
     else:
-
         size = 32 if spec.arch in ("mlp", "deepmlp", "cnn") else 16
 
         def batch(step: int) -> Batch:
