@@ -25,7 +25,8 @@ guard's final loss over each peer's (non-finite or larger losses capped at 100x 
 healthy runs the guard left bit-identical to ``none``.
 
 Usage: .venv/bin/python benchmarks/rescue.py [--split tune|validate|all] [--quick] [--jobs N]
-[--cost]
+[--cost] [--check-1x SEEDS]; ``--check-1x 2`` only verifies that every architecture x
+optimizer pair trains at 1x (2 seeds each).
 """
 
 from __future__ import annotations
@@ -365,6 +366,32 @@ def cost(quick: bool) -> str:
     )
 
 
+# ------------------------------------------------------------------------------------ 1x
+def _work_plain(spec: GeneratedScenario) -> tuple[str, RunResult]:
+    return spec.id, generate.run(spec)
+
+
+def check_base_rates(jobs: int, seeds: int) -> str:
+    """Train every architecture x optimizer pair at 1x without protection; return a summary."""
+    specs = [s for seed in range(seeds) for s in generate.base_rate_specs(seed)]
+    results = dict(run_tasks(_work_plain, specs, jobs, 1))
+    print("\n## 1x, no fault, unprotected: held-out loss final / initial\n")
+    print("| run | lr | initial | final | final / initial |\n| --- | --- | --- | --- | --- |")
+    ratios = []
+    for spec in specs:
+        r = results[spec.id]
+        value = r.final / r.initial if r.finite else math.inf
+        ratios.append((value, spec.id))
+        print(f"| {spec.id} | {spec.lr:g} | {r.initial:.3g} | {_fmt(r)} | {value:.3f} |")
+    trained = sum(v < 1.0 for v, _ in ratios)
+    worst, worst_id = max(ratios)
+    median = statistics.median(v for v, _ in ratios)
+    return (
+        f"1x check: {trained}/{len(specs)} runs end below their initial loss; final/initial "
+        f"median {median:.2f}, worst {worst:.2f} ({worst_id})"
+    )
+
+
 # ------------------------------------------------------------------------------------ main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -373,8 +400,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated family")
     parser.add_argument("--cost", action="store_true", help="also time Guard.step and snapshots")
+    parser.add_argument(
+        "--check-1x",
+        type=int,
+        metavar="SEEDS",
+        default=0,
+        help="only train every architecture x optimizer pair at 1x for SEEDS seeds",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.check_1x:
+        print(check_base_rates(args.jobs, args.check_1x))
+        return
     start = time.perf_counter()
     specs = generate.generate(args.split, seed=args.seed)
     if args.quick:

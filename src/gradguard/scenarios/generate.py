@@ -61,6 +61,7 @@ __all__ = [
     "Split",
     "Stepper",
     "base_lr",
+    "base_rate_specs",
     "by_id",
     "classify",
     "generate",
@@ -107,7 +108,7 @@ _SGD_LR: dict[Arch, float] = {
     "gpt": 0.1,
 }
 _ADAPTIVE_LR: dict[Arch, float] = dict.fromkeys(ARCHS, 1e-3) | {"cnn": 3e-3, "gpt": 3e-3}
-_LBFGS_LR: dict[Arch, float] = dict.fromkeys(ARCHS, 0.1) | {"cnn": 0.01}
+_LBFGS_LR: dict[Arch, float] = dict.fromkeys(ARCHS, 0.1) | {"cnn": 0.01, "gpt": 0.03}
 
 
 def base_lr(arch: Arch, optimizer: OptimizerName) -> float:
@@ -224,6 +225,19 @@ def by_id(run_id: str, *, seed: int = 0) -> GeneratedScenario:
         f"no generated run is called {run_id!r} (family seed {seed!r}). List the ids with "
         "[s.id for s in generate()]."
     )
+
+
+def base_rate_specs(seed: int = 0) -> list[GeneratedScenario]:
+    """Every architecture x optimizer pair at 1x, constant rate, no fault: each must train.
+
+    Not part of the family; ``benchmarks/rescue.py --check-1x`` runs them to verify
+    :func:`base_lr` (``seed`` seeds the runs).
+    """
+    return [
+        GeneratedScenario(arch, opt, 1, "constant", "none", seed, "tune")
+        for arch in ARCHS
+        for opt in OPTIMIZERS
+    ]
 
 
 def _cycle(rng: random.Random, values: tuple[str, ...] | tuple[int, ...], n: int) -> list[object]:
