@@ -187,14 +187,17 @@ def report(
     healthy = [s for s in specs if labels[s.id] == "healthy"]
     supported = [s for s in specs if results[s.id]["guard"].status != "unsupported"]
     counts = {m: sum(rescued(results[s.id][m]) for s in exploding) for m in METHODS}
-    geo = {}
-    for peer in ("guard-clip1", *PEERS):
+
+    def geomean(peer: str, chosen: list[GeneratedScenario]) -> float:
         logs = [
             math.log(ratio(results[s.id]["guard"], results[s.id][peer]))
-            for s in exploding
+            for s in chosen
             if s in supported
         ]
-        geo[peer] = math.exp(statistics.fmean(logs)) if logs else math.nan
+        return math.exp(statistics.fmean(logs)) if logs else math.nan
+
+    geo = {peer: geomean(peer, exploding) for peer in ("guard-clip1", *PEERS)}
+    geo_all = {peer: geomean(peer, specs) for peer in ("guard-clip1", *PEERS)}
     worst_id, worst = max(
         ((s.id, ratio(results[s.id]["guard"], results[s.id]["clip-norm"])) for s in supported),
         key=lambda item: item[1],
@@ -208,14 +211,17 @@ def report(
         if s in supported
     )
     unsupported = len(specs) - len(supported)
-    print("\n| method | rescued exploding runs | guard / method (geo. mean) | aborts |")
-    print("| --- | --- | --- | --- |")
+    print(
+        "\n| method | rescued exploding runs | guard / method, exploding (geo. mean) "
+        "| guard / method, all runs | aborts |"
+    )
+    print("| --- | --- | --- | --- | --- |")
     for m in METHODS:
-        g = "1" if m == "guard" else f"{geo[m]:.3f}"
-        print(f"| {m} | {counts[m]}/{len(exploding)} | {g} | {aborts[m]} |")
+        g, g_all = ("1", "1") if m == "guard" else (f"{geo[m]:.3g}", f"{geo_all[m]:.3g}")
+        print(f"| {m} | {counts[m]}/{len(exploding)} | {g} | {g_all} | {aborts[m]} |")
     n_healthy = sum(s in supported for s in healthy)
     rescued_text = " ".join(f"{m} {counts[m]}" for m in METHODS)
-    geo_text = " ".join(f"{m} {geo[m]:.2f}" for m in geo)
+    geo_text = " ".join(f"{m} {geo[m]:.3g}" for m in geo)
     return (
         f"{half}: rescued of {len(exploding)} exploding: {rescued_text}; guard/peer geo-mean "
         f"{geo_text}; worst guard/clip-norm {worst:.2f} ({worst_id}); aborts guard "

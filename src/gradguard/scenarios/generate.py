@@ -21,8 +21,8 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable
-from typing import Literal, Protocol, TypeAlias
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol, TypeAlias, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -96,6 +96,8 @@ OVERFLOW_OFFSETS = (0, 9, 23)
 
 FINAL_WINDOW = 10
 """The final loss is the median of the held-out losses after this many last steps."""
+
+V = TypeVar("V")
 
 _SGD_LR: dict[Arch, float] = {
     "mlp": 0.05,
@@ -240,9 +242,9 @@ def base_rate_specs(seed: int = 0) -> list[GeneratedScenario]:
     ]
 
 
-def _cycle(rng: random.Random, values: tuple[str, ...] | tuple[int, ...], n: int) -> list[object]:
+def _cycle(rng: random.Random, values: Sequence[V], n: int) -> list[V]:
     """``n`` values in which every value appears ``n // len(values)`` or one more times."""
-    out: list[object] = []
+    out: list[V] = []
     while len(out) < n:
         chunk = list(values)
         rng.shuffle(chunk)
@@ -256,7 +258,7 @@ def _half(
     rows: list[tuple[Arch, OptimizerName, int, Fault]] = []
     control_opts = _cycle(rng, OPTIMIZERS, len(ARCHS))
     for arch, opt in zip(ARCHS, control_opts, strict=True):
-        rows.append((arch, opt, 1, "none"))  # type: ignore[arg-type]
+        rows.append((arch, opt, 1, "none"))
     rest = n - len(ARCHS)
     archs = _cycle(rng, ARCHS, rest)
     opts = _cycle(rng, OPTIMIZERS, rest)
@@ -268,7 +270,7 @@ def _half(
             j = next(k for k in range(rest) if opts[k] != "lbfgs" and faults[k] != "overflow")
             faults[i], faults[j] = faults[j], faults[i]
     for i in range(rest):
-        rows.append((archs[i], opts[i], mults[i], faults[i]))  # type: ignore[arg-type]
+        rows.append((archs[i], opts[i], mults[i], faults[i]))
     specs = []
     for k, (arch, opt, mult, fault) in enumerate(rows):
         schedule: Schedule = rng.choice(SCHEDULES if mult > 1 else ("constant", "warmup"))
