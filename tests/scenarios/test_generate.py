@@ -28,7 +28,7 @@ def test_family_has_at_least_60_runs_with_unique_stable_ids() -> None:
     assert len(set(ids)) == len(ids)
     assert [s.id for s in gen.generate()] == ids  # the same family on every call
     # Pinned: a change to the sampler renames runs, and results tuned on them stop applying.
-    assert ids[:2] == ["mlp-rmsprop-x1-constant-none#0", "deepmlp-adam-x1-constant-none#1"]
+    assert ids[:2] == ["mlp-rmsprop-x1-constant-none#0", "deepmlp-adam-x1-warmup-none#1"]
     assert ALL[0].id.count("-") == 4 and ALL[0].id.endswith("#0")
     assert gen.by_id(ALL[41].id) == ALL[41]
     with pytest.raises(ConfigError, match="no generated run is called 'nope'"):
