@@ -10,7 +10,8 @@ every configuration sees the same trajectory). The unprotected outcome labels th
   fault when the run has one (an alarm before the fault cannot be about it);
 * false-alarm warnings: warning or critical alerts on healthy runs (and how many runs had any);
 * lead: incident step minus the first alarm in the window; the median over caught runs and over
-  gradual explosions (no injected fault, at least 10 healthy steps first);
+  gradual explosions (the incident came 10 or more steps after its fault, or after the start
+  when the rate alone is the cause);
 * alerts per incident: the median number of warning or critical alerts from the first alarm to
   the incident step of a caught run (1 is ideal; dozens drown the message).
 
@@ -197,7 +198,7 @@ def score(
         caught += 1
         lead = incident - timely[0][0]
         leads.append(lead)
-        if spec.fault == "none" and incident >= 10:
+        if incident - fault >= 10:  # it took ten steps or more to go wrong
             gradual.append(lead)
         per_incident.append(sum(n for _, n in timely))
         cells[spec.id] = f"{lead}"
