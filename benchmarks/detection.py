@@ -1,29 +1,30 @@
-"""Early warning: does a detector warn before the run diverges, and stay quiet when it does not?
+"""Early warning on the generated family: does a detector warn before a run goes wrong?
 
-Runs every scenario of ``gradguard.scenarios`` (seeded, CPU) once per detector configuration,
-with a live ``gg.Monitor`` holding that configuration's detectors (monitors never change the
-run, so each configuration sees the same trajectory). For each configuration:
+Every run of ``gradguard.scenarios.generate`` is trained once without protection, with one
+``gg.Monitor`` per detector configuration observing it (monitors only read the gradients, so
+every configuration sees the same trajectory). The unprotected outcome labels the run
+(``generate.classify``): *exploding*, *healthy* or *tolerated*. For each configuration and half:
 
-* recall: exploding runs with a warning-or-critical alert at or before the divergence step, not
-  earlier than ``--horizon`` steps before it (an alarm that early is *premature*: the run still
-  looked healthy, so it counts as a false alarm of that run, and the next alarm is used);
-* lead: divergence step minus first (non-premature) alarm step; median over caught runs, and
-  over the gradual runs alone;
-* false-alarm runs: healthy runs with any warning or critical alert.
+* recall: exploding runs with a warning or critical alert in the window that ends at the
+  incident step (``generate.incident_step``) and starts ``--horizon`` steps before it, or at the
+  fault when the run has one (an alarm before the fault cannot be about it);
+* false-alarm warnings: warning or critical alerts on healthy runs (and how many runs had any);
+* lead: incident step minus the first alarm in the window; the median over caught runs and over
+  gradual explosions (the incident came 10 or more steps after its fault, or after the start
+  when the rate alone is the cause);
+* alerts per incident: the median number of warning or critical alerts from the first alarm to
+  the incident step of a caught run (1 is ideal; dozens drown the message).
 
-Configurations: gradguard's default preset; the textbook preset (five-strategy monitor); the
-textbook threshold+growth detector; a NaN-only check (what ``clip_grad_norm_(...,
-error_if_nonfinite=True)`` catches); and a ZClip-style EMA z-score rule (z > 2.5 after a
-25-step warm-up, Kumar et al. 2025). Baselines get the benefit of the doubt: a non-finite norm
-counts as an alarm for every one of them.
+Configurations: gradguard's default preset; the textbook preset; the textbook threshold+growth
+detector; a NaN-only check (what ``clip_grad_norm_(..., error_if_nonfinite=True)`` catches); a
+ZClip-style EMA z-score rule (z > 2.5 after a 25-step warm-up, Kumar et al. 2025).
 
-Prints a markdown table and one summary line. Usage: python benchmarks/detection.py [--quick]
+Usage: .venv/bin/python benchmarks/detection.py [--split tune|validate|all] [--quick] [--jobs N]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import statistics
 import time
@@ -34,9 +35,11 @@ import torch
 from torch import Tensor
 
 import gradguard as gg
-from gradguard import scenarios
+from family import run_tasks
 from gradguard.detect import Detector, NonFiniteDetector, ThresholdGrowthDetector, preset
 from gradguard.records import Alert, AlertKind, Observation, Severity
+from gradguard.scenarios import generate
+from gradguard.scenarios.generate import GeneratedRun, GeneratedScenario, RunResult
 
 
 class EMAZScoreDetector:
@@ -103,120 +106,175 @@ CONFIGS: dict[str, Callable[[], list[Detector]]] = {
 }
 
 
-@dataclasses.dataclass
-class Outcome:
-    """One configuration on one scenario."""
-
-    divergence: int | None
-    alarms: list[int]  # steps with a warning or critical alert
-    kind: str
+Alarms = dict[str, list[tuple[int, int]]]
+"""Configuration -> ``(step, warning-or-critical alerts at that step)`` for every alarmed step."""
 
 
-def run_scenario(
-    scenario: scenarios.Scenario, detectors: list[Detector]
-) -> tuple[scenarios.Trace, list[int]]:
-    """Train ``scenario`` unguarded under a Monitor of ``detectors``: its trace and alarm steps."""
-    alarms: list[int] = []
-    monitor: gg.Monitor | None = None
+class Watch:
+    """The unprotected step, with every configuration's monitor observing it first."""
 
-    def hook(run: scenarios.TrainingRun, step: int, loss: Tensor) -> None:
-        nonlocal monitor
-        if monitor is None:
-            monitor = gg.Monitor(run.model, detectors=detectors)
-        alerts = monitor.observe(loss)
-        if any(a.severity is not Severity.INFO for a in alerts):
-            alarms.append(step)
+    def __init__(self, run: GeneratedRun) -> None:
+        self.run = run
+        self.monitors = {name: gg.Monitor(run.model, detectors=b()) for name, b in CONFIGS.items()}
+        self.alarms: Alarms = {name: [] for name in CONFIGS}
+        self.step = 0
 
-    return scenarios.train(scenario, hook), alarms
+    def _observe(self, loss: Tensor) -> None:
+        for name, monitor in self.monitors.items():
+            n = sum(a.severity is not Severity.INFO for a in monitor.observe(loss))
+            if n:
+                self.alarms[name].append((self.step, n))
+
+    def __call__(self, loss: Tensor | None, closure: Callable[[], Tensor] | None) -> None:
+        run = self.run
+        if closure is not None:
+
+            def watched() -> Tensor:
+                value = closure()
+                self._observe(value.detach())
+                return value
+
+            run.optimizer.step(watched)
+        elif run.scaler is not None:
+            assert loss is not None
+            run.scaler.unscale_(run.optimizer)
+            self._observe(loss.detach())
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+        else:
+            assert loss is not None
+            self._observe(loss.detach())
+            run.optimizer.step()
+        run.step_scheduler()
+        self.step += 1
 
 
-def score(outcomes: Mapping[str, Outcome], horizon: int) -> dict[str, Any]:
-    """Recall, leads, premature alarms and false-alarm runs of one configuration."""
-    caught, leads, gradual, premature, false_runs = 0, [], [], 0, 0
-    exploding = healthy = 0
-    per: dict[str, str] = {}
-    for name, out in outcomes.items():
-        if out.divergence is None:
+def _work(spec: GeneratedScenario) -> tuple[str, tuple[RunResult, Alarms]]:
+    watches: list[Watch] = []
+
+    def method(run: GeneratedRun) -> Watch:
+        watches.append(Watch(run))
+        return watches[0]
+
+    result = generate.run(spec, method)
+    return spec.id, (result, watches[0].alarms)
+
+
+def score(
+    specs: list[GeneratedScenario],
+    results: Mapping[str, tuple[RunResult, Alarms]],
+    config: str,
+    horizon: int,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Recall, false alarms, leads and alerts per incident of one configuration on ``specs``."""
+    caught = exploding = healthy = fa_runs = fa_alerts = 0
+    leads: list[int] = []
+    gradual: list[int] = []
+    per_incident: list[int] = []
+    cells: dict[str, str] = {}
+    for spec in specs:
+        result, alarms = results[spec.id]
+        steps = alarms[config]
+        label = generate.classify(spec, result)
+        if label == "healthy":
             healthy += 1
-            false_runs += bool(out.alarms)
-            per[name] = f"FA x{len(out.alarms)}" if out.alarms else "quiet"
+            count = sum(n for _, n in steps)
+            fa_alerts += count
+            fa_runs += bool(count)
+            cells[spec.id] = f"FA x{count}" if count else "quiet"
+            continue
+        if label != "exploding":
+            cells[spec.id] = f"({len(steps)} alarmed)" if steps else "-"
             continue
         exploding += 1
-        early = [s for s in out.alarms if s < out.divergence - horizon]
-        premature += bool(early)
-        timely = [s for s in out.alarms if out.divergence - horizon <= s <= out.divergence]
-        if timely:
-            caught += 1
-            lead = out.divergence - timely[0]
-            leads.append(lead)
-            if out.kind == "gradual":
-                gradual.append(lead)
-            per[name] = f"{lead}" + ("*" if early else "")
-        else:
-            per[name] = "miss" + ("*" if early else "")
+        incident = generate.incident_step(spec, result)
+        # An alarm before the fault cannot be about it (unless the run broke before the fault).
+        fault = spec.fault_step if 0 <= spec.fault_step <= incident else 0
+        start = max(incident - horizon, fault)
+        timely = [(s, n) for s, n in steps if start <= s <= incident]
+        if not timely:
+            cells[spec.id] = "miss"
+            continue
+        caught += 1
+        lead = incident - timely[0][0]
+        leads.append(lead)
+        if incident - fault >= 10:  # it took ten steps or more to go wrong
+            gradual.append(lead)
+        per_incident.append(sum(n for _, n in timely))
+        cells[spec.id] = f"{lead}"
     return {
         "recall": (caught, exploding),
+        "false_alarms": (fa_alerts, fa_runs, healthy),
         "lead": statistics.median(leads) if leads else None,
-        "gradual_lead": statistics.median(gradual) if gradual else None,
-        "premature": premature,
-        "false_alarms": (false_runs, healthy),
-        "per": per,
-    }
+        "gradual": statistics.median(gradual) if gradual else None,
+        "per_incident": statistics.median(per_incident) if per_incident else None,
+    }, cells
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:g}"
+
+
+def report(
+    half: str,
+    specs: list[GeneratedScenario],
+    results: Mapping[str, tuple[RunResult, Alarms]],
+    horizon: int,
+) -> str:
+    """Print one half's tables and return its summary."""
+    scored = {c: score(specs, results, c, horizon) for c in CONFIGS}
+    print(f"\n## {half}: {len(specs)} runs\n")
+    print("per run: lead in steps, miss, quiet, or FA xN (false-alarm warnings)")
+    print("| run | outcome | incident | " + " | ".join(CONFIGS) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in CONFIGS) + " |")
+    for spec in specs:
+        result = results[spec.id][0]
+        label = generate.classify(spec, result)
+        incident = generate.incident_step(spec, result) if label == "exploding" else None
+        cells = " | ".join(scored[c][1][spec.id] for c in CONFIGS)
+        print(f"| {spec.id} | {label} | {_fmt(incident)} | {cells} |")
+    print(
+        "\n| configuration | recall | false-alarm warnings (runs) | median lead | gradual lead "
+        "| alerts per incident |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    parts = []
+    for config, (r, _) in scored.items():
+        (caught, total), (alerts, runs, healthy) = r["recall"], r["false_alarms"]
+        print(
+            f"| {config} | {caught}/{total} | {alerts} ({runs}/{healthy}) | {_fmt(r['lead'])} "
+            f"| {_fmt(r['gradual'])} | {_fmt(r['per_incident'])} |"
+        )
+        parts.append(
+            f"{config} recall {caught}/{total} false-alarms {alerts} ({runs}/{healthy} runs) lead "
+            f"{_fmt(r['lead'])} (gradual {_fmt(r['gradual'])}) alerts/incident "
+            f"{_fmt(r['per_incident'])}"
+        )
+    return f"{half}: " + ", ".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="skip the per-scenario table")
+    parser.add_argument("--split", choices=("tune", "validate", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="every sixth run only")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated family")
     parser.add_argument("--horizon", type=int, default=100, help="earliest useful lead (steps)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-
-    names = scenarios.names()
-    results: dict[str, dict[str, Any]] = {}
-    divergence: dict[str, int | None] = {}
-    for config, build in CONFIGS.items():
-        outcomes = {}
-        for name in names:
-            scenario = scenarios.get(name)
-            trace, alarms = run_scenario(scenario, build())
-            divergence[name] = trace.divergence_step
-            outcomes[name] = Outcome(trace.divergence_step, alarms, scenario.kind)
-        results[config] = score(outcomes, args.horizon)
-
-    print(
-        f"{len(names)} scenarios, alarms = first warning or critical alert; lead = divergence"
-        f" step - alarm step (alarms > {args.horizon} steps early are premature)\n"
-    )
-    print("| configuration | recall | false-alarm runs | premature | median lead | gradual lead |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for config, r in results.items():
-        print(
-            f"| {config} | {r['recall'][0]}/{r['recall'][1]} | {r['false_alarms'][0]}/"
-            f"{r['false_alarms'][1]} | {r['premature']} | {_fmt(r['lead'])} "
-            f"| {_fmt(r['gradual_lead'])} |"
-        )
-    if not args.quick:
-        print("\nper scenario: lead in steps, miss, quiet, or FA xN (false alarms); * = premature")
-        print("| scenario | kind | divergence | " + " | ".join(CONFIGS) + " |")
-        print("| --- | --- | --- | " + " | ".join("---" for _ in CONFIGS) + " |")
-        for name in names:
-            cells = " | ".join(results[c]["per"][name] for c in CONFIGS)
-            kind = scenarios.get(name).kind
-            print(f"| {name} | {kind} | {_fmt(divergence[name])} | {cells} |")
-    parts = []
-    for config, r in results.items():
-        parts.append(
-            f"{config} recall {r['recall'][0]}/{r['recall'][1]} false-alarms "
-            f"{r['false_alarms'][0]}/{r['false_alarms'][1]} median lead {_fmt(r['lead'])} "
-            f"(gradual {_fmt(r['gradual_lead'])})"
-        )
-    print(f"\n({time.perf_counter() - start:.0f} s)")
-    print("detection: " + " | ".join(parts))
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
+    specs = generate.generate(args.split, seed=args.seed)
+    if args.quick:
+        specs = specs[::6]
+    print(f"# Detection on {len(specs)} generated runs x {len(CONFIGS)} configurations")
+    results = dict(run_tasks(_work, specs, args.jobs, 1))
+    summaries = [
+        report(half, [s for s in specs if s.split == half], results, args.horizon)
+        for half in ("tune", "validate")
+        if any(s.split == half for s in specs)
+    ]
+    print(f"\n({time.perf_counter() - start:.0f} s with --jobs {args.jobs})")
+    print("detection: " + " | ".join(summaries))
 
 
 if __name__ == "__main__":

@@ -1,161 +1,236 @@
-"""Rescue: every scenario under no protection, four clipping peers and Guard defaults, side by side.
+"""Rescue on the generated family: Guard against no protection and five clipping peers, per run.
 
-For each scenario of ``gradguard.scenarios`` and each method, train from the same seed and
-report: whether the run ends finite (last losses and every parameter), the final loss (mean of
-the last 10 training losses), the steps lost (peers: steps after the first non-finite loss;
-Guard: skipped steps plus applied steps undone by rollbacks) and the interventions (steps whose
-gradients were changed or dropped). Methods:
+Every run of ``gradguard.scenarios.generate`` (8 architectures x 6 optimizers x learning-rate
+multipliers 1-100x, schedules and faults, seeded, CPU) is trained once per method from the same
+seed. Methods:
 
-* ``none``: plain ``optimizer.step()``;
-* ``clip-norm``: ``torch.nn.utils.clip_grad_norm_(params, 1.0)``;
-* ``clip-value``: ``torch.nn.utils.clip_grad_value_(params, 1.0)``;
-* ``autoclip``: ``gg.clip.PercentileClipper(10)``, the 10th percentile of recent norms
-  (AutoClip, Seetharaman et al. 2020);
-* ``zclip``: ``gg.clip.ZScoreClipper(2.5, 0.97)``, clip a norm whose log is more than 2.5
-  EMA standard deviations above its EMA mean (ZClip, Kumar et al. 2025);
-* ``gradguard``: ``gg.Guard(model, optimizer, scheduler=...)`` with its defaults.
+* ``guard``: ``gg.Guard(model, optimizer, scheduler=..., scaler=...)`` with its defaults;
+* ``guard-clip1``: the same with ``clip=1.0``;
+* ``none``: plain ``optimizer.step()`` (through the GradScaler in ``overflow`` runs);
+* ``clip-norm`` / ``clip-value``: ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_`` at
+  1.0 every step, then the step;
+* ``autoclip``: ``gg.clip.PercentileClipper(10)`` every step (AutoClip, Seetharaman et al. 2020);
+* ``zclip``: ``gg.clip.ZScoreClipper(2.5, 0.97)`` every step (ZClip, Kumar et al. 2025).
 
-A scenario whose fault is injected (``corrupted_batch``) is also trained without the fault,
-unprotected: the ``fault-free`` row. A rescue that drops the bad step can at best match it, so a
-peer that beats it profits from the corrupted batch itself; the summary says when that happens.
+LBFGS runs step through a closure (the peers clip inside it); a guard whose ``step`` takes no
+``closure`` cannot drive them, and those cells read ``unsupported``.
 
-Then the cost of guarding: an incident-free ``Guard.step`` (with a no-op optimizer, so only the
-guard is timed) against ``measure + clip + one host transfer`` on large gradient sets, in
-interleaved rounds; and the snapshot cost as a percentage of a training step at the default
-interval. Ends with two summary lines.
+Final loss: the median of the held-out losses (a fixed batch never trained on) after the last 10
+steps; for a run the guard aborted (``TrainingDivergedError``), the held-out loss at the abort.
+A run is *exploding*, *healthy* or *tolerated* by what the unprotected run did
+(``generate.classify``). Per half (tuning, validation) the summary gives: rescued exploding runs
+(finite, final loss <= the untrained model's), the geometric mean over exploding runs of the
+guard's final loss over each peer's (non-finite or larger losses capped at 100x the initial loss,
+1e-3 x initial added to both), the worst guard / clip-norm ratio over all runs, aborts, and the
+healthy runs the guard left bit-identical to ``none``.
 
-Usage: .venv/bin/python benchmarks/rescue.py [--quick] [--seeds N] [--guard-clip auto|none|1.0]
+Usage: .venv/bin/python benchmarks/rescue.py [--split tune|validate|all] [--quick] [--jobs N]
+[--cost] [--check-1x SEEDS]; ``--check-1x 2`` only verifies that every architecture x
+optimizer pair trains at 1x (2 seeds each).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import inspect
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 import gradguard as gg
+from family import run_tasks
 from gradguard import scenarios
+from gradguard.scenarios import generate
+from gradguard.scenarios.generate import GeneratedRun, GeneratedScenario, RunResult, Stepper
 
-PEERS = ("none", "clip-norm", "clip-value", "autoclip", "zclip")
-METHODS = (*PEERS, "gradguard")
-
-
-# ------------------------------------------------------------------------------------ peers
-class _ClipperPeer:
-    """A gradguard clipper object run as a peer: measure, ``clip_``, then the optimizer step."""
-
-    def __init__(self, clipper: gg.Clipper) -> None:
-        self.clipper = clipper
-
-    def __call__(self, params: list[Tensor]) -> bool:
-        coef = self.clipper.clip_(gg.measure(params))
-        return bool((coef < 1.0).any())  # a host read, for the interventions column only
+METHODS = ("guard", "guard-clip1", "none", "clip-norm", "clip-value", "autoclip", "zclip")
+PEERS = METHODS[2:]
+CAP = 100.0
+"""A non-finite (or larger) final loss counts as this many times the initial loss in ratios."""
+FLOOR = 1e-3
+"""Added to both final losses (times the initial loss) before a ratio: ~0 and ~0 are a tie."""
 
 
-def _peer_clipper(method: str) -> Callable[[list[Tensor]], bool]:
-    if method == "clip-norm":
-        return lambda ps: bool(torch.nn.utils.clip_grad_norm_(ps, 1.0).item() > 1.0)
-    if method == "clip-value":
-
-        def clip_value(ps: list[Tensor]) -> bool:
-            hit = any(bool((p.grad.abs() > 1.0).any()) for p in ps if p.grad is not None)
-            torch.nn.utils.clip_grad_value_(ps, 1.0)
-            return hit
-
-        return clip_value
-    if method == "autoclip":
-        return _ClipperPeer(gg.clip.PercentileClipper(percentile=10.0))
-    if method == "zclip":
-        return _ClipperPeer(gg.clip.ZScoreClipper(z_threshold=2.5, alpha=0.97))
-    return lambda ps: False
+# ------------------------------------------------------------------------------------ methods
+def guard_supports_closures() -> bool:
+    """Whether ``Guard.step`` takes a ``closure`` (needed for LBFGS)."""
+    return "closure" in inspect.signature(gg.Guard.step).parameters
 
 
-# ------------------------------------------------------------------------------------ runs
-@dataclasses.dataclass
-class Outcome:
-    """What one method did on one scenario."""
+class GuardStepper:
+    """``guard.step`` as a :class:`~gradguard.scenarios.generate.Stepper`, with its counters."""
 
-    finite: bool
-    final: float
-    lost: int
-    interventions: int
-    note: str = ""
+    def __init__(self, run: GeneratedRun, clip: Any) -> None:
+        self.guard = gg.Guard(
+            run.model, run.optimizer, scheduler=run.scheduler, scaler=run.scaler, clip=clip
+        )
+
+    def __call__(self, loss: Tensor | None, closure: Callable[[], Tensor] | None) -> None:
+        if closure is not None:
+            self.guard.step(closure=closure)  # type: ignore[call-arg]
+        else:
+            self.guard.step(loss)
+
+    def note(self) -> str:
+        c = self.guard.counters
+        parts = [f"{k} {c[k]}" for k in ("clipped", "skipped", "backoffs", "rollbacks") if c[k]]
+        return ", ".join(parts) or "-"
 
 
-def _all_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+class ClipStepper:
+    """A peer: clip the gradients with ``clip`` every step, then step as usual."""
+
+    def __init__(self, run: GeneratedRun, clip: Callable[[list[Tensor]], object]) -> None:
+        self.run, self.clip = run, clip
+        self.params = [p for g in run.optimizer.param_groups for p in g["params"]]
+
+    def __call__(self, loss: Tensor | None, closure: Callable[[], Tensor] | None) -> None:
+        run = self.run
+        if closure is not None:
+
+            def clipped() -> Tensor:
+                value = closure()
+                self.clip(self.params)
+                return value
+
+            run.optimizer.step(clipped)
+        elif run.scaler is not None:
+            run.scaler.unscale_(run.optimizer)
+            self.clip(self.params)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+        else:
+            self.clip(self.params)
+            run.optimizer.step()
+        run.step_scheduler()
 
 
-GUARD_CLIP: Any = "auto"
-"""The guard's ``clip`` argument (``--guard-clip``); the default is Guard's own default."""
+def _clipper(clipper: gg.Clipper) -> Callable[[list[Tensor]], object]:
+    return lambda params: clipper.clip_(gg.measure(params))
 
 
-def run_method(scenario: Any, method: str, seed: int, *, fault_free: bool = False) -> Outcome:
-    """Train ``scenario`` with ``method`` from ``seed``; return its :class:`Outcome`.
+def make_method(name: str) -> generate.Method:
+    """The method called ``name`` (one of :data:`METHODS`)."""
 
-    ``fault_free`` trains the scenario's run without its injected fault instead (see
-    ``Scenario.build_fault_free``): the yardstick a rescue that drops the fault can reach.
-    """
-    run = scenario.build_fault_free(seed) if fault_free else scenario.build(seed)
-    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
-    steps = scenario.steps
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    guard = (
-        gg.Guard(model, optimizer, scheduler=scheduler, clip=GUARD_CLIP)
-        if method == "gradguard"
-        else None
+    def build(run: GeneratedRun) -> Stepper | None:
+        if name in ("guard", "guard-clip1"):
+            if isinstance(run.optimizer, torch.optim.LBFGS) and not guard_supports_closures():
+                return None
+            return GuardStepper(run, "auto" if name == "guard" else 1.0)
+        if name == "none":
+            return generate.plain(run)
+        if name == "clip-norm":
+            return ClipStepper(run, lambda ps: torch.nn.utils.clip_grad_norm_(ps, 1.0))
+        if name == "clip-value":
+            return ClipStepper(run, lambda ps: torch.nn.utils.clip_grad_value_(ps, 1.0))
+        if name == "autoclip":
+            return ClipStepper(run, _clipper(gg.clip.PercentileClipper(percentile=10.0)))
+        if name == "zclip":
+            return ClipStepper(run, _clipper(gg.clip.ZScoreClipper(z_threshold=2.5, alpha=0.97)))
+        raise ValueError(f"method must be one of {METHODS}, got {name!r}.")
+
+    return build
+
+
+def _work(task: tuple[GeneratedScenario, str]) -> tuple[str, tuple[str, RunResult]]:
+    spec, method = task
+    return spec.id, (method, generate.run(spec, make_method(method)))
+
+
+# ------------------------------------------------------------------------------------ scoring
+def capped(result: RunResult) -> float:
+    """The final loss for ratios: non-finite or above ``CAP`` x initial counts as that cap."""
+    top = CAP * result.initial
+    return min(result.final, top) if result.finite else top
+
+
+def ratio(a: RunResult, b: RunResult) -> float:
+    """``a``'s capped final loss over ``b``'s, both floored."""
+    floor = FLOOR * a.initial
+    return (capped(a) + floor) / (capped(b) + floor)
+
+
+def rescued(result: RunResult) -> bool:
+    """Ends finite with a final loss no worse than the untrained model's."""
+    return result.status != "unsupported" and result.finite and result.final <= result.initial
+
+
+def _fmt(result: RunResult) -> str:
+    if result.status == "unsupported":
+        return "unsupported"
+    text = f"{result.final:.3g}" if math.isfinite(result.final) else "nan"
+    return text + (" (aborted)" if result.status == "aborted" else "")
+
+
+def report(
+    half: str, specs: list[GeneratedScenario], results: dict[str, dict[str, RunResult]]
+) -> str:
+    """Print the per-run table of one half and return its summary."""
+    print(f"\n## {half}: {len(specs)} runs, final loss = median held-out loss of the last 10\n")
+    print("| run | outcome | " + " | ".join(METHODS) + " | guard did |")
+    print("| --- | --- | " + " | ".join("---" for _ in METHODS) + " | --- |")
+    labels: dict[str, str] = {}
+    for spec in specs:
+        r = results[spec.id]
+        label = generate.classify(spec, r["none"])
+        labels[spec.id] = label
+        if spec.expected_healthy and label != "healthy":
+            label += " (a 1x run without fault should train: generator bug)"
+        cells = " | ".join(_fmt(r[m]) for m in METHODS)
+        print(f"| {spec.id} | {label} | {cells} | {r['guard'].note} |")
+    exploding = [s for s in specs if labels[s.id] == "exploding"]
+    healthy = [s for s in specs if labels[s.id] == "healthy"]
+    supported = [s for s in specs if results[s.id]["guard"].status != "unsupported"]
+    counts = {m: sum(rescued(results[s.id][m]) for s in exploding) for m in METHODS}
+
+    def geomean(peer: str, chosen: list[GeneratedScenario]) -> float:
+        logs = [
+            math.log(ratio(results[s.id]["guard"], results[s.id][peer]))
+            for s in chosen
+            if s in supported
+        ]
+        return math.exp(statistics.fmean(logs)) if logs else math.nan
+
+    geo = {peer: geomean(peer, exploding) for peer in ("guard-clip1", *PEERS)}
+    geo_all = {peer: geomean(peer, specs) for peer in ("guard-clip1", *PEERS)}
+    worst_id, worst = max(
+        ((s.id, ratio(results[s.id]["guard"], results[s.id]["clip-norm"])) for s in supported),
+        key=lambda item: item[1],
+        default=("-", math.nan),
     )
-    clipper = _peer_clipper(method)
-    losses: list[float] = []
-    interventions, first_bad, aborted = 0, None, False
-    for step in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss = run.compute_loss(step)
-        loss.backward()
-        if guard is not None:
-            try:
-                guard.step(loss)
-            except gg.errors.TrainingDivergedError:
-                losses.append(math.nan)
-                aborted = True
-                break
-            losses.append(float(guard.monitor.last.loss))  # type: ignore[union-attr, arg-type]
-            continue
-        value = loss.item()
-        losses.append(value)
-        if first_bad is None and not math.isfinite(value):
-            first_bad = step
-        interventions += clipper(params)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-    last = losses[-10:]
-    finite_last = [v for v in last if math.isfinite(v)]
-    finite = (
-        _all_finite(model)
-        and bool(finite_last)
-        and (guard is not None or len(finite_last) == len(last))
+    aborts = {m: sum(results[s.id][m].status == "aborted" for s in specs) for m in METHODS}
+    identical = sum(
+        results[s.id]["guard"].losses == results[s.id]["none"].losses
+        and results[s.id]["guard"].checksum == results[s.id]["none"].checksum
+        for s in healthy
+        if s in supported
     )
-    final = statistics.fmean(finite_last) if finite else math.nan
-    if guard is not None:
-        c = guard.counters
-        lost = c["skipped"] + c["steps_lost"]
-        touched = c["clipped"] + c["skipped"]
-        note = f"clip {c['clipped']} skip {c['skipped']} backoff {c['backoffs']} "
-        note += f"rollback {c['rollbacks']}" + (" ABORTED" if aborted else "")
-        return Outcome(finite, final, lost, touched, note)
-    lost = steps - first_bad if first_bad is not None else 0
-    return Outcome(finite, final, lost, interventions)
+    unsupported = len(specs) - len(supported)
+    print(
+        "\n| method | rescued exploding runs | guard / method, exploding (geo. mean) "
+        "| guard / method, all runs | aborts |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for m in METHODS:
+        g, g_all = ("1", "1") if m == "guard" else (f"{geo[m]:.3g}", f"{geo_all[m]:.3g}")
+        print(f"| {m} | {counts[m]}/{len(exploding)} | {g} | {g_all} | {aborts[m]} |")
+    n_healthy = sum(s in supported for s in healthy)
+    rescued_text = " ".join(f"{m} {counts[m]}" for m in METHODS)
+    geo_text = " ".join(f"{m} {geo[m]:.3g}" for m in geo)
+    return (
+        f"{half}: rescued of {len(exploding)} exploding: {rescued_text}; guard/peer geo-mean "
+        f"{geo_text}; worst guard/clip-norm {worst:.2f} ({worst_id}); aborts guard "
+        f"{aborts['guard']} guard-clip1 {aborts['guard-clip1']}; healthy identical "
+        f"{identical}/{n_healthy}; unsupported {unsupported}"
+    )
 
 
-# ------------------------------------------------------------------------------------ overhead
+# ------------------------------------------------------------------------------------ cost
 def _gpt2_small() -> list[tuple[int, ...]]:
     d, vocab, ctx = 768, 50257, 1024
     shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
@@ -205,10 +280,7 @@ def _rounds(fns: dict[str, Callable[[], object]], steps: int, reps: int) -> dict
 
 
 def guard_overhead(quick: bool) -> list[tuple[str, float, float, float, float, float]]:
-    """Per gradient set: ms and median ratio of an incident-free and of a clipping guard step.
-
-    Returns ``(name, ms measure+clip, ms guard, ratio, ms clipping guard, ratio)`` tuples.
-    """
+    """Per gradient set: ms and median ratio of an incident-free and of a clipping guard step."""
     steps, reps = (3, 5) if quick else (5, 9)
     out = []
     for name, build in GRADIENT_SETS.items():
@@ -224,8 +296,7 @@ def guard_overhead(quick: bool) -> list[tuple[str, float, float, float, float, f
             gg.clip_by_global_norm_(None, 1.0, stats=stats)
             return stats.total_norm.item()  # the one host transfer
 
-        # The same guard forced to clip every step (a bound far below the norm): the cost when
-        # it does intervene, e.g. during an incident.
+        # The same guard forced to clip every step: the cost while it intervenes.
         clipping = gg.Guard(module, _NoStep(params), snapshot_every=None, clip=1e-9)
         fns = {
             "base": baseline,
@@ -234,60 +305,38 @@ def guard_overhead(quick: bool) -> list[tuple[str, float, float, float, float, f
         }
         times = _rounds(fns, steps, reps)
         base = times["base"]
-        ratio = statistics.median(g / b for g, b in zip(times["guard"], base, strict=True))
-        ratio_clip = statistics.median(g / b for g, b in zip(times["clipping"], base, strict=True))
+        r_guard = statistics.median(g / b for g, b in zip(times["guard"], base, strict=True))
+        r_clip = statistics.median(g / b for g, b in zip(times["clipping"], base, strict=True))
         out.append(
             (
                 name,
                 statistics.median(base) * 1e3,
                 statistics.median(times["guard"]) * 1e3,
-                ratio,
+                r_guard,
                 statistics.median(times["clipping"]) * 1e3,
-                ratio_clip,
+                r_clip,
             )
         )
         del module, params, guard, clipping
     return out
 
 
-def _mid_model_run(seed: int) -> Any:
-    """A 4M-parameter MLP regression step (Adam), for the snapshot cost of a larger model."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Linear(512, 1024),
-        nn.ReLU(),
-        nn.Linear(1024, 1024),
-        nn.ReLU(),
-        nn.Linear(1024, 1024),
-        nn.ReLU(),
-        nn.Linear(1024, 512),
-        nn.ReLU(),
-        nn.Linear(512, 1),
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x, y = torch.randn(256, 512), torch.randn(256, 1)
-    return scenarios.base.TrainingRun(
-        model, optimizer, lambda step: (x, y), lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])
-    )
-
-
-def snapshot_cost(runs: dict[str, Any], steps: int) -> list[tuple[str, float, float, float]]:
-    """Per run: ``(name, ms per guarded step, ms per snapshot, % at the default interval)``."""
-    every = _default_snapshot_every()
+def snapshot_cost(steps: int) -> list[tuple[str, float, float, float]]:
+    """Per healthy catalogue run: ``(name, ms per guarded step, ms per snapshot, % of steps)``."""
+    every = int(inspect.signature(gg.Guard).parameters["snapshot_every"].default)
     out = []
-    for name, run in runs.items():
+    for name in scenarios.names():
+        scenario = scenarios.get(name)
+        if scenario.explodes:
+            continue
+        run = scenario.build(0)
         guard = gg.Guard(run.model, run.optimizer, scheduler=run.scheduler, snapshot_every=None)
-
-        def train_step(step: int, run: Any = run, guard: gg.Guard = guard) -> None:
+        start = time.perf_counter()
+        for step in range(steps):
             run.optimizer.zero_grad(set_to_none=True)
             loss = run.compute_loss(step)
             loss.backward()
             guard.step(loss)
-
-        train_step(0)
-        start = time.perf_counter()
-        for step in range(1, steps + 1):
-            train_step(step)
         t_step = (time.perf_counter() - start) / steps
         samples = []
         for _ in range(5):
@@ -299,136 +348,107 @@ def snapshot_cost(runs: dict[str, Any], steps: int) -> list[tuple[str, float, fl
     return out
 
 
-def _default_snapshot_every() -> int:
-    import inspect
-
-    default = inspect.signature(gg.Guard).parameters["snapshot_every"].default
-    return int(default)
-
-
-# ------------------------------------------------------------------------------------ report
-def _fmt(value: float) -> str:
-    return "nan" if not math.isfinite(value) else f"{value:.4g}"
-
-
-def _scenario_list() -> Iterator[tuple[str, Any]]:
-    for name in scenarios.names():
-        yield name, scenarios.get(name)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer timing rounds")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per scenario")
-    parser.add_argument(
-        "--guard-clip",
-        default="auto",
-        help="the guard's clip argument: 'auto' (default), 'none' or a fixed max norm",
-    )
-    args = parser.parse_args()
-    global GUARD_CLIP
-    choice = args.guard_clip.lower()
-    GUARD_CLIP = "auto" if choice == "auto" else None if choice == "none" else float(choice)
-    torch.set_num_threads(1)
-    seeds = range(args.seeds if args.seeds is not None else (1 if args.quick else 3))
-
-    print(f"## Rescue: final loss = mean of the last 10 training losses, {len(seeds)} seed(s)\n")
-    print("| scenario | kind | method | ends finite | final loss | steps lost | interventions |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    finite_counts = dict.fromkeys(METHODS, 0)
-    exploding_total = 0
-    healthy_ratios: list[float] = []
-    peer_ratios: list[tuple[str, str, float]] = []
-    beyond_clean: list[tuple[str, str, float]] = []  # (tag, best peer, peer / fault-free)
-    for name, scenario in _scenario_list():
-        exploding = bool(scenario.explodes)
-        for seed in seeds:
-            outcomes = {m: run_method(scenario, m, seed) for m in METHODS}
-            tag = f"{name}#{seed}" if len(seeds) > 1 else name
-            rows = dict(outcomes)
-            if scenario.fault_free is not None:
-                rows["fault-free"] = run_method(scenario, "none", seed, fault_free=True)
-            for method, o in rows.items():
-                detail = f" ({o.note})" if o.note else ""
-                print(
-                    f"| {tag} | {'exploding' if exploding else 'healthy'} | {method} "
-                    f"| {'yes' if o.finite else 'no'} | {_fmt(o.final)} | {o.lost} "
-                    f"| {o.interventions}{detail} |"
-                )
-            guard = outcomes["gradguard"]
-            if exploding:
-                exploding_total += 1
-                for method, o in outcomes.items():
-                    finite_counts[method] += o.finite
-                finite = {m: o.final for m, o in outcomes.items() if m in PEERS and o.finite}
-                if finite:
-                    best = min(finite, key=lambda m: finite[m])
-                    ratio = guard.final / finite[best] if guard.finite else math.inf
-                    peer_ratios.append((tag, best, ratio))
-                    clean = rows.get("fault-free")
-                    if clean is not None and clean.finite:
-                        beyond_clean.append((tag, best, finite[best] / clean.final))
-            else:
-                base = outcomes["none"].final
-                healthy_ratios.append(guard.final / base if base else math.nan)
-
-    print("\n| scenario | best finite peer | gradguard / best peer |\n| --- | --- | --- |")
-    for tag, best, ratio in peer_ratios:
-        print(f"| {tag} | {best} | {ratio:.3f} |")
-    if beyond_clean:
-        print("\n| scenario | best finite peer | best peer / fault-free run |\n| --- | --- | --- |")
-        for tag, best, ratio in beyond_clean:
-            print(f"| {tag} | {best} | {ratio:.3f} |")
-
+def cost(quick: bool) -> str:
+    """Print the cost tables; return their summary."""
     print("\n## Cost of guarding (CPU, one thread)\n")
-    print(
-        "| gradient set | measure+clip+transfer | Guard.step, no incident | ratio "
-        "| Guard.step clipping every step | ratio |"
-    )
+    print("| gradient set | measure+clip+transfer | Guard.step | ratio | clipping guard | ratio |")
     print("| --- | --- | --- | --- | --- | --- |")
-    overhead = guard_overhead(args.quick)
-    for name, base, guarded, ratio, clipping, ratio_clip in overhead:
+    overhead = guard_overhead(quick)
+    for name, base, guarded, r, clipping, r_clip in overhead:
         print(
-            f"| {name} | {base:.2f} ms | {guarded:.2f} ms | {ratio:.3f}x | {clipping:.2f} ms "
-            f"| {ratio_clip:.3f}x |"
+            f"| {name} | {base:.2f} ms | {guarded:.2f} ms | {r:.3f}x | {clipping:.2f} ms "
+            f"| {r_clip:.3f}x |"
         )
-    every = _default_snapshot_every()
-    runs = {name: s.build(0) for name, s in _scenario_list() if not s.explodes}
-    runs["mlp-4M (Adam)"] = _mid_model_run(0)
-    costs = snapshot_cost(runs, 10 if args.quick else 30)
-    print(f"\n| run | guarded step | snapshot | cost at snapshot_every={every} |")
+    costs = snapshot_cost(10 if quick else 30)
+    print("\n| run | guarded step | snapshot | cost at the default interval |")
     print("| --- | --- | --- | --- |")
     for name, t_step, t_snap, pct in costs:
         print(f"| {name} | {t_step:.2f} ms | {t_snap:.2f} ms | {pct:.2f} % |")
+    joined = " ".join(f"{r:.2f} ({name})" for name, _, _, r, _, _ in overhead)
+    return (
+        f"guard cost: Guard.step / (measure+clip) {joined}, "
+        f"{max(r for *_, r in overhead):.2f} when clipping every step; snapshots "
+        f"{max(p for *_, p in costs):.2f} % of step time (worst run)"
+    )
 
-    n = exploding_total
-    counts = " ".join(f"{m} {finite_counts[m]}/{n}" for m in ("gradguard", *PEERS))
-    ratios = [r for _, _, r in peer_ratios]
-    worst_tag, _, worst = max(peer_ratios, key=lambda item: item[2])
-    within = sum(r <= 1.05 for r in ratios)
-    exact = sum(r == 1.0 for r in healthy_ratios)
-    healthy = max(healthy_ratios, key=lambda r: abs(r - 1.0))
-    clean_note = ""
-    if beyond_clean:
-        below = sum(r < 1.0 for *_, r in beyond_clean)
-        low = min(r for *_, r in beyond_clean)
-        clean_note = (
-            f"; the best peer beat the fault-free run on {below}/{len(beyond_clean)} "
-            f"injected-fault runs (down to {low:.2f}x)"
-        )
-    print(
-        f"\nrescue: finite {counts}; final loss gradguard/best-peer median "
-        f"{statistics.median(ratios):.2f}, <= 1.05 on {within}/{len(ratios)}, worst {worst:.2f} "
-        f"({worst_tag}); healthy gradguard/none {healthy:.3f} (worst; {exact}/"
-        f"{len(healthy_ratios)} identical){clean_note}"
+
+# ------------------------------------------------------------------------------------ 1x
+def _work_plain(spec: GeneratedScenario) -> tuple[str, RunResult]:
+    return spec.id, generate.run(spec)
+
+
+def check_base_rates(jobs: int, seeds: int) -> str:
+    """Train every architecture x optimizer pair at 1x without protection; return a summary."""
+    specs = [s for seed in range(seeds) for s in generate.base_rate_specs(seed)]
+    results = dict(run_tasks(_work_plain, specs, jobs, 1))
+    print("\n## 1x, no fault, unprotected: held-out loss final / initial\n")
+    print("| run | lr | initial | final | final / initial |\n| --- | --- | --- | --- | --- |")
+    ratios = []
+    for spec in specs:
+        r = results[spec.id]
+        value = r.final / r.initial if r.finite else math.inf
+        ratios.append((value, spec.id))
+        print(f"| {spec.id} | {spec.lr:g} | {r.initial:.3g} | {_fmt(r)} | {value:.3f} |")
+    trained = sum(v < 1.0 for v, _ in ratios)
+    worst, worst_id = max(ratios)
+    median = statistics.median(v for v, _ in ratios)
+    return (
+        f"1x check: {trained}/{len(specs)} runs end below their initial loss; final/initial "
+        f"median {median:.2f}, worst {worst:.2f} ({worst_id})"
     )
-    joined = " ".join(f"{ratio:.2f} ({name})" for name, _, _, ratio, _, _ in overhead)
-    clipping = max(ratio_clip for *_, ratio_clip in overhead)
-    worst_pct = max(pct for *_, pct in costs)
-    print(
-        f"guard cost: Guard.step / (measure+clip) {joined}, {clipping:.2f} when clipping every "
-        f"step (worst set); snapshot every {every} steps {worst_pct:.2f} % of step time (worst run)"
+
+
+# ------------------------------------------------------------------------------------ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=("tune", "validate", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="every sixth run only")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated family")
+    parser.add_argument("--cost", action="store_true", help="also time Guard.step and snapshots")
+    parser.add_argument(
+        "--check-1x",
+        type=int,
+        metavar="SEEDS",
+        default=0,
+        help="only train every architecture x optimizer pair at 1x for SEEDS seeds",
     )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.check_1x:
+        print(check_base_rates(args.jobs, args.check_1x))
+        return
+    start = time.perf_counter()
+    specs = generate.generate(args.split, seed=args.seed)
+    if args.quick:
+        specs = specs[::6]
+    closures = "yes" if guard_supports_closures() else "no (LBFGS cells unsupported)"
+    print(f"# Rescue on {len(specs)} generated runs x {len(METHODS)} methods")
+    print(f"Guard.step takes a closure: {closures}")
+
+    def describe(run_id: str, items: list[tuple[str, RunResult]]) -> str:
+        got = dict(items)
+        return f"none {_fmt(got['none'])} guard {_fmt(got['guard'])}"
+
+    tasks = [(spec, m) for spec in specs for m in METHODS]
+    results: dict[str, dict[str, RunResult]] = {}
+    for run_id, (method, result) in run_tasks(_work, tasks, args.jobs, len(METHODS), describe):
+        results.setdefault(run_id, {})[method] = result
+    slowest = max((r for per in results.values() for r in per.values()), key=lambda r: r.seconds)
+    summaries = []
+    for half in ("tune", "validate"):
+        chosen = [s for s in specs if s.split == half]
+        if chosen:
+            summaries.append(report(half, chosen, results))
+    cost_line = cost(args.quick) if args.cost else None
+    elapsed = time.perf_counter() - start
+    print(
+        f"\n({elapsed:.0f} s with --jobs {args.jobs}; slowest run {slowest.seconds:.1f} s: "
+        f"{slowest.id})"
+    )
+    if cost_line is not None:
+        print(cost_line)
+    print("rescue: " + " | ".join(summaries))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ purpose: other cells (GRU), optimizers (Adam, AdamW, RMSprop, SGD with momentum)
 (cross-entropy that reaches exactly 0), schedules and failure causes. Use them to check that a
 change of defaults generalises; do not tune on them, or write new ones first.
 
-Each run is trained with the same methods as ``rescue.py`` (no protection, ``clip_grad_norm_``
+Each run is trained with no protection, ``clip_grad_norm_``
 and ``clip_grad_value_`` at 1.0, AutoClip- and ZClip-style clippers, Guard defaults). A run is
 *exploding* or *healthy* by construction; on healthy runs the guard must change nothing. The
 loss ratio adds 1e-4 to both losses, as two runs that both reach ~0 are equally good.
@@ -17,18 +17,132 @@ Usage: .venv/bin/python benchmarks/rescue_heldout.py [--seeds N]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+import gradguard as gg
 from gradguard.scenarios import Scenario, TrainingRun
 from gradguard.scenarios.base import Batch, generator, mse
 from gradguard.scenarios.models import SequenceRegressor, mlp
-from rescue import METHODS, PEERS, run_method
+
+PEERS = ("none", "clip-norm", "clip-value", "autoclip", "zclip")
+METHODS = (*PEERS, "gradguard")
+
+
+# ------------------------------------------------------------------------------------ peers
+class _ClipperPeer:
+    """A gradguard clipper object run as a peer: measure, ``clip_``, then the optimizer step."""
+
+    def __init__(self, clipper: gg.Clipper) -> None:
+        self.clipper = clipper
+
+    def __call__(self, params: list[Tensor]) -> bool:
+        coef = self.clipper.clip_(gg.measure(params))
+        return bool((coef < 1.0).any())  # a host read, for the interventions column only
+
+
+def _peer_clipper(method: str) -> Callable[[list[Tensor]], bool]:
+    if method == "clip-norm":
+        return lambda ps: bool(torch.nn.utils.clip_grad_norm_(ps, 1.0).item() > 1.0)
+    if method == "clip-value":
+
+        def clip_value(ps: list[Tensor]) -> bool:
+            hit = any(bool((p.grad.abs() > 1.0).any()) for p in ps if p.grad is not None)
+            torch.nn.utils.clip_grad_value_(ps, 1.0)
+            return hit
+
+        return clip_value
+    if method == "autoclip":
+        return _ClipperPeer(gg.clip.PercentileClipper(percentile=10.0))
+    if method == "zclip":
+        return _ClipperPeer(gg.clip.ZScoreClipper(z_threshold=2.5, alpha=0.97))
+    return lambda ps: False
+
+
+# ------------------------------------------------------------------------------------ runs
+@dataclasses.dataclass
+class Outcome:
+    """What one method did on one scenario."""
+
+    finite: bool
+    final: float
+    lost: int
+    interventions: int
+    note: str = ""
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+GUARD_CLIP: Any = "auto"
+"""The guard's ``clip`` argument (``--guard-clip``); the default is Guard's own default."""
+
+
+def run_method(scenario: Any, method: str, seed: int, *, fault_free: bool = False) -> Outcome:
+    """Train ``scenario`` with ``method`` from ``seed``; return its :class:`Outcome`.
+
+    ``fault_free`` trains the scenario's run without its injected fault instead (see
+    ``Scenario.build_fault_free``): the yardstick a rescue that drops the fault can reach.
+    """
+    run = scenario.build_fault_free(seed) if fault_free else scenario.build(seed)
+    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
+    steps = scenario.steps
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    guard = (
+        gg.Guard(model, optimizer, scheduler=scheduler, clip=GUARD_CLIP)
+        if method == "gradguard"
+        else None
+    )
+    clipper = _peer_clipper(method)
+    losses: list[float] = []
+    interventions, first_bad, aborted = 0, None, False
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = run.compute_loss(step)
+        loss.backward()
+        if guard is not None:
+            try:
+                guard.step(loss)
+            except gg.errors.TrainingDivergedError:
+                losses.append(math.nan)
+                aborted = True
+                break
+            losses.append(float(guard.monitor.last.loss))  # type: ignore[union-attr, arg-type]
+            continue
+        value = loss.item()
+        losses.append(value)
+        if first_bad is None and not math.isfinite(value):
+            first_bad = step
+        interventions += clipper(params)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    last = losses[-10:]
+    finite_last = [v for v in last if math.isfinite(v)]
+    finite = (
+        _all_finite(model)
+        and bool(finite_last)
+        and (guard is not None or len(finite_last) == len(last))
+    )
+    final = statistics.fmean(finite_last) if finite else math.nan
+    if guard is not None:
+        c = guard.counters
+        lost = c["skipped"] + c["steps_lost"]
+        touched = c["clipped"] + c["skipped"]
+        note = f"clip {c['clipped']} skip {c['skipped']} backoff {c['backoffs']} "
+        note += f"rollback {c['rollbacks']}" + (" ABORTED" if aborted else "")
+        return Outcome(finite, final, lost, touched, note)
+    lost = steps - first_bad if first_bad is not None else 0
+    return Outcome(finite, final, lost, interventions)
+
 
 FLOOR = 1e-4
 """Added to both final losses before their ratio is taken."""

@@ -515,7 +515,12 @@ class EscalationPolicy:
 
         s.consecutive += 1
         s.healthy_streak = 0
-        s.faults = [f for f in s.faults if f > t - cfg.window] + [t]
+        # A finite loss spike in an incident of skipped faults alone is the data's: the weights
+        # never saw it and the steps between were healthy, so it does not spend the budget (a
+        # stream with a poisoned batch every few steps is skipped, not slowed down). Non-finite
+        # gradients, which the model's own numerics can produce, always count.
+        data_fault = fault is Reason.LOSS_SPIKE and s.isolated and s.consecutive == 1
+        s.faults = [f for f in s.faults if f > t - cfg.window] + ([] if data_fault else [t])
         s.rollbacks = [r for r in s.rollbacks if r > t - cfg.rollback_window]
         what = self._describe_fault(fault, observation, culprits)
         if fault is Reason.NONFINITE_PARAM:

@@ -34,7 +34,7 @@ class EarlyExplosionDetector:
       several-fold above where it began while the gradients grow step after step is divergence
       (a noisy batch lifts one loss, not a steady climb of both; medians, not the first value,
       so a lucky first batch sets no low bar); without the climb, both must be ``order`` times
-      their earlier medians at once (an RMSprop LSTM whose first step multiplies the norm 40-100x
+      every earlier value at once (an RMSprop LSTM whose first step multiplies the norm 40-100x
       and the loss 10-80x);
     * the gradient norm jumps ``jump`` times between two consecutive finite steps: healthy early
       steps measured in our runs change it by at most about 7x (a zero-initialised head waking
@@ -49,8 +49,8 @@ class EarlyExplosionDetector:
         norm_factor: gradient norm over its first finite value required with ``loss_factor``.
         jump: step-to-step gradient-norm ratio that is critical on its own.
         rising: consecutive norm increases the first rule requires.
-        order: without such a climb, the loss and the norm must both be this many times their
-            earlier medians at once (healthy first steps measured: at most 5.7x and 6.9x).
+        order: without such a climb, the loss and the norm must both be this many times every
+            earlier value at once (healthy first steps measured: at most 5.7x and 6.9x).
     """
 
     name = "early_explosion"
@@ -102,12 +102,19 @@ class EarlyExplosionDetector:
                 and len(losses) >= 2
                 and all(b > a for a, b in itertools.pairwise(recent))
             )
-            # Several-fold on a climb, or an order of magnitude at once in both.
-            factor = 1.0 if climbing else self.order / min(self.loss_factor, self.norm_factor)
-            if (
-                loss >= factor * self.loss_factor * loss_then
-                and norm >= factor * self.norm_factor * norm_then
-            ):
+            # Several-fold over the medians on a climb, or, without one, an order of magnitude
+            # above every earlier value in both (one lucky first batch is no reference).
+            if climbing:
+                exploding = (
+                    loss >= self.loss_factor * loss_then and norm >= self.norm_factor * norm_then
+                )
+            else:
+                exploding = (
+                    len(losses) >= 2
+                    and loss >= self.order * max(losses)
+                    and norm >= self.order * max(norms)
+                )
+            if exploding:
                 # The climb is no history to compare with: later steps (after a rollback, say)
                 # are judged against what came before it.
                 climb = self.rising if climbing else 0

@@ -7,6 +7,9 @@ For tests, the demo and the benchmarks::
     for name in scenarios.names():
         trace = scenarios.run_unguarded(scenarios.get(name))
         print(name, trace.divergence_step)
+
+:mod:`gradguard.scenarios.generate` samples a larger family (architectures x optimizers x
+learning rates x faults) split into a tuning and a validation half, for the benchmarks.
 """
 
 from gradguard.scenarios.base import (

@@ -7,7 +7,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ScalarChain", "SequenceRegressor", "deep_mlp", "mlp"]
+__all__ = [
+    "CharGPT",
+    "ScalarChain",
+    "SequenceRegressor",
+    "SmallCNN",
+    "TinyTransformer",
+    "deep_mlp",
+    "mlp",
+]
 
 
 class ScalarChain(nn.Module):
@@ -74,3 +82,74 @@ def deep_mlp(inputs: int, width: int, depth: int, gain: float) -> nn.Sequential:
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
                 layer.weight.mul_(gain / math.sqrt(2.0))
     return model
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 convolutions, 2x2 average pooling and a linear classifier, for 8x8 images."""
+
+    def __init__(self, channels: int = 8, classes: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(4 * channels, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(self.features(x))
+        return out
+
+
+class TinyTransformer(nn.Module):
+    """One transformer encoder layer on a sequence of features, mean-pooled into one output."""
+
+    def __init__(self, features: int = 4, width: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, width)
+        self.encoder = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True
+        )
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(self.encoder(self.embed(x)).mean(1))
+        return out
+
+
+class CharGPT(nn.Module):
+    """A character-level GPT: token and position embeddings, causal pre-norm blocks, a head.
+
+    Args:
+        vocab: number of distinct tokens.
+        context: longest sequence it reads.
+        width: embedding size.
+        layers: number of transformer blocks.
+        heads: attention heads per block.
+    """
+
+    def __init__(
+        self, vocab: int = 16, context: int = 16, width: int = 32, layers: int = 2, heads: int = 4
+    ) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, width)
+        self.positions = nn.Embedding(context, width)
+        block = nn.TransformerEncoderLayer(
+            width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab)
+        mask = torch.triu(torch.full((context, context), float("-inf")), diagonal=1)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        """Next-token logits of shape ``(batch, time, vocab)`` for token ids ``(batch, time)``."""
+        t = idx.shape[1]
+        h = self.tokens(idx) + self.positions(torch.arange(t, device=idx.device))
+        mask: Tensor = self.mask[:t, :t]  # type: ignore[index]
+        out: Tensor = self.head(self.norm(self.blocks(h, mask=mask, is_causal=True)))
+        return out

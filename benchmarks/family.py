@@ -1,0 +1,64 @@
+"""Shared by rescue.py and detection.py: run many (spec, method) tasks on worker processes.
+
+Every task is independent and seeded, so the results do not depend on ``--jobs``; only the
+order in which the progress lines appear does.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # one core per worker: --jobs N uses N cores
+
+
+def run_tasks(
+    worker: Callable[[T], tuple[str, R]],
+    tasks: list[T],
+    jobs: int,
+    per_key: int,
+    describe: Callable[[str, list[R]], str] | None = None,
+) -> list[tuple[str, R]]:
+    """Run ``worker`` on every task (``jobs`` processes) and print one line per finished key.
+
+    ``worker`` returns ``(key, result)``; a key (a run id) is finished once ``per_key`` of its
+    tasks are. Progress goes to stderr so that the tables on stdout stay clean.
+    """
+    start = time.perf_counter()
+    done: Counter[str] = Counter()
+    by_key: dict[str, list[R]] = {}
+    out: list[tuple[str, R]] = []
+    keys_total = max(1, len(tasks) // per_key)
+
+    def collect(items: Iterable[tuple[str, R]]) -> None:
+        for key, result in items:
+            out.append((key, result))
+            done[key] += 1
+            by_key.setdefault(key, []).append(result)
+            if done[key] == per_key:
+                finished = sum(1 for n in done.values() if n == per_key)
+                extra = f" {describe(key, by_key[key])}" if describe is not None else ""
+                print(
+                    f"[{finished}/{keys_total}] {key}{extra} ({time.perf_counter() - start:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    if jobs <= 1:
+        _init_worker()
+        collect(worker(task) for task in tasks)
+    else:
+        with multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker) as pool:
+            collect(pool.imap_unordered(worker, tasks))
+    return out
