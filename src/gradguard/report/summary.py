@@ -50,7 +50,8 @@ class Progress:
     """Did the loss go down? First, best and final loss, and the verdict they give.
 
     ``first`` and ``final`` are medians of the first and last few finite losses (a tenth of them,
-    1 to 10), so one noisy batch does not decide the verdict.
+    1 to 10), and ``best`` is the lowest median of five consecutive ones, so one lucky or noisy
+    batch does not decide the verdict.
 
     Attributes:
         verdict: ``"trained"`` (the final loss is at least 10% below the first, and kept at
@@ -58,7 +59,8 @@ class Progress:
             than half of the best gain), ``"did_not_train"`` (the final loss is not 10% below
             the first, whatever happened between), ``"unknown"`` (fewer than two finite losses).
         first: typical loss of the first steps.
-        best: lowest finite loss and its step.
+        best: lowest median of five consecutive finite losses, at the step in their middle (the
+            lowest loss while fewer than five were logged).
         final: typical loss of the last steps.
     """
 
@@ -68,6 +70,10 @@ class Progress:
     final: float | None
 
 
+BEST_WINDOW = 5
+"""Consecutive finite losses whose median is a candidate for the best loss."""
+
+
 class _ProgressTracker:
     """:class:`Progress` in one pass: the first and last ten finite losses and the best."""
 
@@ -75,7 +81,9 @@ class _ProgressTracker:
         self.count = 0
         self.head: list[float] = []
         self.tail: collections.deque[float] = collections.deque(maxlen=10)
+        self.window: collections.deque[tuple[int, float]] = collections.deque(maxlen=BEST_WINDOW)
         self.best: tuple[int, float] | None = None
+        self.lowest: tuple[int, float] | None = None
 
     def add(self, record: StepRecord) -> None:
         loss = record.loss
@@ -85,10 +93,18 @@ class _ProgressTracker:
         if len(self.head) < 10:
             self.head.append(loss)
         self.tail.append(loss)
-        if self.best is None or loss < self.best[1]:
-            self.best = (record.step, loss)
+        if self.lowest is None or loss < self.lowest[1]:
+            self.lowest = (record.step, loss)
+        self.window.append((record.step, loss))
+        if len(self.window) == BEST_WINDOW:
+            middle = self.window[BEST_WINDOW // 2][0]
+            typical = statistics.median(v for _, v in self.window)
+            if self.best is None or typical < self.best[1]:
+                self.best = (middle, typical)
 
     def result(self) -> Progress:
+        if self.best is None:
+            self.best = self.lowest
         if self.count < 2 or self.best is None:
             return Progress("unknown", None, None, None)
         k = max(1, min(10, self.count // 10))
