@@ -50,8 +50,8 @@ class Progress:
     """Did the loss go down? First, best and final loss, and the verdict they give.
 
     ``first`` and ``final`` are medians of the first and last few finite losses (a tenth of them,
-    1 to 10), and ``best`` is the lowest median of five consecutive ones, so one lucky or noisy
-    batch does not decide the verdict.
+    1 to 10), and ``best`` is the lowest median of nine consecutive ones, so a few lucky or noisy
+    batches do not decide the verdict.
 
     Attributes:
         verdict: ``"trained"`` (the final loss is at least 10% below the first, and kept at
@@ -59,8 +59,8 @@ class Progress:
             than half of the best gain), ``"did_not_train"`` (the final loss is not 10% below
             the first, whatever happened between), ``"unknown"`` (fewer than two finite losses).
         first: typical loss of the first steps.
-        best: lowest median of five consecutive finite losses, at the step in their middle (the
-            lowest loss while fewer than five were logged).
+        best: lowest median of nine consecutive finite losses, at the step in their middle (the
+            lowest loss while fewer than nine were logged).
         final: typical loss of the last steps.
     """
 
@@ -70,7 +70,7 @@ class Progress:
     final: float | None
 
 
-BEST_WINDOW = 5
+BEST_WINDOW = 9
 """Consecutive finite losses whose median is a candidate for the best loss."""
 
 
