@@ -155,8 +155,12 @@ def test_a_loss_jump_is_a_fault_even_before_the_detectors_warm_up() -> None:
     jump = policy.decide(_obs(2, loss=2480.0))  # 100x the median 24.75
     assert jump.action.kind is ActionKind.SKIP and jump.action.reason is Reason.LOSS_SPIKE
     assert "2480" in jump.action.message
-    again = policy.decide(_obs(3, loss=2500.0))
-    assert again.action.kind is ActionKind.ROLLBACK and again.rollback_before == 2
+    # After a healthy step two finite spikes may be two bad batches; the fourth in a row
+    # blames the weights.
+    again = [policy.decide(_obs(t, loss=2500.0)).action.kind for t in range(3, 5)]
+    assert again == [ActionKind.SKIP, ActionKind.SKIP]
+    fourth = policy.decide(_obs(5, loss=2500.0))
+    assert fourth.action.kind is ActionKind.ROLLBACK and fourth.rollback_before == 2
 
 
 def test_critical_growth_trend_backs_off_and_applies_the_step() -> None:
@@ -511,8 +515,10 @@ def _shifted(policy: EscalationPolicy, start: int, stop: int, loss: float) -> li
 def test_restored_weights_failing_alike_mean_the_data_changed_and_the_level_is_accepted() -> None:
     policy = EscalationPolicy()
     _run(policy, 0, 60)  # healthy at loss 1
-    skip, rollback, probe = _shifted(policy, 60, 63, 300.0)
-    assert (skip.action.kind, rollback.action.kind) == (ActionKind.SKIP, ActionKind.ROLLBACK)
+    *skips, rollback, probe = _shifted(policy, 60, 65, 300.0)
+    # Right after a healthy step, four finite spikes in a row (not two) blame the weights.
+    assert [d.action.kind for d in skips] == [ActionKind.SKIP] * 3
+    assert rollback.action.kind is ActionKind.ROLLBACK
     assert rollback.lr_scale == 0.5 and not rollback.reset_baselines
     # The restored weights, healthy at step 40 or so, give the same loss on the next batch.
     assert probe.action.kind is ActionKind.PROCEED and probe.apply
@@ -523,7 +529,7 @@ def test_restored_weights_failing_alike_mean_the_data_changed_and_the_level_is_a
     assert state["rollbacks"] == [] and state["norms"] == [] and state["losses"] == []
     assert policy.incident_start is None
     # From there the new level is the healthy one: nothing more happens.
-    later = [policy.decide(_obs(t, loss=300.0)) for t in range(63, 200)]
+    later = [policy.decide(_obs(t, loss=300.0)) for t in range(65, 200)]
     assert {d.action.kind for d in later} == {ActionKind.PROCEED}
     assert policy.healthy_norm() == 1.0
 
@@ -531,11 +537,11 @@ def test_restored_weights_failing_alike_mean_the_data_changed_and_the_level_is_a
 def test_a_restored_run_that_recovers_keeps_its_rollback_and_the_check_expires() -> None:
     policy = EscalationPolicy()
     _run(policy, 0, 60)
-    _shifted(policy, 60, 62, 300.0)  # skip, rollback
-    _run(policy, 62, 66)  # the restored weights are fine: it was the weights
-    assert policy.state_dict()["rollbacks"] == [61]
-    late = _shifted(policy, 66, 68, 300.0)  # a later spike is judged on its own
-    assert [d.action.kind for d in late] == [ActionKind.SKIP, ActionKind.ROLLBACK]
+    _shifted(policy, 60, 64, 300.0)  # three skips, rollback
+    _run(policy, 64, 68)  # the restored weights are fine: it was the weights
+    assert policy.state_dict()["rollbacks"] == [63]
+    late = _shifted(policy, 68, 72, 300.0)  # a later spike is judged on its own
+    assert [d.action.kind for d in late] == [ActionKind.SKIP] * 3 + [ActionKind.ROLLBACK]
     assert all(not d.reset_baselines for d in late)
 
 

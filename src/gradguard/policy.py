@@ -89,7 +89,8 @@ class PolicyConfig:
             brings the trouble straight back.
         consecutive_limit: faulty steps in a row that prove the weights themselves are bad
             (skipping cannot help when the weights do not change), triggering a rollback. Two:
-            the same weights failed on two different batches.
+            the same weights failed on two different batches. Twice that for finite loss spikes
+            right after a healthy step, which cannot have made the weights much worse.
         max_rollbacks: rollbacks allowed within ``rollback_window`` steps; one more aborts.
         rollback_window: window, in steps, in which rollbacks are counted.
         cooldown: steps after a backoff or rollback during which faults are skipped without
@@ -226,7 +227,8 @@ class PolicyConfig:
         if not 0.0 < self.restart_fraction <= 1.0:
             raise ConfigError(
                 f"restart_fraction must lie in (0, 1], got {self.restart_fraction!r}. The "
-                "default 0.02 restarts at 1/50 of the first gradient norm."
+                "default 1 clips to the first gradient norm (at most fallback_bound) until a "
+                "healthy history exists."
             )
         if not self.loss_jump > 1.0 or math.isnan(self.loss_jump):
             raise ConfigError(
@@ -331,10 +333,12 @@ class _State:
     persistent: bool = False  # an escalation happened: the automatic bound stays on for good
     was_persistent: bool = False  # ``persistent`` when the open incident began
     last_resort: bool = False  # the rollback budget was spent once: tight clip, rate capped
+    last_applied_healthy: bool = False  # the last applied step was a healthy one
     history: list[str] = dataclasses.field(default_factory=list)
 
 
 _ADDED_IN_0_2 = {
+    "last_applied_healthy": False,
     "loss_peak": 0.0,
     "persistent": False,
     "was_persistent": False,
@@ -526,7 +530,13 @@ class EscalationPolicy:
         if fault is Reason.NONFINITE_PARAM:
             why = "a non-finite weight cannot be trained back: only a snapshot restores it"
             return self._rollback(t, fault, what, why, can_rollback)
-        if s.consecutive >= cfg.consecutive_limit:
+        # A healthy update cannot have made the weights a hundred times worse: after one, finite
+        # loss spikes in a row are first taken for bad batches (a poisoned pair), and twice the
+        # evidence is asked before the weights are blamed (a new task still gets there).
+        limit = cfg.consecutive_limit
+        if fault is Reason.LOSS_SPIKE and s.last_applied_healthy:
+            limit *= 2
+        if s.consecutive >= limit:
             why = f"{s.consecutive} faulty steps in a row show the weights themselves are bad"
             return self._rollback(t, Reason.REPEATED_FAULTS, what, why, can_rollback)
         if fault is Reason.DIVERGENCE:
@@ -671,6 +681,7 @@ class EscalationPolicy:
     ) -> Decision:
         s, cfg, t = self._s, self.config, obs.step
         s.consecutive = 0
+        s.last_applied_healthy = False  # until this step proves healthy below
         protected = self.protected(t)
         bound = self._bound(protected)
         own = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
@@ -731,6 +742,7 @@ class EscalationPolicy:
             s.healthy_streak = 0  # no warning, but the run still leans on the clip
         else:
             s.healthy_streak += 1
+            s.last_applied_healthy = True
         if not protected:
             # Under the persistent bound a norm enters the baseline at most at the bound in
             # force: the bound follows the run down, never up (a slow drift upward would
@@ -1049,6 +1061,7 @@ class EscalationPolicy:
         fresh.persistent = bool(fresh.persistent)
         fresh.was_persistent = bool(fresh.was_persistent)
         fresh.last_resort = bool(fresh.last_resort)
+        fresh.last_applied_healthy = bool(fresh.last_applied_healthy)
         self._s = fresh
         if "skip_spikes" in state:
             self._skip_spikes = bool(state["skip_spikes"])
