@@ -203,6 +203,21 @@ def report(
         key=lambda item: item[1],
         default=("-", math.nan),
     )
+    worst_exp_id, worst_exp = max(
+        (
+            (s.id, ratio(results[s.id]["guard"], results[s.id]["clip-norm"]))
+            for s in exploding
+            if s in supported
+        ),
+        key=lambda item: item[1],
+        default=("-", math.nan),
+    )
+    # Exploding runs some peer rescued and the guard did not (the target is none).
+    missed = [
+        s.id
+        for s in exploding
+        if any(rescued(results[s.id][m]) for m in PEERS) and not rescued(results[s.id]["guard"])
+    ]
     aborts = {m: sum(results[s.id][m].status == "aborted" for s in specs) for m in METHODS}
     identical = sum(
         results[s.id]["guard"].losses == results[s.id]["none"].losses
@@ -224,7 +239,9 @@ def report(
     geo_text = " ".join(f"{m} {geo[m]:.3g}" for m in geo)
     return (
         f"{half}: rescued of {len(exploding)} exploding: {rescued_text}; guard/peer geo-mean "
-        f"{geo_text}; worst guard/clip-norm {worst:.2f} ({worst_id}); aborts guard "
+        f"{geo_text}; worst guard/clip-norm {worst:.2f} ({worst_id}), on exploding runs "
+        f"{worst_exp:.2f} ({worst_exp_id}); rescued by a peer, not by guard: "
+        f"{', '.join(missed) or 'none'}; aborts guard "
         f"{aborts['guard']} guard-clip1 {aborts['guard-clip1']}; healthy identical "
         f"{identical}/{n_healthy}; unsupported {unsupported}"
     )

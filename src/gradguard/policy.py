@@ -11,24 +11,28 @@ cool-down:
 
 1. **clip**: finite steps are applied. With the automatic bound (``clip="auto"``) a healthy run
    is never clipped; a warning opens an *incident* (its first step is remembered so that a
-   rollback returns to a state from before it), and while an incident is open, and for a while
-   after any escalation, the gradients are clipped to the run's own healthy scale (the median
-   of recent healthy norms; a fraction of the first norm before there is any). After one
-   isolated skipped fault the bound is ``isolated_clip_factor`` times that median: ordinary
-   steps go through untouched, as they would have without the fault.
+   rollback returns to a state from before it), and while it is open the gradients are clipped
+   to the run's own healthy scale (the median of recent healthy norms; the first norm, at most
+   ``fallback_bound``, before there is any). After skipped faults alone the bound is
+   ``isolated_clip_factor`` times that median: ordinary steps go through untouched. Once the run
+   needed an escalation, the bound stays on for good and follows the norms down, never up.
 2. **skip**: a non-finite gradient or loss, a loss ``loss_jump`` times its healthy median or a
    critical loss spike (and, without clipping, a critical gradient spike) skips the step:
-   weights, optimizer state and schedule stay untouched.
+   weights, optimizer state and schedule stay untouched. A finite loss spike between healthy
+   steps is the data's and spends no budget.
 3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps, a growth trend
    of the gradient norm, a loss-spike warning, or a loss that zig-zags while the incident's
    steps are clipped scale the learning rate of every parameter group by ``backoff_factor``;
    ``restore_after`` healthy steps raise it back one rung at a time.
 4. **roll back**: ``consecutive_limit`` faulty steps in a row (the same weights failed on
-   different batches, so the weights are bad), a fault after ``max_backoffs`` backoffs in one
-   incident, a divergence, or a loss stuck far above its healthy level, restore the newest
-   snapshot taken before the incident began, reset the optimizer moments and back off.
-5. **abort**: more than ``max_rollbacks`` rollbacks within ``rollback_window`` steps; the guard
-   raises :class:`~gradguard.errors.TrainingDivergedError` with :func:`abort_advice`.
+   different batches), a fault after ``max_backoffs`` backoffs in one incident, a divergence, a
+   loss stuck far above its healthy level, an explosion from the first steps or a non-finite
+   weight restore the newest snapshot taken before the incident began, reset the optimizer
+   moments and back off.
+5. **last resort**: when ``max_rollbacks`` rollbacks within ``rollback_window`` steps are spent,
+   every step is clipped tightly and the rate capped, with a fresh budget.
+6. **give up**: when that budget is spent too, the decision is ``ABORT``; the guard raises,
+   asks the loop to stop, or goes on, as its ``on_give_up`` says.
 """
 
 from __future__ import annotations
