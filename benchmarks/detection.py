@@ -24,7 +24,6 @@ Usage: .venv/bin/python benchmarks/detection.py [--split tune|validate|all] [--q
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -35,7 +34,7 @@ import torch
 from torch import Tensor
 
 import gradguard as gg
-from family import run_tasks
+from family import family_parser, family_specs, run_tasks
 from gradguard.detect import Detector, NonFiniteDetector, ThresholdGrowthDetector, preset
 from gradguard.records import Alert, AlertKind, Observation, Severity
 from gradguard.scenarios import generate
@@ -254,18 +253,12 @@ def report(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=("tune", "validate", "all"), default="all")
-    parser.add_argument("--quick", action="store_true", help="every sixth run only")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated family")
+    parser = family_parser(__doc__.splitlines()[0])
     parser.add_argument("--horizon", type=int, default=100, help="earliest useful lead (steps)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    specs = generate.generate(args.split, seed=args.seed)
-    if args.quick:
-        specs = specs[::6]
+    specs = family_specs(args)
     print(f"# Detection on {len(specs)} generated runs x {len(CONFIGS)} configurations")
     results = dict(run_tasks(_work, specs, args.jobs, 1))
     summaries = [

@@ -6,6 +6,7 @@ order in which the progress lines appear does.
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import sys
 import time
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import torch
+
+from gradguard.scenarios import generate
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -62,3 +65,19 @@ def run_tasks(
         with multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker) as pool:
             collect(pool.imap_unordered(worker, tasks))
     return out
+
+
+def family_parser(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark on the generated family takes: split, quick, jobs, seed."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--split", choices=("tune", "validate", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="every sixth run only")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated family")
+    return parser
+
+
+def family_specs(args: argparse.Namespace) -> list[generate.GeneratedScenario]:
+    """The generated runs the parsed options select."""
+    specs = generate.generate(args.split, seed=args.seed)
+    return specs[::6] if args.quick else specs

@@ -31,7 +31,6 @@ optimizer pair trains at 1x (2 seeds each).
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 import statistics
@@ -43,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 import gradguard as gg
-from family import run_tasks
+from family import family_parser, family_specs, run_tasks
 from gradguard import scenarios
 from gradguard.scenarios import generate
 from gradguard.scenarios.generate import GeneratedRun, GeneratedScenario, RunResult, Stepper
@@ -417,11 +416,7 @@ def check_base_rates(jobs: int, seeds: int) -> str:
 
 # ------------------------------------------------------------------------------------ main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=("tune", "validate", "all"), default="all")
-    parser.add_argument("--quick", action="store_true", help="every sixth run only")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated family")
+    parser = family_parser(__doc__.splitlines()[0])
     parser.add_argument("--cost", action="store_true", help="also time Guard.step and snapshots")
     parser.add_argument(
         "--check-1x",
@@ -436,9 +431,7 @@ def main() -> None:
         print(check_base_rates(args.jobs, args.check_1x))
         return
     start = time.perf_counter()
-    specs = generate.generate(args.split, seed=args.seed)
-    if args.quick:
-        specs = specs[::6]
+    specs = family_specs(args)
     closures = "yes" if guard_supports_closures() else "no (LBFGS cells unsupported)"
     print(f"# Rescue on {len(specs)} generated runs x {len(METHODS)} methods")
     print(f"Guard.step takes a closure: {closures}")
