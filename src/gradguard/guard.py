@@ -771,9 +771,10 @@ class Guard:
         self._restore(state)
         if self.restore_rng:
             restore_rng_state(state["rng"])
-        if state.get("baselines") is not None and self.policy.load_baselines(state["baselines"]):
+        if state.get("baselines") is not None:
             # Baselines learned on the abandoned trajectory would judge the restored weights'
             # ordinary loss and norms as spikes (a run whose loss had fallen far since, say).
+            self.policy.load_baselines(state["baselines"])
             self.monitor.load_detector_state(state["detectors"])
         if decision.reset_moments:
             reset_optimizer_state_(self.optimizer)

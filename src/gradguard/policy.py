@@ -1011,18 +1011,16 @@ class EscalationPolicy:
         """
         return {"norms": list(self._s.norms), "losses": list(self._s.losses)}
 
-    def load_baselines(self, state: Mapping[str, Any]) -> bool:
-        """Restore :meth:`baselines` if they hold ``min_history`` norms; say whether they did.
+    def load_baselines(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`baselines`, even empty ones (a snapshot from before any history).
 
-        A snapshot taken before the run had a healthy history (the one at step 0) knows less
-        than the live baselines, which then describe the first steps of the same weights: they
-        stay.
+        The restored weights are judged against what was healthy for them: a step-0 snapshot
+        brings the untrained weights back, and the baselines of a run that had since converged
+        would call their ordinary loss a thousandfold spike. With none, they are relearned
+        (the early-explosion rules watch that warm-up).
         """
-        if len(state["norms"]) < self.config.min_history:
-            return False
         self._s.norms = [float(v) for v in state["norms"]]
         self._s.losses = [float(v) for v in state["losses"]]
-        return True
 
     def state_dict(self) -> dict[str, Any]:
         """All mutable state as plain Python values (ints, floats, lists, ``None``)."""

@@ -42,6 +42,8 @@ def test_a_norm_jumping_by_orders_of_magnitude_fires_on_its_own() -> None:
     # Not while the loss is below where it began: a converging run's tiny norm jumping on a
     # hard batch (measured: a classifier at loss 0.09, norm 2e-3 -> 0.84).
     assert _feed(EarlyExplosionDetector(), [(1.0, 1.6), (0.002, 0.01), (0.84, 0.09)]) == []
+    # Nor from a loss of exactly zero (a classifier that has memorised its batches).
+    assert _feed(EarlyExplosionDetector(), [(1.0, 1.6), (1e-22, 0.0), (7e-10, 0.0)]) == []
     # 7x (a zero-initialised head waking up, the largest healthy jump we measured) does not.
     assert _feed(EarlyExplosionDetector(), [(0.1, 2.0), (0.7, 1.9), (0.8, 1.8)]) == []
 

@@ -87,7 +87,8 @@ class EarlyExplosionDetector:
         message, since = None, obs.step
         # An explosion leaves the run worse than it started; a converging run whose tiny norm
         # jumps on a hard batch (a classifier near zero loss) does not.
-        above_start = not losses or loss is None or not loss_ok or loss > losses[0]
+        known = loss is not None and math.isfinite(loss) and bool(losses)
+        above_start = not known or (loss is not None and loss > losses[0])
         if above_start and previous is not None and previous > 0.0 and norm >= self.jump * previous:
             message = (
                 f"Gradient norm jumped {fmt(norm / previous)}x in one step ({fmt(previous)} -> "
