@@ -1,5 +1,8 @@
 """Wrong arguments at every public entry point raise a GradguardError that names the value and
-the fix, before anything changes; and the shared validators in gradguard.errors, as properties."""
+the fix, before anything changes; and the shared validators in gradguard.errors, as properties.
+
+Turns shared/repro/reliability/repro_input_validation.py into tests.
+"""
 
 from __future__ import annotations
 

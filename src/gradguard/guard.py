@@ -519,7 +519,7 @@ class Guard:
             loss=obs.loss,
             total_norm=obs.total_norm,
             clip_coef=decision.clip_coef,
-            lr=self._effective_lr(decision.lr_scale),
+            lr=self._effective_lr(),
             alerts=tuple(alerts),
             top=obs.top,
             rolled_back_to=rolled_back_to,
@@ -548,10 +548,10 @@ class Guard:
             return
         apply_global_bound_(stats, bound, EPS)
 
-    def _effective_lr(self, scale: float) -> float | None:
+    def _effective_lr(self) -> float | None:
+        """The first group's rate as the guard applies it (schedule, backoff and ceiling)."""
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer.param_groups else None
         if isinstance(lr, (int, float)):
-            self.rates.set_scale(scale)
             return self.rates.rate(0, float(lr))
         return None  # a tensor learning rate would need a host sync to read
 

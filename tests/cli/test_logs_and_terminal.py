@@ -25,6 +25,7 @@ def _frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(run_cmd, "datetime", clock)
 
 
+# Turns shared/repro/reliability/repro_run_default_log_clash.py into a test.
 def test_runs_started_in_the_same_second_get_their_own_logs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -190,6 +190,7 @@ for step in range(30):
 """
 
 
+# Turns shared/repro/training/repro_manual_sgd.py into a test.
 def test_a_script_that_updates_weights_by_hand_is_told_early(tmp_path: Path) -> None:
     script = tmp_path / "manual.py"
     script.write_text(MANUAL, encoding="utf-8")

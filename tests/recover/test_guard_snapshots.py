@@ -44,6 +44,7 @@ def _temporaries(directory: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- another run's folder
+# Turns shared/repro/reliability/repro_reused_snapshot_dir.py into a test.
 def test_a_new_run_in_an_old_runs_folder_refuses_to_step_and_touches_nothing(
     tmp_path: Path,
 ) -> None:
@@ -105,6 +106,7 @@ def test_resume_refuses_snapshots_of_a_differently_shaped_model(tmp_path: Path) 
         _step(guard, other, opt3)
 
 
+# Turns shared/repro/reliability/repro_shared_snapshot_dir.py into a test.
 def test_a_second_guard_on_an_open_folder_is_refused_and_the_first_keeps_writing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,6 +164,7 @@ def _train_through(
 
 
 @pytest.mark.parametrize("fault", ["file size limit", "folder deleted", "read-only"])
+# Turns shared/repro/reliability/repro_snapshot_write_failures.py into a test.
 def test_a_failing_snapshot_write_warns_once_and_training_goes_on_in_memory(
     fault: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,6 +224,7 @@ def test_a_damaged_snapshot_is_detected_by_its_checksum(tmp_path: Path) -> None:
         store.load(4)
 
 
+# Turns shared/repro/reliability/repro_corrupt_snapshot_no_fallback.py into a test.
 def test_a_rollback_to_a_damaged_snapshot_falls_back_to_the_next_older(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model, opt = _linear(0.5)
@@ -259,6 +263,7 @@ def test_resume_skips_a_damaged_newest_snapshot(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the index
+# Turns shared/repro/reliability/repro_disk_store_lists_dir_every_step.py into a test.
 def test_steps_never_list_the_folder_after_it_was_opened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -281,6 +286,7 @@ def test_steps_never_list_the_folder_after_it_was_opened(
 
 
 # --------------------------------------------------------------------------- construction
+# Turns shared/repro/reliability/repro_guard_model_optimizer_mismatch.py into a test.
 def test_a_model_that_does_not_hold_the_optimizers_parameters_is_refused() -> None:
     trained, other = nn.Linear(4, 1), nn.Linear(4, 1)  # e.g. other is an EMA copy
     opt = torch.optim.SGD(trained.parameters(), lr=0.5)

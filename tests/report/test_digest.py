@@ -3,6 +3,9 @@
 The digest stands in for the full record list in the report, so the key property is that the
 page's text (outcome, events table, advice) is the same whether it is built from every record
 or from the digest's kept records.
+
+Turns shared/repro/reliability/repro_report_slow_large_log.py into tests (its timing lives in
+benchmarks/report.py).
 """
 
 from __future__ import annotations

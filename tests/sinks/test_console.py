@@ -223,6 +223,7 @@ def test_a_scaler_overflow_is_counted_as_info_not_shown_as_critical() -> None:
     )
 
 
+# Turns shared/repro/reliability/repro_terminal_escape_injection.py into a test.
 def test_control_characters_from_names_never_reach_the_terminal() -> None:
     assert terminal_safe("rnn.weight_hh_l0") == "rnn.weight_hh_l0"
     assert terminal_safe("a\x1b[2Jb\x07\nc\u202e\x9b") == "a\\x1b[2Jb\\x07\\nc\\u202e\\x9b"

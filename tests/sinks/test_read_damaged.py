@@ -2,7 +2,8 @@
 
 The cases are those of a hand-edited log, a log written by another tool, and a log appended
 after resuming from an older snapshot (steps that go back), at the reader, the report and the
-``gradguard report`` command.
+``gradguard report`` command. Turns shared/repro/reliability/repro_report_malformed_log.py
+into tests.
 """
 
 from __future__ import annotations

@@ -80,9 +80,10 @@ def clip_grad_norm_(
     except NoGradientsError:  # PyTorch returns 0 when no tensor has a gradient
         return torch.zeros((), dtype=torch.float32)
     if error_if_nonfinite and not bool(stats.finite):  # HOST SYNC: only when asked to raise.
+        total = stats.total_norm.item()  # HOST SYNC: the error path only, after the one above.
         raise NonFiniteError(
             f"clip_grad_norm_: the total norm of order {p} of the gradients is "
-            f"{stats.total_norm.item()} (a NaN/Inf gradient, or finite values whose norm "
+            f"{total} (a NaN/Inf gradient, or finite values whose norm "
             "overflows); no gradient was changed. Skip this optimizer step, find the culprit "
             "with gg.measure(model).norms, or pass error_if_nonfinite=False to leave such "
             "gradients untouched without raising."
