@@ -40,6 +40,7 @@ from gradguard.errors import (
     SnapshotError,
     TrainingDivergedError,
     check_bool,
+    check_choice,
     check_interface,
     check_mapping,
     check_path,
@@ -59,6 +60,7 @@ from gradguard.recover import (
 )
 from gradguard.sinks import Sink, with_default_logging
 from gradguard.stats import GradStats, NamedTensors, measure, reduce_across_ranks
+from gradguard.stats.measure import grouped_norms
 from gradguard.stats.params import local_tensor
 
 if TYPE_CHECKING:
@@ -209,13 +211,13 @@ class Guard:
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__} "
                 f"{optimizer!r:.80}. Pass the optimizer whose step() the guard replaces."
             )
-        if on_give_up not in ("raise", "stop", "continue"):
-            raise ConfigError(
-                f"on_give_up must be 'raise', 'stop' or 'continue', got {on_give_up!r}. 'raise' "
-                "(the default) stops a script with advice; 'stop' sets guard.should_stop for "
-                "framework loops."
-            )
-        self.on_give_up: GiveUp = on_give_up
+        self.on_give_up: GiveUp = check_choice(
+            "on_give_up",
+            on_give_up,
+            ("raise", "stop", "continue"),
+            fix="'raise' (the default) stops a script with advice; 'stop' sets guard.should_stop "
+            "for framework loops.",
+        )
         self.should_stop = False
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             raise ConfigError(
@@ -425,13 +427,6 @@ class Guard:
         obs = self.monitor.last
         if obs is None:  # pragma: no cover - Monitor.observe always sets it
             raise RuntimeError("Monitor.observe() left no observation")
-        overflow = False
-        if not obs.finite or not obs.loss_finite:
-            # Rare path (a fault): one more host read each, to tell what went wrong.
-            overflow = scaler is not None and obs.loss_finite and self._scale_overflowed(scaler)
-            local = self.monitor.process_group is None  # a rank-local read must not decide
-            if not overflow and local and not _all_finite(self._params()):
-                obs = dataclasses.replace(obs, param_norm=math.nan)  # the weights are corrupt
         if self.should_stop:
             action = Action(
                 ActionKind.SKIP,
@@ -440,7 +435,14 @@ class Guard:
                 "when guard.should_stop is set.",
             )
             decision = Decision(action, apply=False, lr_scale=self.policy.lr_scale)
-            return PendingStep(self._step, obs, tuple(alerts), decision, overflow)
+            return PendingStep(self._step, obs, tuple(alerts), decision, False)
+        overflow = False
+        if not obs.finite or not obs.loss_finite:
+            # Rare path (a fault): one more host read each, to tell what went wrong.
+            overflow = scaler is not None and obs.loss_finite and self._scale_overflowed(scaler)
+            local = self.monitor.process_group is None  # a rank-local read must not decide
+            if not overflow and local and not _all_finite(self._params()):
+                obs = dataclasses.replace(obs, param_norm=math.nan)  # the weights are corrupt
         decision = self.policy.decide(
             obs,
             alerts,
@@ -912,11 +914,10 @@ def _unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) ->
 
 def _all_finite(tensors: Sequence[Tensor]) -> bool:
     """Whether every tensor holds only finite values (one host read: a fault path only)."""
-    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for t in tensors:
-        groups.setdefault((t.device, t.dtype), []).append(t.detach())
-    flags = [torch.stack(torch._foreach_norm(ts)).isfinite().all() for ts in groups.values()]
-    return bool(torch.stack(flags).all()) if flags else True
+    if not tensors:
+        return True
+    norms, _, _ = grouped_norms([t.detach() for t in tensors], 2.0)
+    return bool(norms.isfinite().all())
 
 
 _STATE_KEYS = ("step", "progress", "since_snapshot", "counters", "policy", "monitor")

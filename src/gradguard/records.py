@@ -100,7 +100,6 @@ class Reason(str, enum.Enum):
     REGIME_CHANGE = "regime_change"
     EARLY_EXPLOSION = "early_explosion"
     NONFINITE_PARAM = "nonfinite_param"
-    GAVE_UP = "gave_up"
 
 
 _REASON_OF_KIND = {

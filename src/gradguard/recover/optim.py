@@ -17,9 +17,10 @@ __all__ = ["RateCeiling", "reset_optimizer_state_", "scaled_lr"]
 def scaled_lr(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]:
     """Multiply the learning rate of every parameter group by ``scale`` inside the block.
 
-    The guard backs off by wrapping ``optimizer.step()`` in this block instead of rewriting the
-    learning rates for good, so any scheduler (chainable or not) keeps owning the schedule and
-    the backoff composes with it: the effective rate is ``schedule * scale``. Groups keep their
+    A plain multiplier around ``optimizer.step()`` instead of rewriting the learning rates for
+    good, so any scheduler keeps owning the schedule: the effective rate is ``schedule * scale``
+    (the guard itself steps under a :class:`RateCeiling`, which a rising schedule cannot
+    outrun). Groups keep their
     own rates relative to each other. ``scale == 1`` touches nothing, so a run without trouble
     is bit-identical to one without the guard.
 
@@ -30,18 +31,10 @@ def scaled_lr(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]:
     Raises:
         ConfigError: ``scale`` is not a finite number > 0.
     """
-    scale = check_positive("scale", scale, fix="The guard's backoff uses values in (0, 1].")
-    if scale == 1.0:
+    ceiling = RateCeiling(optimizer)  # no reference yet: every rate is schedule * scale
+    ceiling.scale = check_positive("scale", scale, fix="The guard's backoff uses values in (0, 1].")
+    with ceiling.applied():
         yield
-        return
-    saved = [group["lr"] for group in optimizer.param_groups]
-    for group, lr in zip(optimizer.param_groups, saved, strict=True):
-        group["lr"] = lr * scale
-    try:
-        yield
-    finally:
-        for group, lr in zip(optimizer.param_groups, saved, strict=True):
-            group["lr"] = lr
 
 
 def reset_optimizer_state_(optimizer: torch.optim.Optimizer) -> int:
