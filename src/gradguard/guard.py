@@ -54,6 +54,7 @@ from gradguard.recover import (
     MemorySnapshotStore,
     RateCeiling,
     SnapshotStore,
+    already_unscaled,
     capture_rng_state,
     reset_optimizer_state_,
     restore_rng_state,
@@ -412,7 +413,7 @@ class Guard:
         if self._foreign is not None:
             raise SnapshotError(self._foreign)
         scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
-        if scaler is not None and not _unscaled(scaler, self.optimizer):
+        if scaler is not None and not already_unscaled(scaler, self.optimizer):
             scaler.unscale_(self.optimizer)  # unless the script did (to clip), as nanoGPT does
         stats = measure(self._named)
         # Global norms before clipping or deciding, so every rank clips and decides alike.
@@ -903,13 +904,6 @@ class Guard:
             sink.close()
         if isinstance(self.store, DiskSnapshotStore):
             self.store.close()
-
-
-def _unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``scaler.unscale_(optimizer)`` was already called since the last update."""
-    states = getattr(scaler, "_per_optimizer_states", None)
-    stage = states.get(id(optimizer), {}).get("stage") if isinstance(states, Mapping) else None
-    return getattr(stage, "name", None) == "UNSCALED"
 
 
 def _all_finite(tensors: Sequence[Tensor]) -> bool:

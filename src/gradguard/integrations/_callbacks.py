@@ -17,11 +17,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from gradguard.errors import ConfigError, TrainingDivergedError
-from gradguard.integrations.hooks import HookedGuard, describe_model, unwrap_optimizer
+from gradguard.integrations.hooks import HookedGuard, describe_model, drop_grads, unwrap_optimizer
 from gradguard.records import ActionKind, Severity, StepRecord
 from gradguard.sinks import JsonlSink, RankZeroSink, Sink, is_rank_zero
 
@@ -47,7 +46,9 @@ class LossMeter:
         """Add one micro-batch loss times ``factor`` (only a one-element float tensor counts)."""
         if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             return
-        value = loss.detach().reshape(()).float() * factor
+        value = loss.detach().reshape(()).float()
+        if factor != 1.0:  # no kernel on the usual micro-batch
+            value = value * factor
         self._sum = value if self._sum is None else self._sum + value
         self._count += 1
 
@@ -118,13 +119,6 @@ class FrameworkRelay:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def drop_grads(optimizer: torch.optim.Optimizer) -> None:
-    """Make the coming ``optimizer.step()`` a no-op (after the guard gave up)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            p.grad = None
 
 
 class CallbackGuards:

@@ -49,10 +49,10 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
-from gradguard.errors import ConfigError
+from gradguard.errors import ConfigError, check_int
 from gradguard.guard import Guard, PendingStep
 from gradguard.records import Severity, StepRecord
-from gradguard.sinks import JsonlSink, Sink, is_rank_zero
+from gradguard.sinks import JsonlSink, Sink, is_launch_rank_zero
 from gradguard.stats.recurrent import recurrent_weights
 
 __all__ = [
@@ -149,7 +149,8 @@ def _label(model: nn.Module) -> str:
     return label if isinstance(label, str) else type(model).__name__
 
 
-def _drop_grads(optimizer: torch.optim.Optimizer) -> None:
+def drop_grads(optimizer: torch.optim.Optimizer) -> None:
+    """Make the coming ``optimizer.step()`` a no-op: it skips parameters without a gradient."""
     for group in optimizer.param_groups:
         for p in group["params"]:
             p.grad = None
@@ -207,7 +208,7 @@ class HookedGuard:
         if pending.decision.apply:
             self._lr.enter_context(self.guard.learning_rate(pending))
         else:
-            _drop_grads(self.optimizer)
+            drop_grads(self.optimizer)
         self._pending = pending
 
     def after_step(self) -> StepRecord | None:
@@ -441,13 +442,6 @@ def name_parameters(optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None,
     )
 
 
-def is_launch_rank_zero() -> bool:
-    """Rank 0 of a distributed run, also before ``init_process_group``: torchrun sets ``RANK``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return is_rank_zero()
-    return os.environ.get("RANK", "0").strip() in ("", "0")
-
-
 NO_STEP_WARNING_AFTER = 10
 """``backward()`` calls without an optimizer step before :class:`GlobalGuard` says so."""
 
@@ -504,16 +498,12 @@ class GlobalGuard:
         no_step_warning_after: int = NO_STEP_WARNING_AFTER,
         **guard_options: Any,
     ) -> None:
-        if isinstance(no_step_warning_after, bool) or not isinstance(no_step_warning_after, int):
-            raise ConfigError(
-                f"no_step_warning_after must be an integer >= 1, got {no_step_warning_after!r}; "
-                f"the default is {NO_STEP_WARNING_AFTER}."
-            )
-        if no_step_warning_after < 1:
-            raise ConfigError(
-                f"no_step_warning_after must be an integer >= 1, got {no_step_warning_after!r}; "
-                f"the default is {NO_STEP_WARNING_AFTER}."
-            )
+        check_int(
+            "no_step_warning_after",
+            no_step_warning_after,
+            minimum=1,
+            fix=f"The default is {NO_STEP_WARNING_AFTER}.",
+        )
         self.log = Path(log) if log is not None else None
         self.sinks = tuple(sinks)
         self.metadata = dict(metadata or {})

@@ -41,6 +41,8 @@ from torch import Tensor, nn
 
 from gradguard.errors import MissingDependencyError
 from gradguard.integrations._callbacks import CallbackGuards
+from gradguard.integrations.hooks import unwrap_optimizer
+from gradguard.recover import already_unscaled
 from gradguard.sinks import Sink
 
 __all__ = ["GradguardTrainerCallback", "callback_class"]  # noqa: F822 - GradguardTrainerCallback: built by __getattr__
@@ -75,11 +77,8 @@ def _unscale_for_guard(optimizer: Any) -> None:
     scaler = getattr(optimizer, "scaler", None)
     if scaler is None or not scaler.is_enabled():
         return
-    inner = getattr(optimizer, "optimizer", optimizer)
-    from torch.amp.grad_scaler import OptState
-
-    state = scaler._per_optimizer_states[id(inner)]  # the stage GradScaler itself checks
-    if state["stage"] is OptState.READY:
+    inner = unwrap_optimizer(optimizer)
+    if not already_unscaled(scaler, inner):
         scaler.unscale_(inner)
 
 

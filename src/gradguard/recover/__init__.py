@@ -1,6 +1,11 @@
 """Recover a run: snapshots (memory or disk, atomic), rollback, LR backoff, state reset."""
 
-from gradguard.recover.optim import RateCeiling, reset_optimizer_state_, scaled_lr
+from gradguard.recover.optim import (
+    RateCeiling,
+    already_unscaled,
+    reset_optimizer_state_,
+    scaled_lr,
+)
 from gradguard.recover.rng import capture_rng_state, restore_rng_state
 from gradguard.recover.snapshot import (
     DiskSnapshotStore,
@@ -14,6 +19,7 @@ __all__ = [
     "MemorySnapshotStore",
     "RateCeiling",
     "SnapshotStore",
+    "already_unscaled",
     "capture_rng_state",
     "cpu_copy",
     "reset_optimizer_state_",

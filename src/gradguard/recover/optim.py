@@ -10,7 +10,7 @@ import torch
 
 from gradguard.errors import check_positive
 
-__all__ = ["RateCeiling", "reset_optimizer_state_", "scaled_lr"]
+__all__ = ["RateCeiling", "already_unscaled", "reset_optimizer_state_", "scaled_lr"]
 
 
 @contextmanager
@@ -35,6 +35,17 @@ def scaled_lr(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]:
     ceiling.scale = check_positive("scale", scale, fix="The guard's backoff uses values in (0, 1].")
     with ceiling.applied():
         yield
+
+
+def already_unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``scaler.unscale_(optimizer)`` was already called since the last update.
+
+    A script that clips itself (nanoGPT) or a framework (Accelerate) may have unscaled first; a
+    second ``unscale_`` raises. Reads the scaler's per-optimizer stage, as ``unscale_`` does.
+    """
+    states = getattr(scaler, "_per_optimizer_states", None)
+    stage = states.get(id(optimizer), {}).get("stage") if isinstance(states, Mapping) else None
+    return getattr(stage, "name", None) == "UNSCALED"
 
 
 def reset_optimizer_state_(optimizer: torch.optim.Optimizer) -> int:

@@ -5,7 +5,7 @@ from gradguard.sinks.console import ConsoleSink
 from gradguard.sinks.csvfile import CSV_COLUMNS, CsvSink
 from gradguard.sinks.jsonl import LOG_FORMAT, JsonlSink
 from gradguard.sinks.logger import LOGGER_NAME, LoggingSink, with_default_logging
-from gradguard.sinks.rank import RankZeroSink, is_rank_zero
+from gradguard.sinks.rank import RankZeroSink, is_launch_rank_zero, is_rank_zero
 from gradguard.sinks.read import LogHeader, LogStream, RunLog, SkippedLine, read_jsonl
 from gradguard.sinks.tally import StepTally, done_phrase, is_clipped, shown_severity
 from gradguard.sinks.tboard import TensorBoardSink
@@ -28,6 +28,7 @@ __all__ = [
     "TensorBoardSink",
     "done_phrase",
     "is_clipped",
+    "is_launch_rank_zero",
     "is_rank_zero",
     "read_jsonl",
     "shown_severity",

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable
-
-import torch.distributed as dist
 
 from gradguard.errors import ConfigError
 from gradguard.records import ActionKind, Reason, Severity, StepRecord
@@ -187,11 +184,7 @@ class LoggingSink:
 
 
 def _rank_zero() -> bool:
-    """Rank 0 of the process group, or before one exists, of the launch (torchrun sets RANK)."""
-    if not rank.is_rank_zero():
-        return False
-    initialised = dist.is_available() and dist.is_initialized()
-    return initialised or os.environ.get("RANK", "0").strip() in ("", "0")
+    return rank.is_launch_rank_zero()
 
 
 def _line(record: StepRecord) -> str:

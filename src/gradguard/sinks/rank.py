@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
 import torch.distributed as dist
 
 from gradguard.records import StepRecord
 from gradguard.sinks.base import Sink
 
-__all__ = ["RankZeroSink", "is_rank_zero"]
+__all__ = ["RankZeroSink", "is_launch_rank_zero", "is_rank_zero"]
 
 
 def is_rank_zero() -> bool:
     """``True`` unless ``torch.distributed`` is initialised and this process has rank != 0."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def is_launch_rank_zero() -> bool:
+    """Rank 0 of the process group, or before one exists, of the launch (torchrun sets RANK)."""
+    if not is_rank_zero():
+        return False
+    initialised = dist.is_available() and dist.is_initialized()
+    return initialised or os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 class RankZeroSink:
