@@ -48,7 +48,15 @@ from gradguard.errors import (
 )
 from gradguard.monitor import Monitor, check_sinks
 from gradguard.policy import EPS, ClipMode, Decision, EscalationPolicy, PolicyConfig, abort_advice
-from gradguard.records import Action, ActionKind, Alert, Observation, Reason, StepRecord
+from gradguard.records import (
+    CLIP_TOLERANCE,
+    Action,
+    ActionKind,
+    Alert,
+    Observation,
+    Reason,
+    StepRecord,
+)
 from gradguard.recover import (
     DiskSnapshotStore,
     MemorySnapshotStore,
@@ -609,7 +617,7 @@ class Guard:
         if decision.apply:
             c["applied"] += 1
             # A CLIP, or a backoff or recovery whose gradients were scaled (by either clipper).
-            c["clipped"] += kind is ActionKind.CLIP or decision.clip_coef < 1.0 - 1e-5
+            c["clipped"] += kind is ActionKind.CLIP or decision.clip_coef < 1.0 - CLIP_TOLERANCE
         else:
             c["skipped"] += 1
         c["backoffs"] += kind is ActionKind.BACKOFF

@@ -53,7 +53,16 @@ from gradguard.errors import (
     check_positive,
     check_real,
 )
-from gradguard.records import Action, ActionKind, Alert, AlertKind, Observation, Reason, Severity
+from gradguard.records import (
+    CLIP_TOLERANCE,
+    Action,
+    ActionKind,
+    Alert,
+    AlertKind,
+    Observation,
+    Reason,
+    Severity,
+)
 
 __all__ = ["ClipMode", "Decision", "EscalationPolicy", "PolicyConfig", "abort_advice"]
 
@@ -692,7 +701,7 @@ class EscalationPolicy:
         clipped = bound is not None and obs.total_norm > bound
         # A clipper object ("external") scaled the gradients before this decision.
         external = 1.0 if obs.clip_coef is None else obs.clip_coef
-        clipped_before = external < 1.0 - 1e-5
+        clipped_before = external < 1.0 - CLIP_TOLERANCE
         coef = external * own
         kind = ActionKind.CLIP if clipped or clipped_before else ActionKind.PROCEED
         scaled = [f"{clipper} scaled the gradients by {external:.3g}"] if clipped_before else []
@@ -905,7 +914,8 @@ class EscalationPolicy:
             s.faults = []
         self._escalated(t)
         done = (
-            "step applied" + (f" with gradients scaled by {coef:.3g}" if coef < 1.0 - 1e-5 else "")
+            "step applied"
+            + (f" with gradients scaled by {coef:.3g}" if coef < 1.0 - CLIP_TOLERANCE else "")
             if apply
             else "step skipped"
         )

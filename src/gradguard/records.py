@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 __all__ = [
+    "CLIP_TOLERANCE",
     "SCHEMA_VERSION",
     "Action",
     "ActionKind",
@@ -49,6 +50,10 @@ class Severity(str, enum.Enum):
 
 
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+
+
+CLIP_TOLERANCE = 1e-5
+"""A step whose gradients were scaled by less than ``1 - CLIP_TOLERANCE`` counts as clipped."""
 
 
 class AlertKind(str, enum.Enum):

@@ -64,6 +64,7 @@ def inspect(
     if not console.is_terminal:  # logs and CI: keep long tensor names on one line
         console.width = max(console.width, 160)
     bad = [h for h in health if not h.finite and h.name in judged]
+    bad_names = {h.name for h in bad}
     placeholders = [h for h in health if not h.finite and h.name not in judged]
     shown = bad + [h for h in health if h.finite or h.name not in judged]
     if not show_all:
@@ -83,7 +84,7 @@ def inspect(
             h.dtype,
             _num(h.norm),
             _num(h.max_abs),
-            Text(problem, style="bold red" if h.name in {b.name for b in bad} else "dim"),
+            Text(problem, style="bold red" if h.name in bad_names else "dim"),
         )
     console.print(table)
     if len(shown) < len(health):

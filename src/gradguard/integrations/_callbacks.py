@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from gradguard.errors import ConfigError, TrainingDivergedError
 from gradguard.integrations.hooks import HookedGuard, describe_model, drop_grads, unwrap_optimizer
-from gradguard.records import ActionKind, Severity, StepRecord
+from gradguard.records import CLIP_TOLERANCE, ActionKind, Severity, StepRecord
 from gradguard.sinks import JsonlSink, RankZeroSink, Sink, is_rank_zero
 
 __all__ = ["STATE_VERSION", "CallbackGuards", "FrameworkRelay", "LossMeter"]
@@ -83,7 +83,7 @@ class FrameworkRelay:
         c = self._counts
         c["steps"] += 1
         c["skipped"] += not record.applied
-        c["clipped"] += record.applied and record.clip_coef < 1.0 - 1e-5
+        c["clipped"] += record.applied and record.clip_coef < 1.0 - CLIP_TOLERANCE
         c["rollbacks"] += record.action is ActionKind.ROLLBACK
         c["alerts"] += len(record.alerts)
         if record.total_norm is not None and not record.total_norm <= self._norm:

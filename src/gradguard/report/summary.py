@@ -294,7 +294,6 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
     One pass: ``records`` may be a stream (the report feeds a million-step log through it).
     """
     actions: Counter[ActionKind] = Counter()
-    severities: Counter[Severity] = Counter()
     kinds: Counter[str] = Counter()
     first_warning: Alert | None = None
     first_nonfinite: int | None = None
@@ -302,7 +301,7 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
     max_norm: tuple[int, float] | None = None
     final_loss: float | None = None
     final_lr: float | None = None
-    count = applied = lost = clipped = 0
+    clipped = 0
     smallest_clip: tuple[int, float] | None = None
     first_step: int | None = None
     last_step: int | None = None
@@ -313,12 +312,9 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
         tracked.add(record)
         rate.add(record)
         last = record
-        count += 1
         if first_step is None:
             first_step = record.step
         last_step = record.step
-        applied += record.applied
-        lost += record.steps_lost
         if record.clip_coef < 1.0:
             clipped += 1
             if smallest_clip is None or record.clip_coef < smallest_clip[1]:
@@ -327,7 +323,6 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
             actions[record.action] += 1
         for alert in record.alerts:
             severity = shown_severity(record, alert)  # a GradScaler overflow is routine: info
-            severities[severity] += 1
             kinds[alert.kind.value] += 1
             if first_warning is None and severity.rank >= Severity.WARNING.rank:
                 first_warning = alert
@@ -343,12 +338,12 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
         if record.lr is not None:
             final_lr = record.lr
     return RunSummary(
-        steps=count,
+        steps=tally.steps,
         first_step=first_step,
         last_step=last_step,
         actions=dict(actions),
-        applied_steps=applied,
-        alerts_by_severity=dict(severities),
+        applied_steps=tally.applied,
+        alerts_by_severity=dict(tally.alerts),
         alerts_by_kind=dict(kinds),
         first_warning=first_warning,
         first_nonfinite_step=first_nonfinite,
@@ -356,7 +351,7 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
         max_norm=max_norm,
         final_loss=final_loss,
         final_lr=final_lr,
-        steps_lost=lost,
+        steps_lost=tally.steps_lost,
         clipped_steps=clipped,
         smallest_clip=smallest_clip,
         tally=tally,

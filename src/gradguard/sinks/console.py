@@ -91,7 +91,6 @@ class ConsoleSink:
 
         self.every = every
         self.console = console if console is not None else Console(stderr=True)
-        self._seen = 0
         self._tally = StepTally()
         self._recent: set[tuple[AlertKind, Severity]] = set()
         self._reset_window()
@@ -105,7 +104,6 @@ class ConsoleSink:
 
     def write(self, record: StepRecord) -> None:
         """Take one step's record; print only what is due."""
-        self._seen += 1
         self._window_steps += 1
         self._tally.add(record)
         if is_clipped(record):
@@ -134,19 +132,19 @@ class ConsoleSink:
                     repeats.first_step = alert.step
                 repeats.count += 1
                 repeats.last_step = alert.step
-        if self._seen == 1 or self._seen % self.every == 0:
+        seen = self._tally.steps
+        if seen == 1 or seen % self.every == 0:
             self._print_periodic(record)
 
     def close(self) -> None:
         """Print the repeats still counted and a closing line with the whole run's counts."""
-        if not self._seen:
+        if not self._tally.steps:
             return
         self._flush_repeats()
         from rich.text import Text
 
         self.console.print(Text(f"gradguard: {_run_counts(self._tally)}", style="dim"))
         self._reset_window()
-        self._seen = 0
         self._tally = StepTally()
 
     # ---------------------------------------------------------------------------------------

@@ -12,12 +12,18 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from gradguard.records import ActionKind, Alert, AlertKind, Reason, Severity, StepRecord
+from gradguard.records import (
+    CLIP_TOLERANCE,
+    ActionKind,
+    Alert,
+    AlertKind,
+    Reason,
+    Severity,
+    StepRecord,
+)
 
 __all__ = ["CLIP_TOLERANCE", "StepTally", "done_phrase", "is_clipped", "shown_severity"]
 
-CLIP_TOLERANCE = 1e-5
-"""A coefficient below ``1 - CLIP_TOLERANCE`` counts as a clip (the guard's own rule)."""
 
 _ROUTINE = {Reason.SCALER_OVERFLOW: {AlertKind.NONFINITE_GRAD}}
 """Alerts that the step's reason shows to be routine: shown as info, not counted as faults."""
