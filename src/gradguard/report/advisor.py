@@ -176,16 +176,15 @@ def advise(
     """
     summary = summary or summarize(records)
     facts = model_facts(records, metadata or {})
-    rate = summary.rate
     faults = [r for r in records if is_fault(r)]
     advice: list[Advice] = []
     isolated = _isolated(records, faults, summary)
     if isolated is not None:
         advice.append(isolated)
     else:
-        advice += _learning_rate(records, faults, rate, summary)
+        advice += _learning_rate(faults, summary)
         advice += _initialisation(summary, faults, facts)
-    situations = _situations(records, summary, facts, rate) + _analyses(analysis or {})
+    situations = _situations(records, summary, facts) + _analyses(analysis or {})
     lines: dict[Remedy, list[str]] = {}
     confidence: dict[Remedy, Confidence] = {}
     for items, evidence, sure in situations:
@@ -285,12 +284,8 @@ def _isolated(
     )
 
 
-def _learning_rate(
-    records: Sequence[StepRecord],
-    faults: Sequence[StepRecord],
-    rate: RateEvidence,
-    summary: RunSummary,
-) -> list[Advice]:
+def _learning_rate(faults: Sequence[StepRecord], summary: RunSummary) -> list[Advice]:
+    rate = summary.rate
     if rate.suggested is None:
         return []
     ruined = summary.progress.verdict in ("did_not_train", "lost_ground")
@@ -390,17 +385,17 @@ _Situation = tuple[list[Any], list[str], Confidence]
 
 
 def _situations(
-    records: Sequence[StepRecord], summary: RunSummary, facts: ModelFacts, rate: RateEvidence
+    records: Sequence[StepRecord], summary: RunSummary, facts: ModelFacts
 ) -> list[_Situation]:
     out = [
         _data_spikes(records),
         _gradient_alerts(records, recurrent=True),
         _gradient_alerts(records, recurrent=False),
-        _recurrent(records, summary, facts),
+        _recurrent(summary, facts),
         _deep(facts),
         _long_sequence(facts),
     ]
-    if rate.suggested is None:  # the rate advice above already covers growing weights
+    if summary.rate.suggested is None:  # the rate advice above already covers growing weights
         out.append(_param_growth(records))
     return [(items, lines, sure) for items, lines, sure in out if items]
 
@@ -508,7 +503,7 @@ def _param_growth(records: Sequence[StepRecord]) -> _Situation:
     return list(alerts), evidence, "medium"
 
 
-def _recurrent(records: Sequence[StepRecord], summary: RunSummary, facts: ModelFacts) -> _Situation:
+def _recurrent(summary: RunSummary, facts: ModelFacts) -> _Situation:
     if not facts.recurrent:
         return [], [], "low"
     described = {"kind": "model", "recurrent": True, "cell": facts.cell, "num_layers": 1}
