@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
+from gradguard.errors import ConfigError
 from gradguard.records import StepRecord
 
-__all__ = ["Sink"]
+__all__ = ["IfExists", "Sink", "check_if_exists"]
+
+IfExists: TypeAlias = Literal["error", "append", "overwrite"]
+"""What a file sink does with a file that already holds data."""
+_IF_EXISTS = ("error", "append", "overwrite")
+
+
+def check_if_exists(value: object, what: str) -> None:
+    """Refuse an ``if_exists`` other than the three; ``what`` names the file (a log, a table)."""
+    if value not in _IF_EXISTS:
+        raise ConfigError(
+            f"if_exists must be one of {_IF_EXISTS!r}, got {value!r}; use 'append' to "
+            f"continue {what} after a restart."
+        )
 
 
 @runtime_checkable

@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO
 
 from gradguard.errors import ConfigError, LogFormatError, check_path
 from gradguard.records import StepRecord
+from gradguard.sinks.base import IfExists, check_if_exists
 
 __all__ = ["CSV_COLUMNS", "CsvSink"]
 
@@ -54,13 +55,9 @@ class CsvSink:
         self,
         path: str | os.PathLike[str],
         *,
-        if_exists: Literal["error", "append", "overwrite"] = "error",
+        if_exists: IfExists = "error",
     ) -> None:
-        if if_exists not in _IF_EXISTS:
-            raise ConfigError(
-                f"if_exists must be one of {_IF_EXISTS!r}, got {if_exists!r}; use 'append' to "
-                "continue a table after a restart."
-            )
+        check_if_exists(if_exists, "a table")
         check_path("path", path, what="file", fix="Pass the .csv file to write, e.g. 'run.csv'.")
         self.path = Path(path)
         exists = self.path.exists() and self.path.stat().st_size > 0
@@ -106,9 +103,6 @@ class CsvSink:
         """Flush and close the file."""
         if not self._file.closed:
             self._file.close()
-
-
-_IF_EXISTS = ("error", "append", "overwrite")
 
 
 def _check_header(path: Path) -> None:

@@ -18,18 +18,16 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from gradguard.errors import ConfigError, LogFormatError, check_mapping, check_path
 from gradguard.records import SCHEMA_VERSION, StepRecord, to_json_dict
+from gradguard.sinks.base import IfExists, check_if_exists
 
 __all__ = ["LOG_FORMAT", "JsonlSink", "jsonable", "make_header"]
 
 LOG_FORMAT = "gradguard-log"
 """Value of the header's ``format`` key: how a reader recognises a gradguard log."""
-
-IfExists = Literal["error", "append", "overwrite"]
-_IF_EXISTS = ("error", "append", "overwrite")
 
 
 def gradguard_version() -> str:
@@ -125,11 +123,7 @@ class JsonlSink:
         check_path("path", path, what="file", fix="Pass the log file, e.g. 'run.jsonl'.")
         if metadata is not None:
             check_mapping("metadata", metadata, fix="Pass a dict, e.g. {'lr': 0.1, 'seed': 0}.")
-        if if_exists not in _IF_EXISTS:
-            raise ConfigError(
-                f"if_exists must be one of {_IF_EXISTS!r}, got {if_exists!r}; use 'append' to "
-                "continue a log after a restart."
-            )
+        check_if_exists(if_exists, "a log")
         self.path = Path(path)
         header = make_header(metadata)
         exists = self.path.exists() and self.path.stat().st_size > 0
