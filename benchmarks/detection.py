@@ -8,12 +8,17 @@ every configuration sees the same trajectory). The unprotected outcome labels th
 * recall: exploding runs with a warning or critical alert in the window that ends at the
   incident step (``generate.incident_step``) and starts ``--horizon`` steps before it, or at the
   fault when the run has one (an alarm before the fault cannot be about it);
-* false-alarm warnings: warning or critical alerts on healthy runs (and how many runs had any);
+* false-alarm warnings: warning or critical alerts shown on healthy runs (and how many runs had
+  any alarm at all);
 * lead: incident step minus the first alarm in the window; the median over caught runs and over
   gradual explosions (the incident came 10 or more steps after its fault, or after the start
   when the rate alone is the cause);
-* alerts per incident: the median number of warning or critical alerts from the first alarm to
-  the incident step of a caught run (1 is ideal; dozens drown the message).
+* alerts per incident: the median number of warning or critical alerts shown from the first
+  alarm to the incident step of a caught run (1 is ideal; dozens drown the message).
+
+"Shown" is what a person sees: the Monitor marks the later alerts of an incident it already
+reported as repeats (``gradguard.detect.episode.IncidentLatch``), and repeats are not counted;
+recall and lead count every alarm, repeats included (the policy acts on them).
 
 Configurations: gradguard's default preset; the textbook preset; the textbook threshold+growth
 detector; a NaN-only check (what ``clip_grad_norm_(..., error_if_nonfinite=True)`` catches); a
@@ -36,6 +41,7 @@ from torch import Tensor
 import gradguard as gg
 from family import family_parser, family_specs, run_tasks
 from gradguard.detect import Detector, NonFiniteDetector, ThresholdGrowthDetector, preset
+from gradguard.detect.episode import reported
 from gradguard.records import Alert, AlertKind, Observation, Severity
 from gradguard.scenarios import generate
 from gradguard.scenarios.generate import GeneratedRun, GeneratedScenario, RunResult
@@ -106,7 +112,8 @@ CONFIGS: dict[str, Callable[[], list[Detector]]] = {
 
 
 Alarms = dict[str, list[tuple[int, int]]]
-"""Configuration -> ``(step, warning-or-critical alerts at that step)`` for every alarmed step."""
+"""Configuration -> ``(step, warning-or-critical alerts shown at that step)`` for every step with
+a warning or critical alert (the count is 0 when all of them were repeats)."""
 
 
 class Watch:
@@ -120,9 +127,9 @@ class Watch:
 
     def _observe(self, loss: Tensor) -> None:
         for name, monitor in self.monitors.items():
-            n = sum(a.severity is not Severity.INFO for a in monitor.observe(loss))
-            if n:
-                self.alarms[name].append((self.step, n))
+            alerts = monitor.observe(loss)
+            if any(a.severity is not Severity.INFO for a in alerts):
+                self.alarms[name].append((self.step, len(reported(alerts))))
 
     def __call__(self, loss: Tensor | None, closure: Callable[[], Tensor] | None) -> None:
         run = self.run
@@ -179,8 +186,8 @@ def score(
             healthy += 1
             count = sum(n for _, n in steps)
             fa_alerts += count
-            fa_runs += bool(count)
-            cells[spec.id] = f"FA x{count}" if count else "quiet"
+            fa_runs += bool(steps)
+            cells[spec.id] = f"FA x{count}" if steps else "quiet"
             continue
         if label != "exploding":
             cells[spec.id] = f"({len(steps)} alarmed)" if steps else "-"

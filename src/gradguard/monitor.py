@@ -20,6 +20,7 @@ from torch import Tensor
 from gradguard.detect import Detector, Preset
 from gradguard.detect import preset as make_preset
 from gradguard.detect.base import check_int
+from gradguard.detect.episode import IncidentLatch
 from gradguard.errors import (
     ConfigError,
     ConfigTypeError,
@@ -168,6 +169,7 @@ class Monitor:
         self._tensor_every = _schedules(self.detectors, "tensor_norms_every")
         self._observations: deque[Observation] = deque(maxlen=size)
         self._alerts: deque[Alert] = deque(maxlen=size)
+        self._latch = IncidentLatch()  # marks an incident's later alerts as repeats
         self._step = 0
         self._last: Observation | None = None
         self._counts: dict[str, dict[str, int]] = {}
@@ -248,6 +250,7 @@ class Monitor:
         alerts: list[Alert] = []
         for detector in self.detectors:
             alerts.extend(detector.update(obs))
+        alerts = self._latch.mark(step, alerts)
         self._remember(obs, alerts)
         if self.sinks:
             record = self._record(obs, alerts)
@@ -305,6 +308,7 @@ class Monitor:
             "observations": [to_json_dict(o) for o in self._observations],
             "alerts": [to_json_dict(a) for a in self._alerts],
             "last": None if self._last is None else to_json_dict(self._last),
+            "latch": self._latch.state_dict(),
         }
 
     def detector_state(self) -> list[dict[str, Any]]:
@@ -350,6 +354,8 @@ class Monitor:
         if missing:
             raise ConfigError(f"the monitor state lacks {missing!r}. {fix}")
         self.load_detector_state(state["detectors"])
+        if "latch" in state:
+            self._latch.load_state_dict(state["latch"])
         self._step = int(state["step"])
         self._counts = {k: {s: int(n) for s, n in v.items()} for k, v in state["counts"].items()}
         self._first_alert = state["first_alert"]

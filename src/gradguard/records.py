@@ -175,6 +175,9 @@ class Alert:
         threshold: the bound it was compared with.
         steps_to_overflow: for trends, forecast steps left before the norm reaches its limit.
         since: for trends, the step at which the growth began, as far as the detector can tell.
+        repeat: the incident it belongs to was already reported (see
+            :class:`~gradguard.detect.episode.IncidentLatch`): the policy still acts on it, a
+            person need not be told again.
     """
 
     step: int
@@ -187,6 +190,7 @@ class Alert:
     threshold: float | None = None
     steps_to_overflow: float | None = None
     since: int | None = None
+    repeat: bool = False
 
 
 def most_severe(alerts: Sequence[Alert]) -> Alert | None:

@@ -97,16 +97,16 @@ def test_trend_forecasts_steps_to_float32_overflow() -> None:
     detector = GrowthTrendDetector()
     first = None
     for t in range(40):
-        alerts = detector.update(obs(t, 1.1**t))
+        alerts = detector.update(obs(t, 1.25**t))
         if alerts and first is None:
             first = (t, alerts[0])
     assert first is not None
     step, alert = first
     # Window full at step 23 (24 points), then 3 rising steps in a row: first alert at 25.
     assert step == 25 and (alert.kind.value, alert.severity.value) == ("growth_trend", "warning")
-    expected = math.log(FLOAT32_MAX) / math.log(1.1) - 25
+    expected = math.log(FLOAT32_MAX) / math.log(1.25) - 25  # 373 steps: within the horizon
     assert alert.steps_to_overflow == pytest.approx(expected, rel=1e-9)
-    assert alert.value == pytest.approx(math.log(1.1))
+    assert alert.value == pytest.approx(math.log(1.25))
 
 
 def test_trend_is_critical_near_a_user_limit_and_silent_on_slow_or_noisy_growth() -> None:

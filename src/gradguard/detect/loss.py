@@ -7,16 +7,21 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
+from gradguard._ring import quantile
 from gradguard.detect.base import check_int, check_ratio, culprit_names, fmt
 from gradguard.detect.robust import RobustWindow, jump_severity
 from gradguard.errors import check_positive
 from gradguard.records import Alert, AlertKind, Observation
 
-__all__ = ["PEAK_FRACTION", "LossSpikeDetector"]
+__all__ = ["PEAK_FRACTION", "TAIL_QUANTILE", "LossSpikeDetector"]
 
 PEAK_FRACTION = 1e-3
 """Outside log space, a loss jump is measured in units of at least this fraction of the largest
 |median loss| seen (so a loss that reached exactly 0 does not make every rounding a spike)."""
+
+TAIL_QUANTILE = 0.9
+"""Outside log space, a loss jump is measured in units of at least the distance from the median
+to this quantile of the window: the batches the model has not fitted yet."""
 
 
 class LossSpikeDetector:
@@ -26,9 +31,12 @@ class LossSpikeDetector:
     :class:`~gradguard.detect.SpikeDetector`: the robust z-score against recent losses must reach
     ``z_threshold`` *and* the loss must be at least ``min_ratio`` times the recent median. Once a
     loss <= 0 is seen (log-likelihoods of densities, regularised objectives), the rule switches
-    for good to the same test on the loss itself, the jump measured in units of ``|median|`` or
-    of the robust spread, whichever is larger, but at least :data:`PEAK_FRACTION` of the largest
-    ``|median|`` seen.
+    for good to the same test on the loss itself, the jump measured in units of ``|median|``, of
+    the robust spread, or of the window's upper tail (:data:`TAIL_QUANTILE` minus the median),
+    whichever is largest, but at least :data:`PEAK_FRACTION` of the largest ``|median|`` seen. The
+    tail matters once a loss underflows to exactly 0 on most batches: median and spread are then
+    0 while the batches not fitted yet still give losses near 1; a loss within that recent range
+    is not a jump.
     During the first ``warmup`` optimizer steps only a jump of ``warmup_ratio`` times the median
     so far alerts. A missing or non-finite loss never enters the window (non-finite losses are
     :class:`NonFiniteDetector` 's job).
@@ -92,7 +100,8 @@ class LossSpikeDetector:
                 # jumping.
                 typical = center
                 self.peak = max(self.peak, abs(center))
-                scale = max(abs(center), spread, PEAK_FRACTION * self.peak, 1e-12)
+                tail = quantile(self.baseline.ring.values(), TAIL_QUANTILE) - center
+                scale = max(abs(center), spread, tail, PEAK_FRACTION * self.peak, 1e-12)
                 ratio = 1.0 + (value - center) / scale
                 z = (value - center) / max(spread, self.min_spread * scale)
             severity = jump_severity(self, z=z, ratio=ratio, history=len(self.baseline))

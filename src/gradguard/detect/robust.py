@@ -9,7 +9,10 @@ from typing import Any, Protocol
 from gradguard._ring import MAD_TO_STD, Ring, median
 from gradguard.records import Severity
 
-__all__ = ["JumpRule", "RobustWindow", "jump_severity"]
+__all__ = ["MEANAD_TO_STD", "JumpRule", "RobustWindow", "jump_severity"]
+
+MEANAD_TO_STD = 1.2533
+"""Mean absolute deviation to standard deviation for normal data (``sqrt(pi / 2)``)."""
 
 
 class RobustWindow:
@@ -18,7 +21,10 @@ class RobustWindow:
     The centre is the median of the window and the spread ``1.4826 * MAD``, floored at
     ``min_spread`` so a perfectly flat history does not make every wiggle infinitely surprising.
     Median and MAD ignore up to half the window being outliers, so a spike entering the window
-    barely moves the baseline.
+    barely moves the baseline. When more than half the window holds one value (a loss that
+    underflowed to exactly 0 on most batches) the MAD is 0 although the other values vary; the
+    spread then falls back to ``1.2533 * mean absolute deviation`` from the median, so the
+    batches that are not yet fitted set the scale instead of a zero.
 
     Args:
         capacity: how many recent values form the baseline.
@@ -26,7 +32,8 @@ class RobustWindow:
 
     References:
         F. R. Hampel, "The influence curve and its role in robust estimation", JASA 69, 1974
-        (the median absolute deviation as a robust scale).
+        (the median absolute deviation as a robust scale); B. Iglewicz, D. C. Hoaglin, "How to
+        Detect and Handle Outliers", ASQC 1993 (the mean absolute deviation when the MAD is 0).
     """
 
     __slots__ = ("min_spread", "ring")
@@ -44,7 +51,10 @@ class RobustWindow:
         center = median(values)
         if math.isnan(center):
             return center, self.min_spread
-        spread = MAD_TO_STD * median(abs(v - center) for v in values)
+        deviations = [abs(v - center) for v in values]
+        spread = MAD_TO_STD * median(deviations)
+        if spread == 0.0:
+            spread = MEANAD_TO_STD * sum(deviations) / len(deviations)
         return center, max(spread, self.min_spread)
 
     def add(self, value: float) -> bool:

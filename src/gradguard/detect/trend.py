@@ -68,14 +68,24 @@ class GrowthTrendDetector:
     Fits a line to ``log(norm)`` over the last ``window`` finite steps. The slope is the growth
     rate; extrapolating it gives ``steps_to_overflow``, the steps left before the norm reaches
     ``limit`` (float32 overflow by default). A step is *rising* when the slope is positive, the
-    fit explains at least ``min_r2`` of the variance (a trend, not noise), and the forecast is at
-    most ``horizon`` steps. The alert needs ``persistence`` rising steps in a row and comes after
-    ``warmup`` optimizer steps; it is critical when the forecast is within ``critical_horizon``.
+    fit explains at least ``min_r2`` of the variance (a trend, not noise), the forecast is at
+    most ``horizon`` steps, and the loss is not falling. The alert needs ``persistence`` rising
+    steps in a row and comes after ``warmup`` optimizer steps; it is critical when the forecast
+    is within ``critical_horizon``.
+
+    Two things make a rising norm healthy. A distant forecast: the fit spans ``window`` steps,
+    and a line trusted for more than about twenty times its own span is no evidence (``overflow
+    in 1000 steps`` from a norm of 3 is a mild rise, not a warning). A falling loss: a line
+    fitted to ``log(loss)`` over the same steps that goes down says the growth buys progress
+    (early training sharpens features, and a CNN's norm may double every ten steps while its
+    loss drops several-fold); an explosion makes the loss rise with the norm. Without losses
+    (none given, or not positive) the norm alone decides.
 
     Args:
         window: finite steps in the fit.
         warmup: optimizer steps observed before the first alert can be raised.
-        horizon: forecast (steps) at or below which the growth is alarming.
+        horizon: forecast (steps) at or below which the growth is alarming (about twenty
+            windows: a longer extrapolation of the fit is not evidence).
         critical_horizon: forecast at or below which the alert is critical.
         limit: the norm that counts as catastrophic; ``None`` for float32 overflow.
         min_r2: smallest coefficient of determination of the fit.
@@ -93,7 +103,7 @@ class GrowthTrendDetector:
         *,
         window: int = 24,
         warmup: int = 20,
-        horizon: float = 2000.0,
+        horizon: float = 500.0,
         critical_horizon: float = 100.0,
         limit: float | None = None,
         min_r2: float = 0.6,
@@ -102,6 +112,8 @@ class GrowthTrendDetector:
         size = check_int("window", window, minimum=3, fix="Use 16-64 steps.")
         self.steps = Ring(size)
         self.logs = Ring(size)
+        self.loss_steps = Ring(size)  # the same steps' log losses, where finite and positive
+        self.loss_logs = Ring(size)
         self.warmup = check_int("warmup", warmup, minimum=0)
         self.horizon = check_positive("horizon", horizon)
         self.critical_horizon = check_positive("critical_horizon", critical_horizon)
@@ -123,12 +135,21 @@ class GrowthTrendDetector:
             return []
         self.steps.append(float(obs.step))
         self.logs.append(math.log(norm))
+        loss = obs.loss
+        if loss is not None and math.isfinite(loss) and loss > 0.0:
+            self.loss_steps.append(float(obs.step))
+            self.loss_logs.append(math.log(loss))
         self._track_onset(obs.step, math.log(norm))
         if self.seen <= self.warmup or not self.logs.full:
             return []
         fit = fit_log_linear(self.steps.values(), self.logs.values())
         forecast = fit.steps_to(self.limit)
-        rising = fit.slope > 0.0 and fit.r2 >= self.min_r2 and forecast <= self.horizon
+        rising = (
+            fit.slope > 0.0
+            and fit.r2 >= self.min_r2
+            and forecast <= self.horizon
+            and not self._loss_falling(self.steps[0])
+        )
         self.streak = self.streak + 1 if rising else 0
         if self.streak < self.persistence:
             return []
@@ -155,6 +176,18 @@ class GrowthTrendDetector:
             )
         ]
 
+    def _loss_falling(self, since: float) -> bool:
+        """Whether a line fitted to the log losses since step ``since`` goes down."""
+        pairs = [
+            (x, y)
+            for x, y in zip(self.loss_steps.values(), self.loss_logs.values(), strict=True)
+            if x >= since
+        ]
+        if len(pairs) < 3:
+            return False
+        steps, logs = [x for x, _ in pairs], [y for _, y in pairs]
+        return fit_log_linear(steps, logs).slope < 0.0
+
     def _track_onset(self, step: int, log_norm: float) -> None:
         """Follow the lowest point of a slow average of ``log(norm)``: the growth's onset.
 
@@ -177,6 +210,8 @@ class GrowthTrendDetector:
             "streak": self.streak,
             "steps": self.steps.state_dict(),
             "logs": self.logs.state_dict(),
+            "loss_steps": self.loss_steps.state_dict(),
+            "loss_logs": self.loss_logs.state_dict(),
             "smooth": self.smooth,
             "low": self.low,
             "low_step": self.low_step,
@@ -188,6 +223,12 @@ class GrowthTrendDetector:
         self.streak = int(state["streak"])
         self.steps.load_state_dict(state["steps"])
         self.logs.load_state_dict(state["logs"])
+        if "loss_logs" in state:
+            self.loss_steps.load_state_dict(state["loss_steps"])
+            self.loss_logs.load_state_dict(state["loss_logs"])
+        else:  # saved before losses were kept: the loss check starts afresh
+            self.loss_steps.clear()
+            self.loss_logs.clear()
         smooth, low = state.get("smooth"), state.get("low")
         self.smooth = None if smooth is None else float(smooth)
         self.low = None if low is None else float(low)

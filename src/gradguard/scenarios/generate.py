@@ -45,8 +45,10 @@ __all__ = [
     "ARCHS",
     "EXPLODE_FACTOR",
     "FAULTS",
+    "GRADUAL",
     "MULTIPLIERS",
     "OPTIMIZERS",
+    "RUNAWAY_RATE",
     "SCHEDULES",
     "STEPS",
     "Arch",
@@ -73,13 +75,16 @@ __all__ = [
 Arch: TypeAlias = Literal["mlp", "deepmlp", "cnn", "rnn", "lstm", "gru", "transformer", "gpt"]
 OptimizerName: TypeAlias = Literal["sgd", "momentum", "adam", "adamw", "rmsprop", "lbfgs"]
 Schedule: TypeAlias = Literal["constant", "warmup", "ramp", "restarts"]
-Fault: TypeAlias = Literal["none", "nan", "corrupt", "labelnoise", "infweight", "overflow"]
+Fault: TypeAlias = Literal[
+    "none", "nan", "corrupt", "labelnoise", "infweight", "overflow", "runaway"
+]
 Split: TypeAlias = Literal["tune", "validate", "all"]
 
 ARCHS: tuple[Arch, ...] = ("mlp", "deepmlp", "cnn", "rnn", "lstm", "gru", "transformer", "gpt")
 OPTIMIZERS: tuple[OptimizerName, ...] = ("sgd", "momentum", "adam", "adamw", "rmsprop", "lbfgs")
 SCHEDULES: tuple[Schedule, ...] = ("constant", "warmup", "ramp", "restarts")
 FAULTS: tuple[Fault, ...] = ("none", "nan", "corrupt", "labelnoise", "infweight", "overflow")
+"""The faults the sampler draws from (``runaway`` is not drawn: see :data:`GRADUAL`)."""
 MULTIPLIERS: tuple[int, ...] = (1, 3, 10, 30, 100)
 
 STEPS = 100
@@ -93,6 +98,27 @@ LABEL_NOISE_STEPS = 5
 
 OVERFLOW_OFFSETS = (0, 9, 23)
 """Steps after ``fault_step`` whose scaled gradients overflow in an ``overflow`` run."""
+
+RUNAWAY_RATE = 1.25
+"""Growth per step of the loss weight of a ``runaway`` run after its fault (9.3x per 10 steps)."""
+
+GRADUAL: tuple[tuple[Arch, OptimizerName], ...] = (
+    ("mlp", "adam"),
+    ("rnn", "sgd"),
+    ("gru", "sgd"),
+    ("cnn", "rmsprop"),
+    ("transformer", "adamw"),
+    ("gpt", "rmsprop"),
+    ("deepmlp", "momentum"),
+    ("lstm", "adamw"),
+)
+"""Architecture and optimizer of the ``runaway`` runs appended to the family, alternately to the
+tuning and the validation half (each half gets an SGD-family run and an adaptive one).
+
+The sampled runs explode within a few steps of their cause; these few explode gradually, so a
+detector's lead on a slow explosion is measured too. They come after the sampled runs of each
+half and draw nothing from the sampler, so every sampled run keeps its id and its half.
+"""
 
 FINAL_WINDOW = 10
 """The final loss is the median of the held-out losses after this many last steps."""
@@ -138,7 +164,10 @@ class GeneratedScenario:
         fault: ``none``; ``nan`` (a NaN, or on odd seeds Inf, gradient at ``fault_step``);
             ``corrupt`` (one batch 1000x too large); ``labelnoise`` (labels replaced by noise
             for a few steps); ``infweight`` (one output-layer weight set to Inf); ``overflow``
-            (a GradScaler whose scaled gradients overflow at a few steps).
+            (a GradScaler whose scaled gradients overflow at a few steps); ``runaway`` (from
+            ``fault_step`` on, the loss is weighted by :data:`RUNAWAY_RATE` to the power of the
+            steps since: an auxiliary-loss weight or a manual loss scale on a schedule that never
+            stops growing, so the gradients and the loss grow geometrically).
         seed: model initialisation and data; also the number after ``#`` in :attr:`id`.
         split: the half it belongs to.
         fault_step: the step the fault strikes (``-1`` without one).
@@ -186,7 +215,8 @@ def generate(split: Split = "all", *, seed: int = 0, per_half: int = 32) -> list
 
     Each half holds one healthy control per architecture (1x, no fault) and ``per_half - 8``
     sampled runs in which every architecture, optimizer, fault and multiplier recurs; about a
-    quarter of them have no fault and a 30x or 100x rate (the rate alone is the cause).
+    quarter of them have no fault and a 30x or 100x rate (the rate alone is the cause). After
+    them come half of the :data:`GRADUAL` runs (``runaway`` faults, slow explosions).
 
     Args:
         split: ``"tune"`` (defaults may be tuned on it), ``"validate"`` (check them here
@@ -209,9 +239,21 @@ def generate(split: Split = "all", *, seed: int = 0, per_half: int = 32) -> list
             f"and fault recurs in each half), got {per_half!r}. The default is 32."
         )
     rng = random.Random(seed)
-    specs: list[GeneratedScenario] = []
+    halves: list[list[GeneratedScenario]] = []
     for half in ("tune", "validate"):
-        specs += _half(rng, half, per_half, first_seed=len(specs))
+        halves.append(_half(rng, half, per_half, first_seed=sum(map(len, halves))))
+    # Appended after sampling, so the sampled runs keep their ids, seeds and halves.
+    first = sum(map(len, halves))
+    for k, (arch, opt) in enumerate(GRADUAL):
+        half_k = k % 2
+        fault_step = rng.randint(STEPS // 5, STEPS // 4)
+        halves[half_k].append(
+            GeneratedScenario(
+                arch, opt, 1, "constant", "runaway", first + k, ("tune", "validate")[half_k],
+                fault_step=fault_step,
+            )
+        )
+    specs = halves[0] + halves[1]
     return [s for s in specs if split in ("all", s.split)]
 
 
@@ -325,6 +367,8 @@ class GeneratedRun(TrainingRun):
                 y = y + 30.0 * torch.randn(y.shape, generator=g)
             else:
                 y = torch.randint(0, int(y.max()) + 1, y.shape, generator=g)
+        if fault == "runaway" and at >= 0:
+            weight = RUNAWAY_RATE ** (at + 1)
         if fault == "infweight" and at == 0:
             with torch.no_grad():  # the output layer's last parameter: every output is Inf
                 list(self.model.parameters())[-1].view(-1)[0] = math.inf

@@ -410,6 +410,7 @@ class _Parser:
             threshold=_optional_number(get("threshold"), "alert threshold"),
             steps_to_overflow=_optional_number(get("steps_to_overflow"), "steps_to_overflow"),
             since=_optional_whole(get("since"), "alert since"),
+            repeat=get("repeat", False) is True,
         )
 
 
