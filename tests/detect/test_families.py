@@ -182,7 +182,7 @@ def test_presets_and_registry_reject_unknown_names() -> None:
 
 
 def test_a_trend_alert_dates_the_growth_from_the_low_point_of_the_norm() -> None:
-    # Flat (with a dip to 0.5 around step 60) until step 150, then x1.08 per step. The alert
+    # Flat (with a dip to 0.5 around step 60) until step 150, then x1.25 per step. The alert
     # dates the growth from the last low point of the smoothed norm: at or before the true
     # onset (here the dip, conservatively), never inside the growth.
     detector = GrowthTrendDetector()
@@ -190,7 +190,7 @@ def test_a_trend_alert_dates_the_growth_from_the_low_point_of_the_norm() -> None
     for step in range(400):
         norm = 0.5 if 55 <= step < 65 else 1.0
         if step >= 150:
-            norm = 1.08 ** (step - 150)
+            norm = 1.25 ** (step - 150)
         alerts = detector.update(obs(step, norm))
         if alerts and first is None:
             first = alerts[0]
@@ -199,7 +199,7 @@ def test_a_trend_alert_dates_the_growth_from_the_low_point_of_the_norm() -> None
     assert first.since is not None and 55 <= first.since <= 150
     no_dip = GrowthTrendDetector()
     onsets = [
-        a.since for step in range(400) for a in no_dip.update(obs(step, 1.08 ** max(0, step - 150)))
+        a.since for step in range(400) for a in no_dip.update(obs(step, 1.25 ** max(0, step - 150)))
     ]
     assert onsets and onsets[0] is not None and 140 <= onsets[0] <= 152
     saved = detector.state_dict()

@@ -41,22 +41,22 @@ class IncidentLatch:
 
     def mark(self, step: int, alerts: Sequence[Alert]) -> list[Alert]:
         """``alerts`` of ``step`` with ``repeat`` set on those the open incident already covers."""
-        alarms = [a for a in alerts if a.severity is not Severity.INFO]
-        if not alarms:
+        if all(a.severity is Severity.INFO for a in alerts):
             return list(alerts)
         if self.last_alarm is None or step - self.last_alarm > self.quiet:
             self.reported = Severity.INFO  # the previous incident is over
         self.last_alarm = step
-        news: Alert | None = max(alarms, key=lambda a: a.severity.rank)  # the first most severe
-        if news is not None and news.severity.rank <= self.reported.rank:
-            news = None
-        elif news is not None:
-            self.reported = news.severity
+        # The first of the most severe alarms is news, unless the incident already said as much.
+        news = max(range(len(alerts)), key=lambda i: alerts[i].severity.rank)
+        if alerts[news].severity.rank <= self.reported.rank:
+            news = -1
+        else:
+            self.reported = alerts[news].severity
         return [
             alert
-            if alert is news or alert.severity is Severity.INFO or alert.repeat
+            if i == news or alert.severity is Severity.INFO or alert.repeat
             else dataclasses.replace(alert, repeat=True)
-            for alert in alerts
+            for i, alert in enumerate(alerts)
         ]
 
     def state_dict(self) -> dict[str, Any]:

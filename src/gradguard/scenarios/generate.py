@@ -249,7 +249,13 @@ def generate(split: Split = "all", *, seed: int = 0, per_half: int = 32) -> list
         fault_step = rng.randint(STEPS // 5, STEPS // 4)
         halves[half_k].append(
             GeneratedScenario(
-                arch, opt, 1, "constant", "runaway", first + k, ("tune", "validate")[half_k],
+                arch,
+                opt,
+                1,
+                "constant",
+                "runaway",
+                first + k,
+                ("tune", "validate")[half_k],
                 fault_step=fault_step,
             )
         )
