@@ -27,7 +27,7 @@ def _trend_alerts(norms: list[float], losses: list[float | None]) -> list[Alert]
 
 
 def test_a_cnn_like_norm_doubling_every_ten_steps_is_healthy() -> None:
-    # 2x per 10 steps from 3: float32 overflow is ~1270 steps away, beyond the 500-step horizon,
+    # 2x per 10 steps from 3: float32 overflow is ~1270 steps away, beyond the 800-step horizon,
     # whatever the loss does.
     norms = [3.0 * 2.0 ** (t / 10) for t in range(60)]
     assert _trend_alerts(norms, [None] * 60) == []

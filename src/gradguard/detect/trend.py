@@ -74,8 +74,9 @@ class GrowthTrendDetector:
     is within ``critical_horizon``.
 
     Two things make a rising norm healthy. A distant forecast: the fit spans ``window`` steps,
-    and a line trusted for more than about twenty times its own span is no evidence (``overflow
-    in 1000 steps`` from a norm of 3 is a mild rise, not a warning). A falling loss: a line
+    and a line trusted for more than about thirty times its own span is no evidence (``overflow
+    in 1000 steps`` from a norm of 3 is a mild rise, not a warning; an LR-range ramp whose norm
+    reaches overflow in 600 steps is a runaway worth backing off early). A falling loss: a line
     fitted to ``log(loss)`` over the same steps that goes down says the growth buys progress
     (early training sharpens features, and a CNN's norm may double every ten steps while its
     loss drops several-fold); an explosion makes the loss rise with the norm. Without losses
@@ -84,7 +85,7 @@ class GrowthTrendDetector:
     Args:
         window: finite steps in the fit.
         warmup: optimizer steps observed before the first alert can be raised.
-        horizon: forecast (steps) at or below which the growth is alarming (about twenty
+        horizon: forecast (steps) at or below which the growth is alarming (about thirty
             windows: a longer extrapolation of the fit is not evidence).
         critical_horizon: forecast at or below which the alert is critical.
         limit: the norm that counts as catastrophic; ``None`` for float32 overflow.
@@ -103,7 +104,7 @@ class GrowthTrendDetector:
         *,
         window: int = 24,
         warmup: int = 20,
-        horizon: float = 500.0,
+        horizon: float = 800.0,
         critical_horizon: float = 100.0,
         limit: float | None = None,
         min_r2: float = 0.6,
