@@ -140,6 +140,7 @@ def test_runaway_runs_are_appended_to_each_half_without_touching_the_sampled_run
     assert [s.split for s in sampled] == ["tune"] * 32 + ["validate"] * 32
     assert sorted(s.seed for s in runaway) == list(range(64, 72))
     assert [s.split for s in runaway].count("tune") == 4
+    assert all(s.steps // 5 <= s.fault_step <= s.steps // 4 for s in runaway)
     spec = next(s for s in runaway if s.optimizer == "sgd")
     run = spec.build()
     clean = dataclasses.replace(spec, fault="none").build()

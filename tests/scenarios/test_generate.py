@@ -61,7 +61,8 @@ def test_every_architecture_optimizer_fault_and_multiplier_is_in_both_halves() -
     assert not any(s.optimizer == "lbfgs" and s.fault == "overflow" for s in ALL)
     for s in ALL:
         assert (s.fault == "none") == (s.fault_step == -1)
-        assert s.fault == "none" or s.steps // 3 <= s.fault_step <= 2 * s.steps // 3
+        sampled = s.fault not in ("none", "runaway")  # runaway runs start early: see GRADUAL
+        assert not sampled or s.steps // 3 <= s.fault_step <= 2 * s.steps // 3
 
 
 @pytest.mark.parametrize("arch", gen.ARCHS)
