@@ -17,14 +17,20 @@ every configuration sees the same trajectory). The unprotected outcome labels th
   alarm to the incident step of a caught run (1 is ideal; dozens drown the message).
 
 "Shown" is what a person sees: the Monitor marks the later alerts of an incident it already
-reported as repeats (``gradguard.detect.episode.IncidentLatch``), and repeats are not counted;
-recall and lead count every alarm, repeats included (the policy acts on them).
+reported as repeats (``gradguard.detect.episode.IncidentLatch``; an escalation from warning to
+critical is shown once more), and repeats are not counted; recall and lead count every alarm,
+repeats included (the policy acts on them).
 
 Configurations: gradguard's default preset; the textbook preset; the textbook threshold+growth
 detector; a NaN-only check (what ``clip_grad_norm_(..., error_if_nonfinite=True)`` catches); a
 ZClip-style EMA z-score rule (z > 2.5 after a 25-step warm-up, Kumar et al. 2025).
 
+The family includes the appended ``runaway`` runs (``generate.GRADUAL``: a loss weight that
+grows 1.25x per step from an early fault), the slow explosions that give the gradual lead its
+meaning; ``--sampled-only`` leaves them out.
+
 Usage: .venv/bin/python benchmarks/detection.py [--split tune|validate|all] [--quick] [--jobs N]
+    [--sampled-only]
 """
 
 from __future__ import annotations

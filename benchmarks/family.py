@@ -74,10 +74,15 @@ def family_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="every sixth run only")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated family")
+    parser.add_argument(
+        "--sampled-only",
+        action="store_true",
+        help="leave out the appended runaway (gradual) runs: the 64-run family of before",
+    )
     return parser
 
 
 def family_specs(args: argparse.Namespace) -> list[generate.GeneratedScenario]:
     """The generated runs the parsed options select."""
-    specs = generate.generate(args.split, seed=args.seed)
+    specs = generate.generate(args.split, seed=args.seed, gradual=not args.sampled_only)
     return specs[::6] if args.quick else specs

@@ -135,6 +135,7 @@ def test_runaway_runs_are_appended_to_each_half_without_touching_the_sampled_run
     sampled = [s for s in specs if s.fault != "runaway"]
     runaway = [s for s in specs if s.fault == "runaway"]
     assert len(sampled) == 64 and len(runaway) == len(generate.GRADUAL) == 8
+    assert generate.generate(gradual=False) == sampled  # the family as it was
     # Sampled ids keep their seeds 0-63 and halves; runaway runs take seeds 64-71, half each.
     assert [s.seed for s in sampled] == list(range(64))
     assert [s.split for s in sampled] == ["tune"] * 32 + ["validate"] * 32

@@ -210,7 +210,9 @@ class GeneratedScenario:
 
 
 # ------------------------------------------------------------------------------- the family
-def generate(split: Split = "all", *, seed: int = 0, per_half: int = 32) -> list[GeneratedScenario]:
+def generate(
+    split: Split = "all", *, seed: int = 0, per_half: int = 32, gradual: bool = True
+) -> list[GeneratedScenario]:
     """The generated family, or one half of it; the same list for the same ``seed``.
 
     Each half holds one healthy control per architecture (1x, no fault) and ``per_half - 8``
@@ -223,6 +225,8 @@ def generate(split: Split = "all", *, seed: int = 0, per_half: int = 32) -> list
             only) or ``"all"`` (tuning half first).
         seed: seed of the sampling RNG; the halves are fixed by it.
         per_half: runs per half (at least 2 * len(ARCHS) so that every value recurs).
+        gradual: append the :data:`GRADUAL` runs; ``False`` gives the sampled runs only (the
+            family as it was before they were added, for like-for-like comparisons).
 
     Raises:
         ConfigError: ``split`` is unknown or ``per_half`` too small.
@@ -244,7 +248,7 @@ def generate(split: Split = "all", *, seed: int = 0, per_half: int = 32) -> list
         halves.append(_half(rng, half, per_half, first_seed=sum(map(len, halves))))
     # Appended after sampling, so the sampled runs keep their ids, seeds and halves.
     first = sum(map(len, halves))
-    for k, (arch, opt) in enumerate(GRADUAL):
+    for k, (arch, opt) in enumerate(GRADUAL if gradual else ()):
         half_k = k % 2
         fault_step = rng.randint(STEPS // 5, STEPS // 4)
         halves[half_k].append(
