@@ -697,6 +697,8 @@ class EscalationPolicy:
         s.last_applied_healthy = False  # until this step proves healthy below
         protected = self.protected(t)
         bound = self._bound(protected)
+        if bound is not None and not bound > 0.0:  # healthy norms of exactly 0 give no scale
+            bound = self.config.fallback_bound
         own = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
         clipped = bound is not None and obs.total_norm > bound
         # A clipper object ("external") scaled the gradients before this decision.

@@ -104,7 +104,7 @@ def test_trend_forecasts_steps_to_float32_overflow() -> None:
     step, alert = first
     # Window full at step 23 (24 points), then 3 rising steps in a row: first alert at 25.
     assert step == 25 and (alert.kind.value, alert.severity.value) == ("growth_trend", "warning")
-    expected = math.log(FLOAT32_MAX) / math.log(1.25) - 25  # 373 steps: within the horizon
+    expected = math.log(FLOAT32_MAX) / math.log(1.25) - 25
     assert alert.steps_to_overflow == pytest.approx(expected, rel=1e-9)
     assert alert.value == pytest.approx(math.log(1.25))
 

@@ -73,20 +73,18 @@ class GrowthTrendDetector:
     steps in a row and comes after ``warmup`` optimizer steps; it is critical when the forecast
     is within ``critical_horizon``.
 
-    Two things make a rising norm healthy. A distant forecast: the fit spans ``window`` steps,
-    and a line trusted for more than about thirty times its own span is no evidence (``overflow
-    in 1000 steps`` from a norm of 3 is a mild rise, not a warning; an LR-range ramp whose norm
-    reaches overflow in 600 steps is a runaway worth backing off early). A falling loss: a line
-    fitted to ``log(loss)`` over the same steps that goes down says the growth buys progress
-    (early training sharpens features, and a CNN's norm may double every ten steps while its
-    loss drops several-fold); an explosion makes the loss rise with the norm. Without losses
-    (none given, or not positive) the norm alone decides.
+    A rising norm is healthy while the loss falls: a line fitted to ``log(loss)`` over the same
+    steps that goes down says the growth buys progress (early training sharpens features, and a
+    CNN's norm may double every ten steps, "overflow in 1000 steps", while its loss drops
+    several-fold). An explosion makes the loss rise with the norm: an AdamW warm-up to a rate
+    far too high shows the same 2x per 10 steps with the loss up 1.5x over the window, and
+    backing off then is what saves it. Without losses (none given, or not positive) the norm
+    alone decides.
 
     Args:
         window: finite steps in the fit.
         warmup: optimizer steps observed before the first alert can be raised.
-        horizon: forecast (steps) at or below which the growth is alarming (about thirty
-            windows: a longer extrapolation of the fit is not evidence).
+        horizon: forecast (steps) at or below which the growth is alarming.
         critical_horizon: forecast at or below which the alert is critical.
         limit: the norm that counts as catastrophic; ``None`` for float32 overflow.
         min_r2: smallest coefficient of determination of the fit.
@@ -104,7 +102,7 @@ class GrowthTrendDetector:
         *,
         window: int = 24,
         warmup: int = 20,
-        horizon: float = 800.0,
+        horizon: float = 2000.0,
         critical_horizon: float = 100.0,
         limit: float | None = None,
         min_r2: float = 0.6,
