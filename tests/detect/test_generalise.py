@@ -13,7 +13,15 @@ import torch
 from gradguard.detect import GrowthTrendDetector, LossSpikeDetector, preset
 from gradguard.detect.episode import IncidentLatch, reported
 from gradguard.detect.robust import RobustWindow
-from gradguard.records import Alert, AlertKind, Severity, from_json_dict, to_json_dict
+from gradguard.policy import EscalationPolicy
+from gradguard.records import (
+    Alert,
+    AlertKind,
+    Observation,
+    Severity,
+    from_json_dict,
+    to_json_dict,
+)
 from gradguard.scenarios import generate
 from tests.detect.trace import kinds, obs
 
@@ -153,3 +161,23 @@ def test_runaway_runs_are_appended_to_each_half_without_touching_the_sampled_run
         before_clean = clean.compute_loss(spec.fault_step - 1)
     assert float(weighted) == pytest.approx(generate.RUNAWAY_RATE ** (k + 1) * float(plain))
     assert float(before) == pytest.approx(float(before_clean))
+
+
+def test_a_policy_bound_from_healthy_norms_of_exactly_zero_falls_back_to_a_positive_one() -> None:
+    # A classifier whose loss underflows to 0 has gradient norms of exactly 0; once the trend
+    # warns, the policy clips to the healthy scale, which must not be 0 (the clipper rejects it).
+    policy = EscalationPolicy()
+    for t in range(40):
+        policy.decide(_zero(t))
+    decisions = [
+        policy.decide(_zero(t, norm=3.0, loss=0.5), [_alert(t, Severity.WARNING)])
+        for t in range(40, 44)
+    ]
+    assert [d.clip_bound for d in decisions] == [policy.config.fallback_bound] * 4
+    assert all(d.apply for d in decisions)
+
+
+def _zero(step: int, norm: float = 0.0, loss: float = 0.0) -> Observation:
+    return Observation(
+        step=step, loss=loss, total_norm=norm, finite=True, top=(("w", norm),), num_tensors=1
+    )
