@@ -266,7 +266,7 @@ def report(
 
 
 def main() -> None:
-    parser = family_parser(__doc__.splitlines()[0])
+    parser = family_parser(__doc__.splitlines()[0], gradual=True)
     parser.add_argument("--horizon", type=int, default=100, help="earliest useful lead (steps)")
     args = parser.parse_args()
     torch.set_num_threads(1)

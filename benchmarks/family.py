@@ -67,22 +67,36 @@ def run_tasks(
     return out
 
 
-def family_parser(description: str) -> argparse.ArgumentParser:
-    """The options every benchmark on the generated family takes: split, quick, jobs, seed."""
+def family_parser(description: str, *, gradual: bool = False) -> argparse.ArgumentParser:
+    """The options every benchmark on the generated family takes: split, quick, jobs, seed.
+
+    ``gradual`` says whether the appended runaway runs (``generate.GRADUAL``) are in by default;
+    the other choice is one flag away (``--sampled-only`` or ``--gradual``).
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--split", choices=("tune", "validate", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="every sixth run only")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated family")
-    parser.add_argument(
-        "--sampled-only",
-        action="store_true",
-        help="leave out the appended runaway (gradual) runs: the 64-run family of before",
-    )
+    if gradual:
+        parser.add_argument(
+            "--sampled-only",
+            dest="gradual",
+            action="store_false",
+            help="leave out the appended runaway (gradual) runs: the 64 sampled runs only",
+        )
+    else:
+        parser.add_argument(
+            "--gradual",
+            dest="gradual",
+            action="store_true",
+            help="add the 8 runaway runs (slow explosions) to the 64 sampled runs",
+        )
+    parser.set_defaults(gradual=gradual)
     return parser
 
 
 def family_specs(args: argparse.Namespace) -> list[generate.GeneratedScenario]:
     """The generated runs the parsed options select."""
-    specs = generate.generate(args.split, seed=args.seed, gradual=not args.sampled_only)
+    specs = generate.generate(args.split, seed=args.seed, gradual=args.gradual)
     return specs[::6] if args.quick else specs
