@@ -786,7 +786,7 @@ class Guard:
             # Baselines learned on the abandoned trajectory would judge the restored weights'
             # ordinary loss and norms as spikes (a run whose loss had fallen far since, say).
             self.policy.load_baselines(state["baselines"])
-            self.monitor.load_detector_state(state["detectors"])
+            self.monitor.load_detector_state(state["detectors"], rollback=True)
         if decision.reset_moments:
             reset_optimizer_state_(self.optimizer)
         self.store.discard_after(key)

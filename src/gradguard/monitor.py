@@ -312,11 +312,20 @@ class Monitor:
         return [{"name": d.name, "state": d.state_dict()} for d in self.detectors]
 
     def reset_detectors(self) -> None:
-        """Put every detector back as it was when the monitor was built (baselines relearned)."""
-        self.load_detector_state(copy.deepcopy(self._initial_detectors))
+        """Put every detector back as it was when the monitor was built (baselines relearned).
 
-    def load_detector_state(self, state: Sequence[Mapping[str, Any]]) -> None:
+        Run-level memory a detector keeps across rollbacks (``keep_on_rollback``) stays too.
+        """
+        self.load_detector_state(copy.deepcopy(self._initial_detectors), rollback=True)
+
+    def load_detector_state(
+        self, state: Sequence[Mapping[str, Any]], *, rollback: bool = False
+    ) -> None:
         """Restore :meth:`detector_state`; the run's history and counters stay as they are.
+
+        With ``rollback=True`` (the guard restoring a snapshot) the state a detector lists in
+        its optional ``keep_on_rollback`` attribute stays live: run-level memory, such as the
+        highest loss level seen, that the restored weights do not undo.
 
         Raises:
             ConfigError: the saved detectors differ from this monitor's.
@@ -336,7 +345,12 @@ class Monitor:
                 "Build the Monitor with the same preset or detector list before loading."
             )
         for detector, entry in zip(self.detectors, state, strict=True):
-            detector.load_state_dict(entry["state"])
+            keep = getattr(detector, "keep_on_rollback", ()) if rollback else ()
+            if keep:
+                live = detector.state_dict()
+                detector.load_state_dict({**entry["state"], **{k: live[k] for k in keep}})
+            else:
+                detector.load_state_dict(entry["state"])
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the detectors must be the same kinds, in the same order.

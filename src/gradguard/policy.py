@@ -2,12 +2,13 @@
 
 Pure Python on host floats (no torch). The guard hands :meth:`EscalationPolicy.decide` the
 :class:`~gradguard.records.Observation` of the step (the result of its one host transfer) and the
-alerts the detectors raised; the policy answers with a :class:`Decision`: an
+alerts the detectors raised; every rule that reads raw losses and norms is a detector (see
+:mod:`gradguard.detect`). The policy reads those alerts and its own budgets into a frozen
+:class:`Situation`, and the first rung of :data:`LADDER` whose condition holds decides: an
 :class:`~gradguard.records.Action` (kind, reason, one sentence) plus what the guard must do,
 including the clip bound for this step.
 
-The ladder, climbed only while trouble keeps coming, each rung guarded by a budget and a
-cool-down:
+The rungs, climbed only while trouble keeps coming, each guarded by a budget and a cool-down:
 
 1. **clip**: finite steps are applied. With the automatic bound (``clip="auto"``) a healthy run
    is never clipped; a warning opens an *incident* (its first step is remembered so that a
@@ -16,10 +17,9 @@ cool-down:
    ``fallback_bound``, before there is any). After skipped faults alone the bound is
    ``isolated_clip_factor`` times that median: ordinary steps go through untouched. Once the run
    needed an escalation, the bound stays on for good and follows the norms down, never up.
-2. **skip**: a non-finite gradient or loss, a loss ``loss_jump`` times its healthy median or a
-   critical loss spike (and, without clipping, a critical gradient spike) skips the step:
-   weights, optimizer state and schedule stay untouched. A finite loss spike between healthy
-   steps is the data's and spends no budget.
+2. **skip**: a non-finite gradient or loss, a critical loss spike or jump (and, without
+   clipping, a critical gradient spike) skips the step: weights, optimizer state and schedule
+   stay untouched. A finite loss spike between healthy steps is the data's and spends no budget.
 3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps, a growth trend
    of the gradient norm, a loss-spike warning, or a loss that zig-zags while the incident's
    steps are clipped scale the learning rate of every parameter group by ``backoff_factor``;
@@ -38,11 +38,11 @@ cool-down:
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import enum
 import math
 import statistics
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
 from gradguard.errors import (
@@ -64,7 +64,17 @@ from gradguard.records import (
     Severity,
 )
 
-__all__ = ["ClipMode", "Decision", "EscalationPolicy", "PolicyConfig", "abort_advice"]
+__all__ = [
+    "LADDER",
+    "ClipMode",
+    "Decision",
+    "EscalationPolicy",
+    "Move",
+    "PolicyConfig",
+    "Rung",
+    "Situation",
+    "abort_advice",
+]
 
 ClipMode: TypeAlias = float | Literal["auto", "external"] | None
 """How the guard clips: a fixed bound, the policy's automatic bound, a clipper object
@@ -132,23 +142,11 @@ class PolicyConfig:
         fallback_bound: the automatic bound when not even one finite norm was seen, the cap of
             the bound before any healthy history and of the last resort's; 1.0 is the usual
             global-norm bound of the literature.
-        baseline: how many recent healthy steps form the baselines (norm and loss medians).
+        baseline: how many recent healthy norms form the baseline of the automatic bound.
         min_history: healthy norms needed before their median replaces ``fallback_bound``.
-        loss_jump: during the first ``baseline`` steps, while the detectors warm up, a finite
-            loss this many times the median of the healthy losses so far is a fault (skipped).
-            Later the detectors' loss-spike rule, calibrated on a robust spread, takes over:
-            heavy-tailed healthy runs reach 10-1000x now and then.
-        stuck_after: an incident that has lasted this many steps since it began (or since the
-            last escalation) while the loss is ``stuck_ratio`` times its healthy median is a
-            divergence: clipping and backoffs kept the run finite but not on track, so it rolls
-            back. ``None`` never does.
-        stuck_ratio: see ``stuck_after``.
-        oscillation_steps: this many clipped steps in a row, during an incident, whose losses
-            alternate up and down, each pair ``oscillation_ratio`` apart, back the learning
-            rate off (like a growth trend, with the same cooldown and budget): the step is past
-            the stability limit and the clipped run bounces across a valley instead of
-            descending it. ``None`` never does.
-        oscillation_ratio: see ``oscillation_steps``.
+        drift_ratio: a growth trend of the gradient norm whose loss level has grown this many
+            times since the trend began rolls back to before it: the weights have drifted, and
+            the slow drift has already poisoned the recent healthy baselines.
         isolated_clip_factor: an incident opened by one skipped fault, with no other alert
             after it, is *isolated*: the weights never saw the bad step, so the next steps are
             clipped only above this many times the healthy median (catching a second wild
@@ -177,11 +175,7 @@ class PolicyConfig:
     restart_fraction: float = 1.0
     baseline: int = 32
     min_history: int = 5
-    loss_jump: float = 100.0
-    stuck_after: int | None = 10
-    stuck_ratio: float = 10.0
-    oscillation_steps: int | None = 8
-    oscillation_ratio: float = 1.5
+    drift_ratio: float = 10.0
     isolated_clip_factor: float = 4.0
 
     def __post_init__(self) -> None:
@@ -205,17 +199,8 @@ class PolicyConfig:
             _check_int(name, getattr(self, name), minimum=1)
         if self.restore_after is not None:
             _check_int("restore_after", self.restore_after, minimum=1)
-        if self.stuck_after is not None:
-            _check_int("stuck_after", self.stuck_after, minimum=1)
-        if not self.stuck_ratio > 1.0:
-            raise ConfigError(f"stuck_ratio must be a number > 1, got {self.stuck_ratio!r}.")
-        if self.oscillation_steps is not None:
-            _check_int("oscillation_steps", self.oscillation_steps, minimum=3)
-        if not self.oscillation_ratio > 1.0:
-            raise ConfigError(
-                f"oscillation_ratio must be a number > 1, got {self.oscillation_ratio!r}; 1.5 "
-                "means each loss at least 1.5x above or below the one before."
-            )
+        if not self.drift_ratio > 1.0:
+            raise ConfigError(f"drift_ratio must be a number > 1, got {self.drift_ratio!r}.")
         if not self.recovered_ratio > 1.0:
             raise ConfigError(
                 f"recovered_ratio must be a number > 1, got {self.recovered_ratio!r}; 2 (the "
@@ -243,10 +228,6 @@ class PolicyConfig:
                 "default 1 clips to the first gradient norm (at most fallback_bound) until a "
                 "healthy history exists."
             )
-        if not self.loss_jump > 1.0 or math.isnan(self.loss_jump):
-            raise ConfigError(
-                f"loss_jump must be a number > 1 (or inf to disable), got {self.loss_jump!r}."
-            )
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
@@ -268,8 +249,8 @@ class Decision:
             (``Observation.clip_coef``) when one ran.
         rollback_before: for a rollback, restore the newest snapshot taken before this step.
         reset_moments: whether to reset the optimizer's moments (after restoring, if rolling back).
-        reset_baselines: the loss level changed for good (see :meth:`EscalationPolicy.decide`):
-            the detectors' baselines must start over, as the policy's did.
+        reset_baselines: the loss level changed for good (the ``new loss level`` rung): the
+            detectors' baselines must start over, as the policy's did.
     """
 
     action: Action
@@ -286,6 +267,7 @@ _FAULT_KINDS = {
     AlertKind.NONFINITE_GRAD: Reason.NONFINITE_GRAD,
     AlertKind.NONFINITE_LOSS: Reason.NONFINITE_LOSS,
     AlertKind.LOSS_SPIKE: Reason.LOSS_SPIKE,
+    AlertKind.LOSS_JUMP: Reason.LOSS_SPIKE,
     AlertKind.LOSS_THRESHOLD: Reason.DIVERGENCE,
 }
 _SPIKE_KINDS = {
@@ -299,23 +281,187 @@ _WARNING_REASONS = {
     AlertKind.PARAM_NORM_GROWTH: Reason.GROWTH_TREND,
     AlertKind.EARLY_EXPLOSION: Reason.EARLY_EXPLOSION,
 }
+"""Alerts that open or extend an incident; the others (stuck, oscillation, a high loss, a
+culprit) are read by their own rungs only."""
 
+_UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE, AlertKind.EARLY_EXPLOSION)
+"""Alerts that say the step size is past the stability limit: the learning rate backs off."""
 
-_STUCK_LEVEL = 5
-"""Losses whose median is the loss level the stuck rule compares with the healthy one."""
+_INFO_READ = (AlertKind.LOSS_HIGH, AlertKind.OSCILLATION)
+"""Information alerts the rungs read; other info alerts are for people only."""
+
+_LEVEL = 5
+"""Losses whose median is the loss level the drift rule compares with its onset's."""
 
 _HISTORY = 512
 """Losses kept with their steps, to read the loss level at a growth trend's onset."""
 
 _ONSET_WINDOW = 8
-
-_LOSS_FLOOR = 1e-3
-"""Loss ratios are taken against at least this fraction of the highest loss level of the run: a
-loss converging to 1e-14 that wobbles to 1e-9 has not grown 1e5-fold in any sense that matters."""
 """Steps either side of a trend's onset whose losses give the level it began from."""
 
-_UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE, AlertKind.EARLY_EXPLOSION)
-"""Alerts that say the step size is past the stability limit: the learning rate backs off."""
+
+class Move(enum.Enum):
+    """What a rung does; :meth:`EscalationPolicy.decide` carries it out."""
+
+    SKIP_FREE = "skip, spending no budget"
+    SKIP = "skip"
+    APPLY = "apply"
+    BACKOFF = "back off"
+    ROLLBACK = "roll back"
+    RESTART = "roll back and relearn the baselines"
+    ACCEPT = "accept the new loss level"
+
+
+@dataclasses.dataclass(frozen=True)
+class Situation:
+    """Everything the rungs read at one step, frozen: the step's evidence and the budgets left.
+
+    Attributes:
+        obs: the observation of the step.
+        fault: why the step must not be applied (a critical alert, a non-finite value), if so.
+        warn: the first warning of the step, as a reason, if any.
+        unstable: a warning says the step size is past the stability limit.
+        alerts: the step's alerts by kind (the first of each).
+        culprits: the tensor the alerts blame, if any.
+        overflow: the GradScaler's own overflow, within its budget.
+        protected: the step lies in an incident or the protection window after an escalation.
+        bound: the clip bound of the step; ``clipped``: the norm exceeds it.
+        clipped_streak: clipped, applied steps in a row under protection, this one included.
+        consecutive: faulty steps in a row, this one included; ``fault_limit``: the rollback
+            threshold for them.
+        over_budget: more faults in the window than ``skip_budget``, and no cool-down running.
+        may_back_off: a backoff on instability is allowed now (cool-down over, budget left).
+        backoffs: backoffs spent in this incident; ``max_backoffs``: the most it may spend.
+        faults: the faults counted in the window, in words.
+        new_level: right after a rollback, the restored weights failed as high as the abandoned
+            ones did, on ``consecutive_limit`` batches in a row (see ``_fails_alike``).
+        drift: for a growth trend, the loss level now and its ratio to the level at its onset.
+        can_rollback: a snapshot exists to roll back to.
+    """
+
+    obs: Observation
+    fault: Reason | None
+    warn: Reason | None
+    unstable: bool
+    alerts: Mapping[AlertKind, Alert]
+    culprits: tuple[str, ...]
+    overflow: bool
+    protected: bool
+    bound: float | None
+    clipped: bool
+    clipped_streak: int
+    consecutive: int
+    fault_limit: int
+    over_budget: bool
+    may_back_off: bool
+    backoffs: int
+    max_backoffs: int
+    faults: str
+    new_level: bool
+    drift: tuple[int, float, float] | None
+    can_rollback: bool
+
+    @property
+    def step(self) -> int:
+        """The optimizer step decided on."""
+        return self.obs.step
+
+    def alert(self, kind: AlertKind) -> Alert | None:
+        """The step's first alert of ``kind`` that the ladder reads (see ``_INFO_READ``)."""
+        return self.alerts.get(kind)
+
+    @property
+    def stuck(self) -> bool:
+        """The loss level stayed far above healthy through an incident the remedies did not end."""
+        return self.fault is None and AlertKind.LOSS_STUCK in self.alerts and self.protected
+
+    @property
+    def oscillating(self) -> bool:
+        """The losses zig-zag (an ``oscillation`` alert) over steps that were all clipped."""
+        zigzag = self.alerts.get(AlertKind.OSCILLATION)
+        if zigzag is None or zigzag.since is None or self.unstable:
+            return False
+        return self.clipped_streak >= self.step - zigzag.since + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Rung:
+    """One rung of the ladder: when it holds, what it does, why (``why``: the second clause)."""
+
+    name: str
+    when: Callable[[Situation], bool]
+    move: Move
+    reason: Reason | None = None  # None: the step's fault or warning
+    why: str = ""
+
+
+def _fault(kind: Reason | None = None) -> Callable[[Situation], bool]:
+    return (lambda s: s.fault is not None) if kind is None else (lambda s: s.fault is kind)
+
+
+LADDER: tuple[Rung, ...] = (
+    Rung("scaler overflow", lambda s: s.overflow, Move.SKIP_FREE, Reason.SCALER_OVERFLOW),
+    Rung(
+        "stuck loss",
+        lambda s: s.stuck,
+        Move.ROLLBACK,
+        Reason.DIVERGENCE,
+        "clipping and backoffs kept the run finite but not on track",
+    ),
+    Rung("new loss level", lambda s: s.new_level, Move.ACCEPT, Reason.REGIME_CHANGE),
+    Rung(
+        "early explosion",
+        lambda s: s.fault is None and s.alert(AlertKind.EARLY_EXPLOSION) is not None,
+        Move.RESTART,
+        Reason.EARLY_EXPLOSION,
+        "the run is exploding from its first steps",
+    ),
+    Rung(
+        "drift since a growth began",
+        lambda s: s.fault is None and s.drift is not None,
+        Move.ROLLBACK,
+        Reason.GROWTH_TREND,
+        "the weights have drifted since then",
+    ),
+    Rung(
+        "unstable step",
+        lambda s: s.fault is None and (s.unstable or s.oscillating) and s.may_back_off,
+        Move.BACKOFF,
+    ),
+    Rung("finite step", lambda s: s.fault is None, Move.APPLY),
+    Rung(
+        "corrupt weights",
+        _fault(Reason.NONFINITE_PARAM),
+        Move.ROLLBACK,
+        Reason.NONFINITE_PARAM,
+        "a non-finite weight cannot be trained back: only a snapshot restores it",
+    ),
+    Rung(
+        "faults in a row",
+        lambda s: s.consecutive >= s.fault_limit,
+        Move.ROLLBACK,
+        Reason.REPEATED_FAULTS,
+        "{consecutive} faulty steps in a row show the weights themselves are bad",
+    ),
+    Rung(
+        "divergence",
+        _fault(Reason.DIVERGENCE),
+        Move.ROLLBACK,
+        Reason.DIVERGENCE,
+        "the loss has diverged from its healthy level",
+    ),
+    Rung(
+        "faults after backoffs",
+        lambda s: s.over_budget and s.backoffs >= s.max_backoffs,
+        Move.ROLLBACK,
+        Reason.REPEATED_FAULTS,
+        "{faults} after {backoffs} backoffs in this incident",
+    ),
+    Rung("fault budget", lambda s: s.over_budget, Move.BACKOFF),
+    Rung("fault", _fault(), Move.SKIP),
+)
+"""The ladder, first matching rung wins. Budgets and cool-downs are in the conditions (and, for
+rollbacks, in :meth:`EscalationPolicy._rollback`: the last resort, then giving up)."""
 
 
 @dataclasses.dataclass
@@ -333,16 +479,16 @@ class _State:
     lr_scale: float = 1.0
     healthy_streak: int = 0
     overflow_streak: int = 0
+    clipped_streak: int = 0
     norms: list[float] = dataclasses.field(default_factory=list)
-    losses: list[float] = dataclasses.field(default_factory=list)
     first_norm: float | None = None
-    incident_losses: list[float] = dataclasses.field(default_factory=list)
     last_step: int | None = None
     loss_history: list[list[float]] = dataclasses.field(default_factory=list)  # [step, loss]
     last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
     ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
-    probe: list[float] | None = None  # [step, loss, lr scale, persistent] before the rollback
-    loss_peak: float = 0.0  # highest loss level (median of a few losses) seen in the run
+    # [step, loss, lr scale, persistent] before the last rollback, and the steps since that
+    # failed alike
+    probe: list[float] | None = None
     persistent: bool = False  # an escalation happened: the automatic bound stays on for good
     was_persistent: bool = False  # ``persistent`` when the open incident began
     last_resort: bool = False  # the rollback budget was spent once: tight clip, rate capped
@@ -352,11 +498,13 @@ class _State:
 
 _ADDED_IN_0_2 = {
     "last_applied_healthy": False,
-    "loss_peak": 0.0,
     "persistent": False,
     "was_persistent": False,
     "last_resort": False,
+    "clipped_streak": 0,
 }
+"""Defaults of fields a state saved by an older version lacks (fields it has that this version
+dropped are ignored)."""
 
 
 class EscalationPolicy:
@@ -437,6 +585,9 @@ class EscalationPolicy:
     ) -> Decision:
         """Choose what to do with the optimizer step described by ``observation``.
 
+        The step's evidence and the budgets left become a frozen :class:`Situation`; the first
+        rung of :data:`LADDER` that holds for it decides.
+
         Args:
             observation: the host values of this step (norm, finiteness, loss, and
                 ``clip_coef`` when a clipper object already scaled the gradients: an applied
@@ -451,38 +602,32 @@ class EscalationPolicy:
         Returns:
             The :class:`Decision`; every field is a host value.
         """
-        s, cfg, t = self._s, self.config, observation.step
+        situation = self._situation(observation, alerts, can_rollback, scaler_overflow)
+        rung = next(r for r in LADDER if r.when(situation))
+        return self._carry_out(rung, situation, clipper)
+
+    def _situation(
+        self, obs: Observation, alerts: Sequence[Alert], can_rollback: bool, overflow: bool
+    ) -> Situation:
+        """Update the running counts with this step and freeze what the rungs read."""
+        s, cfg, t = self._s, self.config, obs.step
         s.last_step = t
-        if observation.loss is not None and math.isfinite(observation.loss):
-            s.loss_history.append([float(t), observation.loss])  # in place: 512 entries
+        if obs.loss is not None and math.isfinite(obs.loss):
+            s.loss_history.append([float(t), obs.loss])  # in place: 512 entries
             if len(s.loss_history) > _HISTORY:
                 del s.loss_history[0]
-            level = self._loss_level()
-            if level is not None and level > s.loss_peak:
-                s.loss_peak = level
-        if s.first_norm is None and observation.finite and observation.total_norm > 0.0:
-            s.first_norm = observation.total_norm
-        s.overflow_streak = s.overflow_streak + 1 if scaler_overflow else 0
-        if scaler_overflow and s.overflow_streak <= cfg.max_scaler_overflows:
-            message = (
-                f"The GradScaler's scale overflowed (gradient norm {observation.total_norm!r} "
-                f"under a finite loss, {s.overflow_streak} in a row): step skipped and the scale "
-                "lowered by the scaler, not counted as a fault."
-            )
-            action = Action(ActionKind.SKIP, Reason.SCALER_OVERFLOW, message)
-            return Decision(action, apply=False, lr_scale=s.lr_scale)
-        fault, warn, trend, culprits = self._classify(observation, alerts)
-        onsets = [
-            a.since
-            for a in alerts
-            if a.kind is AlertKind.GROWTH_TREND
-            and a.since is not None
-            and a.severity is not Severity.INFO
-        ]
-        since = min(onsets) if onsets else None
-        if fault is None and self._loss_jumped(observation):
-            fault = Reason.LOSS_SPIKE
-        if fault is not None or warn is not None:
+        if s.first_norm is None and obs.finite and obs.total_norm > 0.0:
+            s.first_norm = obs.total_norm
+        s.overflow_streak = s.overflow_streak + 1 if overflow else 0
+        overflow = overflow and s.overflow_streak <= cfg.max_scaler_overflows
+        read: dict[AlertKind, Alert] = {}
+        for alert in alerts:
+            if alert.severity is not Severity.INFO or alert.kind in _INFO_READ:
+                read.setdefault(alert.kind, alert)
+        fault, warn, unstable, culprits = self._classify(obs, alerts)
+        if overflow:
+            fault = warn = None
+        elif fault is not None or warn is not None:
             # An incident of skipped faults only is isolated until a warning comes: the weights
             # never saw a bad step, so the next steps need no clipping.
             s.isolated = (s.incident_start is None or s.isolated) and fault is not None
@@ -497,85 +642,95 @@ class EscalationPolicy:
             and t >= s.protect_until
         ):
             self._close_incident()
-
-        if fault is None and self._stuck(observation):
-            what = (
-                f"Loss {observation.loss:.4g} at least {cfg.stuck_ratio:g}x its healthy median "
-                f"{cfg.stuck_after} or more steps into the incident"
-            )
-            why = "clipping and backoffs kept the run finite but not on track"
-            return self._rollback(t, Reason.DIVERGENCE, what, why, can_rollback)
+        trend = read.get(AlertKind.GROWTH_TREND)
+        since = trend.since if trend is not None else None
         if since is not None and s.incident_start is not None and since < s.incident_start:
             s.incident_start = since  # the trouble began where the growth did
-        if self._same_after_rollback(observation, fault):
-            return self._accept_new_level(observation)
-        early = [a for a in alerts if a.kind is AlertKind.EARLY_EXPLOSION]
-        if fault is None and early and early[0].severity is not Severity.INFO:
-            # The run blew up before it had a healthy history: what the policy learned so far
-            # is the explosion itself, and the weights it reached are not worth keeping.
-            start = early[0].since if early[0].since is not None else t
-            s.incident_start = min(s.incident_start or start, start)
-            s.norms, s.losses = [], []
-            what = early[0].message.split(":")[0]
-            why = "the run is exploding from its first steps"
-            return self._rollback(t, Reason.EARLY_EXPLOSION, what, why, can_rollback)
-        grown = self._grown_since(since) if fault is None and since is not None else None
-        if grown is not None and since is not None:
-            what = (
-                f"Loss level {grown[0]:.4g}, {grown[1]:.3g}x what it was at step {since} when the "
-                "gradient norm began to grow"
-            )
-            why = "the weights have drifted since then"
-            return self._rollback(t, Reason.GROWTH_TREND, what, why, can_rollback)
-        if fault is None:
-            return self._proceed(observation, warn, trend, culprits, clipper)
-
-        s.consecutive += 1
-        s.healthy_streak = 0
-        # A finite loss spike in an incident of skipped faults alone is the data's: the weights
-        # never saw it and the steps between were healthy, so it does not spend the budget (a
-        # stream with a poisoned batch every few steps is skipped, not slowed down). Non-finite
-        # gradients, which the model's own numerics can produce, always count.
-        data_fault = fault is Reason.LOSS_SPIKE and s.isolated and s.consecutive == 1
-        s.faults = [f for f in s.faults if f > t - cfg.window] + ([] if data_fault else [t])
+        new_level = False
+        if s.probe is not None and t - s.probe[0] > cfg.consecutive_limit:
+            s.probe = None  # the restored weights got through: the rollback was right
+        elif s.probe is not None:
+            alike = self._fails_alike(obs, read, fault, s.probe[1])
+            s.probe[4] = s.probe[4] + 1.0 if alike else 0.0
+            new_level = alike and s.probe[4] >= cfg.consecutive_limit
+        fault_limit = cfg.consecutive_limit
+        if fault is not None:
+            s.consecutive += 1
+            s.healthy_streak = 0
+            # A finite loss spike in an incident of skipped faults alone is the data's: the
+            # weights never saw it and the steps between were healthy, so it spends no budget (a
+            # stream with a poisoned batch every few steps is skipped, not slowed down).
+            # Non-finite gradients, which the model's own numerics can produce, always count.
+            data = fault is Reason.LOSS_SPIKE and s.isolated and s.consecutive == 1
+            s.faults = [f for f in s.faults if f > t - cfg.window] + ([] if data else [t])
+            # A healthy update cannot have made the weights a hundred times worse: after one,
+            # finite loss spikes in a row are first taken for bad batches (a poisoned pair), and
+            # twice the evidence is asked before the weights are blamed.
+            if fault is Reason.LOSS_SPIKE and s.last_applied_healthy:
+                fault_limit *= 2
+        elif not overflow:
+            s.consecutive = 0
+            s.last_applied_healthy = False  # until the step proves healthy
         s.rollbacks = [r for r in s.rollbacks if r > t - cfg.rollback_window]
-        what = self._describe_fault(fault, observation, culprits)
-        if fault is Reason.NONFINITE_PARAM:
-            why = "a non-finite weight cannot be trained back: only a snapshot restores it"
-            return self._rollback(t, fault, what, why, can_rollback)
-        # A healthy update cannot have made the weights a hundred times worse: after one, finite
-        # loss spikes in a row are first taken for bad batches (a poisoned pair), and twice the
-        # evidence is asked before the weights are blamed (a new task still gets there).
-        limit = cfg.consecutive_limit
-        if fault is Reason.LOSS_SPIKE and s.last_applied_healthy:
-            limit *= 2
-        if s.consecutive >= limit:
-            why = f"{s.consecutive} faulty steps in a row show the weights themselves are bad"
-            return self._rollback(t, Reason.REPEATED_FAULTS, what, why, can_rollback)
-        if fault is Reason.DIVERGENCE:
-            why = "the loss has diverged from its healthy level"
-            return self._rollback(t, Reason.DIVERGENCE, what, why, can_rollback)
-        if len(s.faults) > cfg.skip_budget and t >= s.cooldown_until:
-            count = f"{len(s.faults)} faulty steps within {cfg.window} steps"
-            if s.backoffs_in_incident >= cfg.max_backoffs:
-                why = f"{count} after {s.backoffs_in_incident} backoffs in this incident"
-                return self._rollback(t, Reason.REPEATED_FAULTS, what, why, can_rollback)
-            return self._backoff(t, fault, f"{what}, and {count}", apply=False)
-        left = max(cfg.skip_budget - len(s.faults), 0)
-        note = (
-            f"cooling down until step {s.cooldown_until}"
-            if t < s.cooldown_until
-            else f"{left} more within {cfg.window} steps before the learning rate is backed off"
+        protected = self.protected(t)
+        bound = self._bound(protected)
+        clipped = bound is not None and obs.total_norm > bound
+        if fault is None and not overflow:
+            loss_ok = obs.loss is not None and math.isfinite(obs.loss)
+            s.clipped_streak = s.clipped_streak + 1 if protected and clipped and loss_ok else 0
+        return Situation(
+            obs=obs,
+            fault=fault,
+            warn=warn,
+            unstable=unstable,
+            alerts=read,
+            culprits=culprits,
+            overflow=overflow,
+            protected=protected,
+            bound=bound,
+            clipped=clipped,
+            clipped_streak=s.clipped_streak,
+            consecutive=s.consecutive,
+            fault_limit=fault_limit,
+            over_budget=len(s.faults) > cfg.skip_budget and t >= s.cooldown_until,
+            may_back_off=cfg.backoff_on_trend
+            and t >= s.cooldown_until
+            and s.backoffs_in_incident < cfg.max_backoffs,
+            backoffs=s.backoffs_in_incident,
+            max_backoffs=cfg.max_backoffs,
+            faults=f"{len(s.faults)} faulty steps within {cfg.window} steps",
+            new_level=new_level,
+            drift=self._drift(since) if fault is None and since is not None else None,
+            can_rollback=can_rollback,
         )
-        message = f"{what}: step skipped, weights and optimizer state untouched ({note})."
-        return Decision(Action(ActionKind.SKIP, fault, message), apply=False, lr_scale=s.lr_scale)
+
+    @staticmethod
+    def _fails_alike(
+        obs: Observation, alerts: Mapping[AlertKind, Alert], fault: Reason | None, before: float
+    ) -> bool:
+        """Whether restored weights fail on this batch as high as the abandoned ones did.
+
+        Restored weights were healthy; a finite loss far above their healthy level (a
+        ``loss_high`` alert), at least a tenth of the loss ``before`` the rollback, which was as
+        far above, says the batches changed (a new task, dataset or curriculum stage), once the
+        same evidence that triggered the rollback is in: as many batches in a row. Non-finite
+        values, and a loss beyond the user's divergence threshold, are never a new normal.
+        """
+        high = alerts.get(AlertKind.LOSS_HIGH)
+        if high is None or high.value is None or high.threshold is None:
+            return False
+        if fault in (Reason.DIVERGENCE, Reason.NONFINITE_GRAD, Reason.NONFINITE_LOSS):
+            return False
+        if not obs.finite or not math.isfinite(before):
+            return False
+        return before >= high.threshold and high.value >= 0.1 * before
 
     def _classify(
         self, obs: Observation, alerts: Sequence[Alert]
     ) -> tuple[Reason | None, Reason | None, bool, tuple[str, ...]]:
         fault: Reason | None = None
         warn: Reason | None = None
-        trend = False
+        unstable = False
         culprits: tuple[str, ...] = tuple(name for name, _ in obs.top[:1])
         if obs.param_norm is not None and not math.isfinite(obs.param_norm):
             fault = Reason.NONFINITE_PARAM  # the weights themselves are corrupt
@@ -602,61 +757,8 @@ class EscalationPolicy:
                 fault = fault or reason
             else:
                 warn = warn or reason
-            trend = trend or alert.kind in _UNSTABLE_KINDS
-        return fault, warn, trend, culprits
-
-    def _loss_scale(self, typical: float) -> float:
-        """``typical`` raised to the loss floor: ratios to a loss near zero mean nothing."""
-        return max(typical, _LOSS_FLOOR * self._s.loss_peak)
-
-    def _loss_jumped(self, obs: Observation) -> bool:
-        losses, loss = self._s.losses, obs.loss
-        if obs.step >= self.config.baseline or not losses:
-            return False  # from then on the detectors' calibrated loss-spike rule decides
-        if loss is None or not math.isfinite(loss) or loss <= 0.0:
-            return False
-        typical = self._loss_scale(statistics.median(losses))
-        return typical > 0.0 and loss >= self.config.loss_jump * typical
-
-    def _stuck(self, obs: Observation) -> bool:
-        """Whether the loss *level* (median of the last few losses) stays far above healthy.
-
-        A median, not the step's own loss: with heavy-tailed data single losses 10x the median
-        come and go in a healthy run.
-        """
-        s, cfg = self._s, self.config
-        if cfg.stuck_after is None or not s.losses or s.incident_start is None:
-            return False
-        since = max(s.incident_start, s.last_escalation)
-        level = self._loss_level()
-        if obs.step - since < cfg.stuck_after or level is None:
-            return False
-        typical = self._loss_scale(statistics.median(s.losses))
-        return typical > 0.0 and level >= cfg.stuck_ratio * typical
-
-    def _oscillating(self) -> bool:
-        """Whether the last ``oscillation_steps`` losses of the incident zig-zag by a wide margin.
-
-        Up, down, up, down, each step at least ``oscillation_ratio`` times the one before or
-        after it: the period-two signature of gradient descent past its stability limit
-        (learning rate above 2 / the sharpest curvature), which clipping bounds but cannot cure.
-
-        References:
-            Cohen et al. (2021), Gradient descent on neural networks typically occurs at the edge
-            of stability.
-        """
-        cfg, losses = self.config, self._s.incident_losses
-        n = cfg.oscillation_steps
-        if n is None or len(losses) < n:
-            return False
-        recent = losses[-n:]
-        if min(recent) <= 0.0:
-            return False  # ratios of losses that can be zero or negative mean nothing
-        diffs = [b - a for a, b in itertools.pairwise(recent)]
-        if any(d * e >= 0.0 for d, e in itertools.pairwise(diffs)):
-            return False
-        pairs = itertools.pairwise(recent)
-        return all(max(a, b) >= cfg.oscillation_ratio * min(a, b) for a, b in pairs)
+            unstable = unstable or alert.kind in _UNSTABLE_KINDS
+        return fault, warn, unstable, culprits
 
     def _bound(self, protected: bool) -> float | None:
         """The clip bound of this step: none on a run never rescued, the healthy scale after.
@@ -684,72 +786,142 @@ class EscalationPolicy:
             bound = cfg.fallback_bound
         return min(bound, cfg.fallback_bound) if s.last_resort else bound
 
-    def _proceed(
-        self,
-        obs: Observation,
-        warn: Reason | None,
-        trend: bool,
-        culprits: tuple[str, ...],
-        clipper: str,
-    ) -> Decision:
-        s, cfg, t = self._s, self.config, obs.step
-        s.consecutive = 0
-        s.last_applied_healthy = False  # until this step proves healthy below
-        protected = self.protected(t)
-        bound = self._bound(protected)
+    def _drift(self, since: int) -> tuple[int, float, float] | None:
+        """For a trend begun at ``since``: the loss level now and its ratio to the one then.
+
+        A growth trend that began long before the detectors could see it (a slow drift) has
+        already poisoned the recent healthy baselines; the loss around its onset has not.
+        ``None`` unless they are ``drift_ratio`` apart.
+        """
+        history = self._s.loss_history
+        around = [loss for step, loss in history if abs(step - since) <= _ONSET_WINDOW]
+        recent = history[-_LEVEL:]
+        if not around or len(recent) < _LEVEL:
+            return None
+        now, then = statistics.median(v for _, v in recent), statistics.median(around)
+        if then <= 0.0 or now < self.config.drift_ratio * then:
+            return None
+        return since, now, now / then
+
+    # ---------------------------------------------------------------- the moves
+    def _carry_out(self, rung: Rung, sit: Situation, clipper: str) -> Decision:
+        """Carry out ``rung`` 's move: update the budgets and word the action."""
+        move, t = rung.move, sit.step
+        if move is Move.APPLY:
+            return self._apply(sit, clipper)
+        if move is Move.SKIP_FREE:
+            obs = sit.obs
+            message = (
+                f"The GradScaler's scale overflowed (gradient norm {obs.total_norm!r} under a "
+                f"finite loss, {self._s.overflow_streak} in a row): step skipped and the scale "
+                "lowered by the scaler, not counted as a fault."
+            )
+            action = Action(ActionKind.SKIP, Reason.SCALER_OVERFLOW, message)
+            return Decision(action, apply=False, lr_scale=self._s.lr_scale)
+        if move is Move.ACCEPT:
+            return self._accept_new_level(sit)
+        what = self._describe(sit)
+        if move is Move.BACKOFF:
+            reason = rung.reason or sit.fault or self._unstable_reason(sit)
+            if sit.fault is not None:
+                what = f"{what}, and {sit.faults}"
+            return self._backoff(t, reason, what, sit)
+        if move in (Move.ROLLBACK, Move.RESTART):
+            if move is Move.RESTART:
+                # What the policy learned so far is the explosion itself, and the weights it
+                # reached are not worth keeping: back to before it, baselines relearned.
+                early = sit.alert(AlertKind.EARLY_EXPLOSION)
+                start = early.since if early is not None and early.since is not None else t
+                s = self._s
+                s.incident_start = min(s.incident_start or start, start)
+                s.norms = []
+            why = rung.why.format(
+                consecutive=sit.consecutive, faults=sit.faults, backoffs=sit.backoffs
+            )
+            return self._rollback(t, rung.reason or sit.fault, what, why, sit.can_rollback)
+        return self._skip(sit, what)
+
+    def _unstable_reason(self, sit: Situation) -> Reason:
+        if sit.oscillating:
+            return Reason.OSCILLATION
+        return sit.warn or Reason.GROWTH_TREND
+
+    def _describe(self, sit: Situation) -> str:
+        """The first clause of the action's sentence: what was seen."""
+        obs, culprits = sit.obs, sit.culprits
+        where = f" (largest in {culprits[0]})" if culprits else ""
+        stuck = sit.alert(AlertKind.LOSS_STUCK)
+        if sit.stuck and stuck is not None:
+            return stuck.message.split(":")[0]
+        early = sit.alert(AlertKind.EARLY_EXPLOSION)
+        if sit.fault is None and early is not None:
+            return early.message.split(":")[0]
+        if sit.fault is None and sit.drift is not None:
+            since, now, ratio = sit.drift
+            return (
+                f"Loss level {now:.4g}, {ratio:.3g}x what it was at step {since} when the "
+                "gradient norm began to grow"
+            )
+        if sit.fault is None:
+            if sit.oscillating:
+                zigzag = sit.alert(AlertKind.OSCILLATION)
+                return zigzag.message.split(":")[0] if zigzag is not None else "Loss zig-zagging"
+            if sit.warn is Reason.GROWTH_TREND:
+                return f"Growth trend of the gradient norm ({obs.total_norm:.3g})"
+            loss = "not given" if obs.loss is None else f"{obs.loss:.4g}"
+            kind = (sit.warn or Reason.LOSS_SPIKE).value.replace("_", " ")
+            return f"Unstable step ({kind}, loss {loss}, gradient norm {obs.total_norm:.3g})"
+        reason = sit.fault
+        if reason is Reason.NONFINITE_LOSS:
+            return f"Non-finite loss {obs.loss!r}"
+        if reason is Reason.NONFINITE_GRAD:
+            return f"Non-finite gradient norm {obs.total_norm!r}{where}"
+        if reason is Reason.LOSS_SPIKE:
+            spike = sit.alert(AlertKind.LOSS_SPIKE) or sit.alert(AlertKind.LOSS_JUMP)
+            detail = f" ({spike.message.split(':')[0]})" if spike is not None else ""
+            return f"Loss spike to {obs.loss:.4g}{detail}"
+        if reason is Reason.DIVERGENCE:
+            return f"Loss {obs.loss!r} beyond its divergence threshold"
+        if reason is Reason.NONFINITE_PARAM:
+            return f"Non-finite parameter norm {obs.param_norm!r}"
+        kind = reason.value.replace("_", " ")
+        return f"Critical gradient {kind} at norm {obs.total_norm:.3g}{where}"
+
+    def _skip(self, sit: Situation, what: str) -> Decision:
+        s, cfg = self._s, self.config
+        left = max(cfg.skip_budget - len(s.faults), 0)
+        note = (
+            f"cooling down until step {s.cooldown_until}"
+            if sit.step < s.cooldown_until
+            else f"{left} more within {cfg.window} steps before the learning rate is backed off"
+        )
+        message = f"{what}: step skipped, weights and optimizer state untouched ({note})."
+        reason = sit.fault or Reason.LOSS_SPIKE
+        return Decision(Action(ActionKind.SKIP, reason, message), apply=False, lr_scale=s.lr_scale)
+
+    def _apply(self, sit: Situation, clipper: str) -> Decision:
+        """Apply the step (clipped to the bound); count it healthy; raise the rate when due."""
+        s, cfg, obs, t = self._s, self.config, sit.obs, sit.step
+        bound, protected = sit.bound, sit.protected
         own = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
-        clipped = bound is not None and obs.total_norm > bound
         # A clipper object ("external") scaled the gradients before this decision.
         external = 1.0 if obs.clip_coef is None else obs.clip_coef
         clipped_before = external < 1.0 - CLIP_TOLERANCE
         coef = external * own
-        kind = ActionKind.CLIP if clipped or clipped_before else ActionKind.PROCEED
-        scaled = [f"{clipper} scaled the gradients by {external:.3g}"] if clipped_before else []
-        if clipped and bound is not None:
-            scaled.append(f"gradients scaled by {own:.3g} (bound {bound:.3g})")
-        done = f"{', '.join(scaled)} and the step applied" if scaled else "step applied"
+        kind = ActionKind.CLIP if sit.clipped or clipped_before else ActionKind.PROCEED
+        done = _done(clipper, external, own, bound, sit.clipped)
 
         def decision(action: Action) -> Decision:
             return Decision(action, True, s.lr_scale, bound, coef)
 
-        if protected and clipped and obs.loss is not None and math.isfinite(obs.loss):
-            keep = cfg.oscillation_steps or 1
-            s.incident_losses = [*s.incident_losses[-(keep - 1) :], obs.loss]
-        else:
-            s.incident_losses = []  # only a run of clipped steps can show the clip's failure
-        oscillating = not trend and self._oscillating()
-        if (
-            (trend or oscillating)
-            and cfg.backoff_on_trend
-            and t >= s.cooldown_until
-            and s.backoffs_in_incident < cfg.max_backoffs
-        ):
-            if oscillating:
-                losses = ", ".join(f"{v:.3g}" for v in s.incident_losses)
-                what = (
-                    f"Loss zig-zagging ({losses}) over clipped steps: the step is past the "
-                    "stability limit"
-                )
-                reason = Reason.OSCILLATION
-            elif warn is Reason.GROWTH_TREND:
-                what = f"Growth trend of the gradient norm ({obs.total_norm:.3g})"
-                reason = warn
-            else:
-                loss = "not given" if obs.loss is None else f"{obs.loss:.4g}"
-                what = (
-                    f"Unstable step ({(warn or Reason.LOSS_SPIKE).value.replace('_', ' ')}, "
-                    f"loss {loss}, gradient norm {obs.total_norm:.3g})"
-                )
-                reason = warn or Reason.GROWTH_TREND
-            return self._backoff(t, reason, what, apply=True, bound=bound, coef=coef)
-        if warn is not None:
-            where = f" in {culprits[0]}" if culprits else ""
+        if sit.warn is not None:
+            where = f" in {sit.culprits[0]}" if sit.culprits else ""
             message = (
-                f"Warning ({warn.value.replace('_', ' ')}{where}, gradient norm "
+                f"Warning ({sit.warn.value.replace('_', ' ')}{where}, gradient norm "
                 f"{obs.total_norm:.3g}) noted: {done}; the incident began at step "
                 f"{s.incident_start}."
             )
-            return decision(Action(kind, warn, message))
+            return decision(Action(kind, sit.warn, message))
         typical = self.healthy_norm()
         if typical is not None and obs.total_norm > cfg.recovered_ratio * typical:
             s.healthy_streak = 0  # no warning, but the run still leans on the clip
@@ -764,8 +936,6 @@ class EscalationPolicy:
             if s.persistent and bound is not None:
                 norm = min(norm, bound)
             s.norms = [*s.norms[-(cfg.baseline - 1) :], norm]
-            if obs.loss is not None and math.isfinite(obs.loss):
-                s.losses = [*s.losses[-(cfg.baseline - 1) :], obs.loss]
         if (
             s.lr_scale < s.ceiling
             and cfg.restore_after is not None
@@ -791,79 +961,28 @@ class EscalationPolicy:
             why = "recovering from an incident" if protected else "above the bound"
             message = f"Gradient norm {obs.total_norm:.3g} while {why}: {done}."
             if not protected:
-                above = " is above the bound" if clipped else ""  # a clipper's own rule decided
+                above = " is above the bound" if sit.clipped else ""  # a clipper's rule decided
                 message = f"Gradient norm {obs.total_norm:.3g}{above}: {done}."
             return decision(Action(kind, Reason.NORM_ABOVE_BOUND, message))
         message = f"Gradient norm {obs.total_norm:.3g} is within bounds: step applied."
         return decision(Action(kind, Reason.HEALTHY, message))
 
-    def _loss_level(self) -> float | None:
-        """Median of the last ``_STUCK_LEVEL`` finite losses, or ``None`` before that many."""
-        recent = self._s.loss_history[-_STUCK_LEVEL:]
-        if len(recent) < _STUCK_LEVEL:
-            return None
-        return statistics.median(loss for _, loss in recent)
-
     def _close_incident(self) -> None:
         s = self._s
         s.incident_start = None
         s.backoffs_in_incident = 0
-        s.incident_losses = []
+        s.clipped_streak = 0
 
-    def _grown_since(self, since: int) -> tuple[float, float] | None:
-        """The loss level now and its ratio to the level at ``since``, if ``stuck_ratio`` apart.
-
-        A growth trend that began long before the detectors could see it (a slow drift) has
-        already poisoned the recent "healthy" baselines; the loss around its onset has not.
-        """
-        s = self._s
-        around = [loss for step, loss in s.loss_history if abs(step - since) <= _ONSET_WINDOW]
-        now = self._loss_level()
-        if not around or now is None:
-            return None
-        then = self._loss_scale(statistics.median(around))
-        if then <= 0.0 or now < self.config.stuck_ratio * then:
-            return None
-        return now, now / then
-
-    def _same_after_rollback(self, obs: Observation, fault: Reason | None) -> bool:
-        """Whether the weights just restored fail the way the abandoned ones did.
-
-        Right after a rollback the weights are ones that were healthy. If they, too, give a
-        finite loss far above their healthy level (``stuck_ratio`` times its median) and about
-        as high as the one that triggered the rollback (at least a tenth of it), on new batches,
-        the batches changed (a new task, dataset or curriculum stage), not the weights.
-        Non-finite values, and a loss beyond the user's own divergence threshold, are never a
-        new normal.
-        """
-        s, probe = self._s, self._s.probe
-        if probe is None:
-            return False
-        step, loss = probe[0], probe[1]
-        if obs.step - step > self.config.consecutive_limit:
-            s.probe = None  # the restored weights got through: the rollback was right
-            return False
-        now = obs.loss
-        if fault in (Reason.DIVERGENCE, Reason.NONFINITE_GRAD, Reason.NONFINITE_LOSS):
-            return False
-        if not obs.finite or now is None or not math.isfinite(now) or not math.isfinite(loss):
-            return False
-        if not s.losses:
-            return False  # no healthy level to compare with
-        typical = self._loss_scale(statistics.median(s.losses))
-        high = self.config.stuck_ratio * typical
-        return typical > 0.0 and loss >= high and now >= high and now >= 0.1 * loss
-
-    def _accept_new_level(self, obs: Observation) -> Decision:
+    def _accept_new_level(self, sit: Situation) -> Decision:
         """Take a confirmed change of the data's loss level as the new normal."""
-        s, t = self._s, obs.step
-        step, loss, scale, persistent = s.probe or [float(t), math.nan, s.lr_scale, 0.0]
+        s, t, obs = self._s, sit.step, sit.obs
+        step, loss, scale, persistent, _ = s.probe or [float(t), math.nan, s.lr_scale, 0.0, 0.0]
         s.persistent = bool(persistent)  # the incident was the data's change, not instability
         if s.rollbacks and s.rollbacks[-1] == int(step):
             s.rollbacks.pop()  # the rollback was a diagnosis, not a rescue: refunded
         s.lr_scale = scale
         s.probe = None
-        s.norms, s.losses, s.loss_history = [], [], []
+        s.norms, s.loss_history = [], []
         s.first_norm = obs.total_norm if obs.total_norm > 0.0 else None
         self._close_incident()
         s.isolated = False
@@ -893,20 +1012,17 @@ class EscalationPolicy:
         s.protect_until = t + (cfg.restore_after if cfg.restore_after is not None else cfg.quiet)
         s.healthy_streak = 0
         s.last_escalation = t
-        s.incident_losses = []
+        s.clipped_streak = 0
         s.persistent = True
 
-    def _backoff(
-        self,
-        t: int,
-        reason: Reason,
-        what: str,
-        *,
-        apply: bool,
-        bound: float | None = None,
-        coef: float = 1.0,
-    ) -> Decision:
+    def _backoff(self, t: int, reason: Reason, what: str, sit: Situation) -> Decision:
         s, cfg = self._s, self.config
+        apply = sit.fault is None
+        bound = sit.bound if apply else None
+        coef = 1.0
+        if apply:
+            own = 1.0 if bound is None else min(1.0, bound / (sit.obs.total_norm + EPS))
+            coef = (1.0 if sit.obs.clip_coef is None else sit.obs.clip_coef) * own
         old = s.lr_scale
         s.lr_scale = max(old * cfg.backoff_factor, cfg.min_lr_scale)
         s.backoffs_in_incident += 1
@@ -926,12 +1042,13 @@ class EscalationPolicy:
         )
         self._remember(message)
         action = Action(ActionKind.BACKOFF, reason, message)
-        return Decision(action, apply, s.lr_scale, bound if apply else None, coef)
+        return Decision(action, apply, s.lr_scale, bound, coef)
 
     def _rollback(
-        self, t: int, reason: Reason, what: str, why: str, can_rollback: bool
+        self, t: int, reason: Reason | None, what: str, why: str, can_rollback: bool
     ) -> Decision:
         s, cfg = self._s, self.config
+        reason = reason or Reason.REPEATED_FAULTS
         last_resort = ""
         if len(s.rollbacks) >= cfg.max_rollbacks and not s.last_resort and can_rollback:
             # Before giving up, the remedy of the literature for a model that keeps exploding:
@@ -952,7 +1069,7 @@ class EscalationPolicy:
             return Decision(action, apply=False, lr_scale=s.lr_scale)
         old = s.lr_scale
         loss = s.loss_history[-1][1] if s.loss_history else math.nan
-        s.probe = [float(t), loss, old, float(s.was_persistent)] if can_rollback else None
+        s.probe = [float(t), loss, old, float(s.was_persistent), 0.0] if can_rollback else None
         if cfg.backoff_on_rollback:
             # The k-th rollback in the window backs off k times: a rate 100x too high is found
             # in three rollbacks (x1/64) instead of seven.
@@ -995,42 +1112,22 @@ class EscalationPolicy:
     def _remember(self, message: str) -> None:
         self._s.history = [*self._s.history[-7:], message]
 
-    def _describe_fault(self, reason: Reason, obs: Observation, culprits: tuple[str, ...]) -> str:
-        where = f" (largest in {culprits[0]})" if culprits else ""
-        if reason is Reason.NONFINITE_LOSS:
-            return f"Non-finite loss {obs.loss!r}"
-        if reason is Reason.NONFINITE_GRAD:
-            return f"Non-finite gradient norm {obs.total_norm!r}{where}"
-        if reason is Reason.LOSS_SPIKE:
-            typical = statistics.median(self._s.losses) if self._s.losses else math.nan
-            return f"Loss spike to {obs.loss:.4g} (healthy median {typical:.3g})"
-        if reason is Reason.DIVERGENCE:
-            return f"Loss {obs.loss!r} beyond its divergence threshold"
-        if reason is Reason.NONFINITE_PARAM:
-            return f"Non-finite parameter norm {obs.param_norm!r}"
-        kind = reason.value.replace("_", " ")
-        return f"Critical gradient {kind} at norm {obs.total_norm:.3g}{where}"
-
     # ---------------------------------------------------------------- state
     def baselines(self) -> dict[str, list[float]]:
-        """The healthy norms and losses the bounds and loss rules compare with (a snapshot's part).
+        """The healthy norms the automatic bound follows (a snapshot's part).
 
         A rollback restores them with :meth:`load_baselines`, so the restored weights are judged
         against what was healthy for them, not against the trajectory that was abandoned; the
         budgets, the incident and the learning-rate scale stay live.
         """
-        return {"norms": list(self._s.norms), "losses": list(self._s.losses)}
+        return {"norms": list(self._s.norms)}
 
     def load_baselines(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`baselines`, even empty ones (a snapshot from before any history).
 
-        The restored weights are judged against what was healthy for them: a step-0 snapshot
-        brings the untrained weights back, and the baselines of a run that had since converged
-        would call their ordinary loss a thousandfold spike. With none, they are relearned
-        (the early-explosion rules watch that warm-up).
+        With none, they are relearned (the early-explosion detector watches that warm-up).
         """
         self._s.norms = [float(v) for v in state["norms"]]
-        self._s.losses = [float(v) for v in state["losses"]]
 
     def state_dict(self) -> dict[str, Any]:
         """All mutable state as plain Python values (ints, floats, lists, ``None``)."""
@@ -1045,38 +1142,42 @@ class EscalationPolicy:
             ConfigError: ``state`` lacks a field or was not produced by :meth:`state_dict`.
         """
         check_mapping("state", state, fix="Pass what EscalationPolicy.state_dict() returned.")
-        names = [f.name for f in dataclasses.fields(_State)]
         state = {**_ADDED_IN_0_2, **state}  # state saved before these fields existed
-        missing = [n for n in names if n not in state]
+        missing = [f.name for f in dataclasses.fields(_State) if f.name not in state]
         if missing:
             raise ConfigError(
                 f"policy state is missing {missing!r}; pass what EscalationPolicy.state_dict() "
                 "returned."
             )
-        fresh = _State(**{n: state[n] for n in names})
-        fresh.faults = [int(f) for f in fresh.faults]
-        fresh.rollbacks = [int(r) for r in fresh.rollbacks]
-        fresh.norms = [float(v) for v in fresh.norms]
-        fresh.losses = [float(v) for v in fresh.losses]
-        fresh.incident_losses = [float(v) for v in fresh.incident_losses]
-        fresh.loss_history = [[float(a), float(b)] for a, b in fresh.loss_history]
-        fresh.last_restore = (
-            None if fresh.last_restore is None else [float(v) for v in fresh.last_restore]
-        )
-        fresh.ceiling = float(fresh.ceiling)
-        fresh.probe = None if fresh.probe is None else [float(v) for v in fresh.probe]
-        fresh.isolated = bool(fresh.isolated)
-        fresh.history = [str(h) for h in fresh.history]
-        fresh.lr_scale = float(fresh.lr_scale)
-        fresh.first_norm = None if fresh.first_norm is None else float(fresh.first_norm)
-        fresh.loss_peak = float(fresh.loss_peak)
-        fresh.persistent = bool(fresh.persistent)
-        fresh.was_persistent = bool(fresh.was_persistent)
-        fresh.last_resort = bool(fresh.last_resort)
-        fresh.last_applied_healthy = bool(fresh.last_applied_healthy)
-        self._s = fresh
+        fields = dataclasses.fields(_State)
+        self._s = _State(**{f.name: _convert(str(f.type), state[f.name]) for f in fields})
+        if self._s.probe is not None and len(self._s.probe) == 4:  # saved by 0.2
+            self._s.probe.append(0.0)
         if "skip_spikes" in state:
             self._skip_spikes = bool(state["skip_spikes"])
+
+
+_SCALARS: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _convert(annotation: str, value: Any) -> Any:
+    """``value`` as the plain type of a :class:`_State` field annotated ``annotation``."""
+    base = annotation.removesuffix(" | None")
+    if value is None and base != annotation:
+        return None
+    if base.startswith("list[") and base.endswith("]"):
+        return [_convert(base[5:-1], v) for v in value]
+    return _SCALARS[base](value)
+
+
+def _done(clipper: str, external: float, own: float, bound: float | None, clipped: bool) -> str:
+    """The clause saying how the step was applied: who scaled the gradients, by how much."""
+    scaled = []
+    if external < 1.0 - CLIP_TOLERANCE:
+        scaled.append(f"{clipper} scaled the gradients by {external:.3g}")
+    if clipped and bound is not None:
+        scaled.append(f"gradients scaled by {own:.3g} (bound {bound:.3g})")
+    return f"{', '.join(scaled)} and the step applied" if scaled else "step applied"
 
 
 def abort_advice(
