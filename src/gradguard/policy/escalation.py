@@ -1,57 +1,28 @@
-"""The escalation ladder: from what one step looked like to what the guard does about it, and why.
-
-Pure Python on host floats (no torch). The guard hands :meth:`EscalationPolicy.decide` the
-:class:`~gradguard.records.Observation` of the step (the result of its one host transfer) and the
-alerts the detectors raised; every rule that reads raw losses and norms is a detector (see
-:mod:`gradguard.detect`). The policy reads those alerts and its own budgets into a frozen
-:class:`Situation`, and the first rung of :data:`LADDER` whose condition holds decides: an
-:class:`~gradguard.records.Action` (kind, reason, one sentence) plus what the guard must do,
-including the clip bound for this step.
-
-The rungs, climbed only while trouble keeps coming, each guarded by a budget and a cool-down:
-
-1. **clip**: finite steps are applied. With the automatic bound (``clip="auto"``) a healthy run
-   is never clipped; a warning opens an *incident* (its first step is remembered so that a
-   rollback returns to a state from before it), and while it is open the gradients are clipped
-   to the run's own healthy scale (the median of recent healthy norms; the first norm, at most
-   ``fallback_bound``, before there is any). After skipped faults alone the bound is
-   ``isolated_clip_factor`` times that median: ordinary steps go through untouched. Once the run
-   needed an escalation, the bound stays on for good and follows the norms down, never up.
-2. **skip**: a non-finite gradient or loss, a critical loss spike or jump (and, without
-   clipping, a critical gradient spike) skips the step: weights, optimizer state and schedule
-   stay untouched. A finite loss spike between healthy steps is the data's and spends no budget.
-3. **back off**: more than ``skip_budget`` faulty steps within ``window`` steps, a growth trend
-   of the gradient norm, a loss-spike warning, or a loss that zig-zags while the incident's
-   steps are clipped scale the learning rate of every parameter group by ``backoff_factor``;
-   ``restore_after`` healthy steps raise it back one rung at a time.
-4. **roll back**: ``consecutive_limit`` faulty steps in a row (the same weights failed on
-   different batches), a fault after ``max_backoffs`` backoffs in one incident, a divergence, a
-   loss stuck far above its healthy level, an explosion from the first steps or a non-finite
-   weight restore the newest snapshot taken before the incident began, reset the optimizer
-   moments and back off.
-5. **last resort**: when ``max_rollbacks`` rollbacks within ``rollback_window`` steps are spent,
-   every step is clipped tightly and the rate capped, with a fresh budget.
-6. **give up**: when that budget is spent too, the decision is ``ABORT``; the guard raises,
-   asks the loop to stop, or goes on, as its ``on_give_up`` says.
-"""
+"""The escalation policy: keeps the counts, freezes the :class:`~gradguard.policy.ladder.Situation`
+of each step, and carries out the move of the first rung of the ladder that holds."""
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Any
 
 from gradguard.errors import (
     ConfigError,
-    check_bool,
-    check_int,
     check_mapping,
     check_positive,
-    check_real,
+)
+from gradguard.policy.config import EPS, ClipMode, Decision, PolicyConfig
+from gradguard.policy.ladder import (
+    INFO_READ,
+    LADDER,
+    Move,
+    Rung,
+    Situation,
+    classify,
 )
 from gradguard.records import (
     CLIP_TOLERANCE,
@@ -64,231 +35,7 @@ from gradguard.records import (
     Severity,
 )
 
-__all__ = [
-    "LADDER",
-    "ClipMode",
-    "Decision",
-    "EscalationPolicy",
-    "Move",
-    "PolicyConfig",
-    "Rung",
-    "Situation",
-    "abort_advice",
-]
-
-ClipMode: TypeAlias = float | Literal["auto", "external"] | None
-"""How the guard clips: a fixed bound, the policy's automatic bound, a clipper object
-(``"external"``: clipped before the policy sees the step) or not at all (``None``)."""
-
-EPS = 1e-6
-"""Added to the norm in the clip coefficient, as ``torch.nn.utils.clip_grad_norm_`` does."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PolicyConfig:
-    """Budgets, cool-downs and switches of the escalation ladder.
-
-    The defaults aim at "first do no harm": a healthy run is never touched; an isolated bad step
-    is skipped; a burst of them slows the run down; a run whose weights went bad is rolled back;
-    a run that keeps failing after three rollbacks stops with advice instead of burning compute.
-
-    Attributes:
-        skip_nonfinite: skip steps whose gradient or loss is NaN/Inf. Turning this off lets
-            non-finite values reach the weights; it exists for experiments only.
-        skip_spikes: also skip steps with a critical *finite* gradient spike or threshold alert.
-            ``None`` (automatic) means "only when the guard does not clip": with clipping, a
-            finite spike is already tamed and skipping would waste the batch.
-        skip_budget: faulty steps tolerated within ``window`` steps before backing off.
-        window: length, in steps, of the window in which faults are counted.
-        backoff_factor: learning-rate multiplier of one backoff (0 < factor < 1).
-        max_backoffs: backoffs within one incident before the next fault rolls back instead.
-        min_lr_scale: the learning-rate scale never goes below this.
-        restore_after: healthy steps (no alert, no incident) before the scale is raised by one
-            rung (divided by ``backoff_factor``, capped at 1), and for which the automatic clip
-            stays on after an escalation; ``None`` never restores the scale.
-        recovered_ratio: a step counts as healthy toward ``restore_after`` only if its gradient
-            norm is within this many times the healthy median: a run whose norms stay high
-            after an incident still leans on the clip, and raising its learning rate then
-            brings the trouble straight back.
-        consecutive_limit: faulty steps in a row that prove the weights themselves are bad
-            (skipping cannot help when the weights do not change), triggering a rollback. Two:
-            the same weights failed on two different batches. Twice that for finite loss spikes
-            right after a healthy step, which cannot have made the weights much worse.
-        max_rollbacks: rollbacks allowed within ``rollback_window`` steps; one more aborts.
-        rollback_window: window, in steps, in which rollbacks are counted.
-        cooldown: steps after a backoff or rollback during which faults are skipped without
-            climbing the ladder, so the remedy has time to show its effect.
-        quiet: steps without any warning that close an incident (not before the protection
-            window of an escalation ends); the guard takes snapshots only outside incidents and
-            after this many quiet steps, and rolls back only to snapshots at least this many
-            steps older than the incident, so no snapshot holds a run already in trouble.
-        reset_moments: reset the optimizer's moments (Adam's m and v, momentum buffers) when
-            rolling back, so the momentum of the failed trajectory does not push it down again.
-        backoff_on_rollback: also back off the learning rate when rolling back, so the run does
-            not walk the same path into the same cliff; the k-th rollback within
-            ``rollback_window`` applies ``backoff_factor`` k times.
-        backoff_on_trend: back off the learning rate on a growth-trend alert (the gradient norm
-            grows geometrically) or a loss-spike warning (the loss jumped tenfold): the step
-            size is past the stability limit, and clipping alone leaves the run oscillating at
-            the edge; once per ``cooldown``, at most ``max_backoffs`` times per incident.
-        max_scaler_overflows: a GradScaler's overflow (the guard tells it from a real fault by
-            the scale: only a scale that lifts the healthy gradients near float16's range can
-            overflow) is skipped without climbing the ladder, up to this many in a row. 128
-            halvings take any float32 scale below 1: a warm-up from Megatron's 2**32 needs ~30.
-        restart_fraction: while fewer than ``min_history`` healthy norms exist (the run went
-            wrong in its first steps), the automatic bound is this fraction of the first finite
-            norm of the run (the scale of the weights an early explosion is rolled back to), at
-            most ``fallback_bound``.
-        fallback_bound: the automatic bound when not even one finite norm was seen, the cap of
-            the bound before any healthy history and of the last resort's; 1.0 is the usual
-            global-norm bound of the literature.
-        baseline: how many recent healthy norms form the baseline of the automatic bound.
-        min_history: healthy norms needed before their median replaces ``fallback_bound``.
-        drift_ratio: a growth trend of the gradient norm whose loss level has grown this many
-            times since the trend began rolls back to before it: the weights have drifted, and
-            the slow drift has already poisoned the recent healthy baselines.
-        isolated_clip_factor: an incident opened by one skipped fault, with no other alert
-            after it, is *isolated*: the weights never saw the bad step, so the next steps are
-            clipped only above this many times the healthy median (catching a second wild
-            gradient without touching the ordinary ones, which would slow the run down).
-    """
-
-    skip_nonfinite: bool = True
-    skip_spikes: bool | None = None
-    skip_budget: int = 3
-    window: int = 100
-    backoff_factor: float = 0.5
-    max_backoffs: int = 2
-    min_lr_scale: float = 2.0**-10
-    restore_after: int | None = 100
-    recovered_ratio: float = 2.0
-    consecutive_limit: int = 2
-    max_rollbacks: int = 3
-    rollback_window: int = 1000
-    cooldown: int = 10
-    quiet: int = 20
-    reset_moments: bool = True
-    backoff_on_rollback: bool = True
-    backoff_on_trend: bool = True
-    max_scaler_overflows: int = 128
-    fallback_bound: float = 1.0
-    restart_fraction: float = 1.0
-    baseline: int = 32
-    min_history: int = 5
-    drift_ratio: float = 10.0
-    isolated_clip_factor: float = 4.0
-
-    def __post_init__(self) -> None:
-        for name in ("skip_nonfinite", "reset_moments", "backoff_on_rollback", "backoff_on_trend"):
-            check_bool(name, getattr(self, name), fix="See PolicyConfig for what each switch does.")
-        if self.skip_spikes is not None:
-            check_bool("skip_spikes", self.skip_spikes, fix="Or None, the automatic choice.")
-        for field in dataclasses.fields(self):  # every float setting is a real number, not "2"
-            if field.type == "float":
-                check_real(field.name, getattr(self, field.name), fix="See PolicyConfig.")
-        for name in (
-            "skip_budget",
-            "max_backoffs",
-            "max_rollbacks",
-            "cooldown",
-            "quiet",
-            "max_scaler_overflows",
-        ):
-            _check_int(name, getattr(self, name), minimum=0)
-        for name in ("window", "consecutive_limit", "rollback_window", "baseline", "min_history"):
-            _check_int(name, getattr(self, name), minimum=1)
-        if self.restore_after is not None:
-            _check_int("restore_after", self.restore_after, minimum=1)
-        if not self.drift_ratio > 1.0:
-            raise ConfigError(f"drift_ratio must be a number > 1, got {self.drift_ratio!r}.")
-        if not self.recovered_ratio > 1.0:
-            raise ConfigError(
-                f"recovered_ratio must be a number > 1, got {self.recovered_ratio!r}; 2 (the "
-                "default) waits until the gradient norm is back within twice its healthy median."
-            )
-        if not self.isolated_clip_factor >= 1.0:
-            raise ConfigError(
-                f"isolated_clip_factor must be a number >= 1, got {self.isolated_clip_factor!r}; "
-                "1 clips to the healthy median, 4 (the default) only clips wild gradients."
-            )
-        if not 0.0 < self.backoff_factor < 1.0:
-            raise ConfigError(
-                f"backoff_factor must lie strictly between 0 and 1, got {self.backoff_factor!r}. "
-                "Use 0.5 to halve the learning rate at each backoff."
-            )
-        if not 0.0 < self.min_lr_scale <= 1.0:
-            raise ConfigError(
-                f"min_lr_scale must lie in (0, 1], got {self.min_lr_scale!r}. The default "
-                "2**-10 lets ten backoffs happen before the scale stops shrinking."
-            )
-        check_positive("fallback_bound", self.fallback_bound, fix="1.0 is the usual bound.")
-        if not 0.0 < self.restart_fraction <= 1.0:
-            raise ConfigError(
-                f"restart_fraction must lie in (0, 1], got {self.restart_fraction!r}. The "
-                "default 1 clips to the first gradient norm (at most fallback_bound) until a "
-                "healthy history exists."
-            )
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    fix = "See PolicyConfig for what each budget means; the defaults suit most runs."
-    check_int(name, value, minimum=minimum, fix=fix)
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    """What the guard must do at one step, with the action it records.
-
-    Attributes:
-        action: kind, reason and the one-sentence explanation.
-        apply: whether the optimizer step is applied to the weights.
-        lr_scale: multiplier of every parameter group's learning rate from now on.
-        clip_bound: bound on the global gradient norm for this step (``None``: do not clip).
-        clip_coef: the factor the applied gradients were scaled by: that bound's coefficient,
-            computed from the transferred norm, times a clipper object's
-            (``Observation.clip_coef``) when one ran.
-        rollback_before: for a rollback, restore the newest snapshot taken before this step.
-        reset_moments: whether to reset the optimizer's moments (after restoring, if rolling back).
-        reset_baselines: the loss level changed for good (the ``new loss level`` rung): the
-            detectors' baselines must start over, as the policy's did.
-    """
-
-    action: Action
-    apply: bool
-    lr_scale: float = 1.0
-    clip_bound: float | None = None
-    clip_coef: float = 1.0
-    rollback_before: int | None = None
-    reset_moments: bool = False
-    reset_baselines: bool = False
-
-
-_FAULT_KINDS = {
-    AlertKind.NONFINITE_GRAD: Reason.NONFINITE_GRAD,
-    AlertKind.NONFINITE_LOSS: Reason.NONFINITE_LOSS,
-    AlertKind.LOSS_SPIKE: Reason.LOSS_SPIKE,
-    AlertKind.LOSS_JUMP: Reason.LOSS_SPIKE,
-    AlertKind.LOSS_THRESHOLD: Reason.DIVERGENCE,
-}
-_SPIKE_KINDS = {
-    AlertKind.GRAD_NORM_SPIKE: Reason.SPIKE,
-    AlertKind.GRAD_NORM_THRESHOLD: Reason.NORM_ABOVE_BOUND,
-}
-_WARNING_REASONS = {
-    **_FAULT_KINDS,
-    **_SPIKE_KINDS,
-    AlertKind.GROWTH_TREND: Reason.GROWTH_TREND,
-    AlertKind.PARAM_NORM_GROWTH: Reason.GROWTH_TREND,
-    AlertKind.EARLY_EXPLOSION: Reason.EARLY_EXPLOSION,
-}
-"""Alerts that open or extend an incident; the others (stuck, oscillation, a high loss, a
-culprit) are read by their own rungs only."""
-
-_UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE, AlertKind.EARLY_EXPLOSION)
-"""Alerts that say the step size is past the stability limit: the learning rate backs off."""
-
-_INFO_READ = (AlertKind.LOSS_HIGH, AlertKind.OSCILLATION)
-"""Information alerts the rungs read; other info alerts are for people only."""
+__all__ = ["EscalationPolicy"]
 
 _LEVEL = 5
 """Losses whose median is the loss level the drift rule compares with its onset's."""
@@ -298,170 +45,6 @@ _HISTORY = 512
 
 _ONSET_WINDOW = 8
 """Steps either side of a trend's onset whose losses give the level it began from."""
-
-
-class Move(enum.Enum):
-    """What a rung does; :meth:`EscalationPolicy.decide` carries it out."""
-
-    SKIP_FREE = "skip, spending no budget"
-    SKIP = "skip"
-    APPLY = "apply"
-    BACKOFF = "back off"
-    ROLLBACK = "roll back"
-    RESTART = "roll back and relearn the baselines"
-    ACCEPT = "accept the new loss level"
-
-
-@dataclasses.dataclass(frozen=True)
-class Situation:
-    """Everything the rungs read at one step, frozen: the step's evidence and the budgets left.
-
-    Attributes:
-        obs: the observation of the step.
-        fault: why the step must not be applied (a critical alert, a non-finite value), if so.
-        warn: the first warning of the step, as a reason, if any.
-        unstable: a warning says the step size is past the stability limit.
-        alerts: the step's alerts by kind (the first of each).
-        culprits: the tensor the alerts blame, if any.
-        overflow: the GradScaler's own overflow, within its budget.
-        protected: the step lies in an incident or the protection window after an escalation.
-        bound: the clip bound of the step; ``clipped``: the norm exceeds it.
-        clipped_streak: clipped, applied steps in a row under protection, this one included.
-        consecutive: faulty steps in a row, this one included; ``fault_limit``: the rollback
-            threshold for them.
-        over_budget: more faults in the window than ``skip_budget``, and no cool-down running.
-        may_back_off: a backoff on instability is allowed now (cool-down over, budget left).
-        backoffs: backoffs spent in this incident; ``max_backoffs``: the most it may spend.
-        faults: the faults counted in the window, in words.
-        new_level: right after a rollback, the restored weights failed as high as the abandoned
-            ones did, on ``consecutive_limit`` batches in a row (see ``_fails_alike``).
-        drift: for a growth trend, the loss level now and its ratio to the level at its onset.
-        can_rollback: a snapshot exists to roll back to.
-    """
-
-    obs: Observation
-    fault: Reason | None
-    warn: Reason | None
-    unstable: bool
-    alerts: Mapping[AlertKind, Alert]
-    culprits: tuple[str, ...]
-    overflow: bool
-    protected: bool
-    bound: float | None
-    clipped: bool
-    clipped_streak: int
-    consecutive: int
-    fault_limit: int
-    over_budget: bool
-    may_back_off: bool
-    backoffs: int
-    max_backoffs: int
-    faults: str
-    new_level: bool
-    drift: tuple[int, float, float] | None
-    can_rollback: bool
-
-    @property
-    def step(self) -> int:
-        """The optimizer step decided on."""
-        return self.obs.step
-
-    def alert(self, kind: AlertKind) -> Alert | None:
-        """The step's first alert of ``kind`` that the ladder reads (see ``_INFO_READ``)."""
-        return self.alerts.get(kind)
-
-    @property
-    def stuck(self) -> bool:
-        """The loss level stayed far above healthy through an incident the remedies did not end."""
-        return self.fault is None and AlertKind.LOSS_STUCK in self.alerts and self.protected
-
-    @property
-    def oscillating(self) -> bool:
-        """The losses zig-zag (an ``oscillation`` alert) over steps that were all clipped."""
-        zigzag = self.alerts.get(AlertKind.OSCILLATION)
-        if zigzag is None or zigzag.since is None or self.unstable:
-            return False
-        return self.clipped_streak >= self.step - zigzag.since + 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Rung:
-    """One rung of the ladder: when it holds, what it does, why (``why``: the second clause)."""
-
-    name: str
-    when: Callable[[Situation], bool]
-    move: Move
-    reason: Reason | None = None  # None: the step's fault or warning
-    why: str = ""
-
-
-def _fault(kind: Reason | None = None) -> Callable[[Situation], bool]:
-    return (lambda s: s.fault is not None) if kind is None else (lambda s: s.fault is kind)
-
-
-LADDER: tuple[Rung, ...] = (
-    Rung("scaler overflow", lambda s: s.overflow, Move.SKIP_FREE, Reason.SCALER_OVERFLOW),
-    Rung(
-        "stuck loss",
-        lambda s: s.stuck,
-        Move.ROLLBACK,
-        Reason.DIVERGENCE,
-        "clipping and backoffs kept the run finite but not on track",
-    ),
-    Rung("new loss level", lambda s: s.new_level, Move.ACCEPT, Reason.REGIME_CHANGE),
-    Rung(
-        "early explosion",
-        lambda s: s.fault is None and s.alert(AlertKind.EARLY_EXPLOSION) is not None,
-        Move.RESTART,
-        Reason.EARLY_EXPLOSION,
-        "the run is exploding from its first steps",
-    ),
-    Rung(
-        "drift since a growth began",
-        lambda s: s.fault is None and s.drift is not None,
-        Move.ROLLBACK,
-        Reason.GROWTH_TREND,
-        "the weights have drifted since then",
-    ),
-    Rung(
-        "unstable step",
-        lambda s: s.fault is None and (s.unstable or s.oscillating) and s.may_back_off,
-        Move.BACKOFF,
-    ),
-    Rung("finite step", lambda s: s.fault is None, Move.APPLY),
-    Rung(
-        "corrupt weights",
-        _fault(Reason.NONFINITE_PARAM),
-        Move.ROLLBACK,
-        Reason.NONFINITE_PARAM,
-        "a non-finite weight cannot be trained back: only a snapshot restores it",
-    ),
-    Rung(
-        "faults in a row",
-        lambda s: s.consecutive >= s.fault_limit,
-        Move.ROLLBACK,
-        Reason.REPEATED_FAULTS,
-        "{consecutive} faulty steps in a row show the weights themselves are bad",
-    ),
-    Rung(
-        "divergence",
-        _fault(Reason.DIVERGENCE),
-        Move.ROLLBACK,
-        Reason.DIVERGENCE,
-        "the loss has diverged from its healthy level",
-    ),
-    Rung(
-        "faults after backoffs",
-        lambda s: s.over_budget and s.backoffs >= s.max_backoffs,
-        Move.ROLLBACK,
-        Reason.REPEATED_FAULTS,
-        "{faults} after {backoffs} backoffs in this incident",
-    ),
-    Rung("fault budget", lambda s: s.over_budget, Move.BACKOFF),
-    Rung("fault", _fault(), Move.SKIP),
-)
-"""The ladder, first matching rung wins. Budgets and cool-downs are in the conditions (and, for
-rollbacks, in :meth:`EscalationPolicy._rollback`: the last resort, then giving up)."""
 
 
 @dataclasses.dataclass
@@ -622,9 +205,11 @@ class EscalationPolicy:
         overflow = overflow and s.overflow_streak <= cfg.max_scaler_overflows
         read: dict[AlertKind, Alert] = {}
         for alert in alerts:
-            if alert.severity is not Severity.INFO or alert.kind in _INFO_READ:
+            if alert.severity is not Severity.INFO or alert.kind in INFO_READ:
                 read.setdefault(alert.kind, alert)
-        fault, warn, unstable, culprits = self._classify(obs, alerts)
+        fault, warn, unstable, culprits = classify(
+            obs, alerts, skip_nonfinite=cfg.skip_nonfinite, skip_spikes=self._skip_spikes
+        )
         if overflow:
             fault = warn = None
         elif fault is not None or warn is not None:
@@ -692,6 +277,7 @@ class EscalationPolicy:
             clipped_streak=s.clipped_streak,
             consecutive=s.consecutive,
             fault_limit=fault_limit,
+            cooling=t < s.cooldown_until,
             over_budget=len(s.faults) > cfg.skip_budget and t >= s.cooldown_until,
             may_back_off=cfg.backoff_on_trend
             and t >= s.cooldown_until
@@ -724,41 +310,6 @@ class EscalationPolicy:
         if not obs.finite or not math.isfinite(before):
             return False
         return before >= high.threshold and high.value >= 0.1 * before
-
-    def _classify(
-        self, obs: Observation, alerts: Sequence[Alert]
-    ) -> tuple[Reason | None, Reason | None, bool, tuple[str, ...]]:
-        fault: Reason | None = None
-        warn: Reason | None = None
-        unstable = False
-        culprits: tuple[str, ...] = tuple(name for name, _ in obs.top[:1])
-        if obs.param_norm is not None and not math.isfinite(obs.param_norm):
-            fault = Reason.NONFINITE_PARAM  # the weights themselves are corrupt
-        elif self.config.skip_nonfinite:
-            if not obs.loss_finite:
-                fault = Reason.NONFINITE_LOSS
-            elif not obs.finite or not math.isfinite(obs.total_norm):
-                fault = Reason.NONFINITE_GRAD
-        for alert in alerts:
-            if alert.severity is Severity.INFO:
-                continue
-            if alert.culprits and not culprits:
-                culprits = alert.culprits[:1]
-            reason = _WARNING_REASONS.get(alert.kind)
-            if reason is None:
-                continue
-            critical = alert.severity is Severity.CRITICAL
-            is_fault = alert.kind in _FAULT_KINDS or (
-                alert.kind in _SPIKE_KINDS and self._skip_spikes
-            )
-            if alert.kind in (AlertKind.NONFINITE_GRAD, AlertKind.NONFINITE_LOSS):
-                is_fault = self.config.skip_nonfinite
-            if critical and is_fault:
-                fault = fault or reason
-            else:
-                warn = warn or reason
-            unstable = unstable or alert.kind in _UNSTABLE_KINDS
-        return fault, warn, unstable, culprits
 
     def _bound(self, protected: bool) -> float | None:
         """The clip bound of this step: none on a run never rescued, the healthy scale after.
@@ -1178,40 +729,3 @@ def _done(clipper: str, external: float, own: float, bound: float | None, clippe
     if clipped and bound is not None:
         scaled.append(f"gradients scaled by {own:.3g} (bound {bound:.3g})")
     return f"{', '.join(scaled)} and the step applied" if scaled else "step applied"
-
-
-def abort_advice(
-    history: Sequence[str], *, lr: float | None = None, culprits: Sequence[str] = ()
-) -> str:
-    """The text of the abort error: what happened, then what to try, most effective first.
-
-    Args:
-        history: the last escalation messages (``EscalationPolicy.history()``).
-        lr: the learning rate of the first parameter group, echoed in the advice.
-        culprits: names of the tensors with the largest gradients at the end.
-
-    Returns:
-        A multi-line message for :class:`~gradguard.errors.TrainingDivergedError`.
-
-    References:
-        Pascanu, Mikolov, Bengio (2013), On the difficulty of training recurrent neural networks
-        (clipping, the spectral-radius condition); Saxe, McClelland, Ganguli (2014), Exact
-        solutions to the nonlinear dynamics of learning in deep linear networks (orthogonal init);
-        Miyato et al. (2018), Spectral normalization for generative adversarial networks.
-    """
-    lines = ["gradguard stopped the run: it kept failing after every rescue it is allowed."]
-    lines += [f"  - {h}" for h in history[-4:]]
-    where = f" (largest gradients in {', '.join(culprits[:3])})" if culprits else ""
-    lr_text = f"{lr:.3g}" if lr is not None else "the learning rate"
-    lines += [
-        f"What to try{where}:",
-        f"  1. lower the learning rate: {lr_text} -> ten times smaller, with a warm-up;",
-        "  2. clip gradients tighter: Guard(clip=0.5) or an adaptive clipper;",
-        "  3. initialise recurrent and deep weights orthogonally (nn.init.orthogonal_) so their "
-        "spectral radius starts near 1 (gradguard.remedies.init_for_stability);",
-        "  4. bound the recurrent weights with spectral norm (torch.nn.utils.parametrizations."
-        "spectral_norm);",
-        "  5. for RNNs, truncate backpropagation through time to shorter segments (detach the "
-        "hidden state every k steps).",
-    ]
-    return "\n".join(lines)
