@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import math
 import os
 import warnings
@@ -76,7 +77,7 @@ from gradguard.stats.params import local_tensor
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-__all__ = ["GiveUp", "Guard", "PendingStep"]
+__all__ = ["GiveUp", "Guard", "GuardState", "PendingStep"]
 
 GiveUp: TypeAlias = Literal["raise", "stop", "continue"]
 """What the guard does when every rescue failed: raise, ask the loop to stop, or go on."""
@@ -919,12 +920,50 @@ class Guard:
         if load is not None and state.get("clipper") is not None:
             load(state["clipper"])
 
+    def stateful(self) -> GuardState:
+        """The guard as a ``torch.distributed.checkpoint`` Stateful, to save beside the model.
+
+        Example::
+
+            dcp.save({"model": model.state_dict(), "guard": guard.stateful()}, checkpoint_id=d)
+        """
+        return GuardState(self)
+
     def close(self) -> None:
         """Close the sinks, and release ``snapshot_dir`` for another guard."""
         for sink in self.sinks:
             sink.close()
         if isinstance(self.store, DiskSnapshotStore):
             self.store.close()
+
+
+class GuardState:
+    """A guard's :meth:`Guard.state_dict` as one JSON leaf, for ``torch.distributed.checkpoint``.
+
+    DCP flattens nested containers into keys and loads into a state of the same keys; the
+    guard's state holds lists that grow (history, budgets, steps), so it travels as one string.
+    """
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    def state_dict(self) -> dict[str, Any]:
+        """The guard's state, serialised."""
+        return {"guard_json": json.dumps(self.guard.state_dict())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved.
+
+        Raises:
+            ConfigError: ``state`` is not what :meth:`state_dict` returned.
+        """
+        check_mapping("state", state, fix="Load what guard.stateful() saved.")
+        if not isinstance(state.get("guard_json"), str):
+            raise ConfigError(
+                f"the guard checkpoint lacks its 'guard_json' string (keys {sorted(state)!r}); "
+                "load what guard.stateful() saved."
+            )
+        self.guard.load_state_dict(json.loads(state["guard_json"]))
 
 
 def _all_finite(tensors: Sequence[Tensor]) -> bool:

@@ -94,3 +94,24 @@ def test_a_zigzag_alerts_with_its_first_step_and_a_narrow_one_does_not() -> None
     # A monotone descent, however steep, is no oscillation.
     steep = OscillationDetector(steps=4, ratio=2.0)
     assert all(steep.update(_obs(t, 10.0 * 0.1**t)) == [] for t in range(12))
+
+
+def test_the_run_peak_survives_a_rollback_and_a_reset_but_not_a_resume() -> None:
+    from torch import nn
+
+    from gradguard import Monitor
+
+    monitor = Monitor(nn.Linear(2, 1), detectors=[LossLevelDetector()])
+    (level,) = monitor.detectors
+    assert isinstance(level, LossLevelDetector)
+    for t in range(10):
+        level.update(_obs(t, 1.0))
+    saved = monitor.detector_state()
+    for t in range(10, 20):
+        level.update(_obs(t, 50.0))  # the level climbed to 50 on the abandoned trajectory
+    monitor.load_detector_state(saved, rollback=True)
+    assert level.peak == 50.0 and level.seen == 10  # run-level memory kept, the rest restored
+    monitor.reset_detectors()
+    assert level.peak == 50.0 and level.seen == 0
+    monitor.load_detector_state(saved)  # a resume restores everything
+    assert level.peak == 1.0
