@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gradguard.detect import LossLevelDetector, OscillationDetector
 from gradguard.errors import ConfigError
 from gradguard.policy import Decision, EscalationPolicy, PolicyConfig, abort_advice
 from gradguard.records import ActionKind, Alert, AlertKind, Observation, Reason, Severity
@@ -33,6 +34,28 @@ def _alert(step: int, kind: AlertKind, severity: Severity = Severity.CRITICAL) -
 
 def _run(policy: EscalationPolicy, start: int, stop: int) -> list[Decision]:
     return [policy.decide(_obs(t)) for t in range(start, stop)]
+
+
+class _Ladder:
+    """The policy with the detectors of its loss rules, wired as the guard wires them."""
+
+    def __init__(
+        self,
+        config: PolicyConfig | None = None,
+        *,
+        level: LossLevelDetector | None = None,
+        zigzag: OscillationDetector | None = None,
+    ) -> None:
+        self.policy = EscalationPolicy(config)
+        self.make = lambda: [level or LossLevelDetector(), zigzag or OscillationDetector()]
+        self.detectors = self.make()
+
+    def decide(self, obs: Observation, alerts: list[Alert] | None = None) -> Decision:
+        seen = [a for d in self.detectors for a in d.update(obs)]
+        decision = self.policy.decide(obs, [*(alerts or []), *seen])
+        if decision.reset_baselines:
+            self.detectors = [type(d)() for d in self.detectors]
+        return decision
 
 
 def _one_sentence(message: str) -> bool:
@@ -115,8 +138,9 @@ def test_auto_bound_leaves_healthy_steps_alone_and_clips_to_the_healthy_scale_in
 
 
 def test_a_loss_zigzag_over_clipped_steps_backs_off_once_per_cooldown() -> None:
-    policy = EscalationPolicy(PolicyConfig(cooldown=5, oscillation_steps=4, oscillation_ratio=2.0))
-    _run(policy, 0, 6)  # healthy median norm 1.0
+    policy = _Ladder(PolicyConfig(cooldown=5), zigzag=OscillationDetector(steps=4, ratio=2.0))
+    for t in range(6):
+        policy.decide(_obs(t))  # healthy median norm 1.0
     policy.decide(_obs(6), [_alert(6, AlertKind.GRAD_NORM_SPIKE, Severity.WARNING)])
     # Clipped steps whose loss alternates 3, 1, 3, 1: bouncing across a valley.
     bounce = [policy.decide(_obs(t, norm=50.0, loss=3.0 if t % 2 else 1.0)) for t in range(7, 11)]
@@ -128,14 +152,14 @@ def test_a_loss_zigzag_over_clipped_steps_backs_off_once_per_cooldown() -> None:
     assert _one_sentence(backoff.action.message)
     # The window restarts after the backoff; a narrower zig-zag (1.5x) is not an oscillation.
     later = [policy.decide(_obs(t, norm=50.0, loss=1.5 if t % 2 else 1.0)) for t in range(11, 20)]
-    assert all(d.action.kind is ActionKind.CLIP for d in later) and policy.lr_scale == 0.5
+    assert all(d.action.kind is ActionKind.CLIP for d in later) and policy.policy.lr_scale == 0.5
 
 
 def test_a_loss_zigzag_of_unclipped_steps_is_left_alone() -> None:
-    policy = EscalationPolicy(PolicyConfig(oscillation_steps=4, oscillation_ratio=2.0))
+    policy = _Ladder(zigzag=OscillationDetector(steps=4, ratio=2.0))
     decisions = [policy.decide(_obs(t, loss=3.0 if t % 2 else 1.0)) for t in range(20)]
     assert all(d.action.kind is ActionKind.PROCEED for d in decisions)
-    assert policy.lr_scale == 1.0
+    assert policy.policy.lr_scale == 1.0
 
 
 def test_auto_bound_restarts_at_a_fraction_of_the_first_norm_without_history() -> None:
@@ -149,7 +173,7 @@ def test_auto_bound_restarts_at_a_fraction_of_the_first_norm_without_history() -
 
 
 def test_a_loss_jump_is_a_fault_even_before_the_detectors_warm_up() -> None:
-    policy = EscalationPolicy(PolicyConfig(loss_jump=100.0))
+    policy = _Ladder(level=LossLevelDetector(jump=100.0))
     policy.decide(_obs(0, loss=0.5))
     assert policy.decide(_obs(1, loss=49.0)).apply  # 98x: below the jump ratio
     jump = policy.decide(_obs(2, loss=2480.0))  # 100x the median 24.75
@@ -394,10 +418,8 @@ def test_scaler_overflows_are_skipped_without_climbing_the_ladder() -> None:
         ("consecutive_limit", 1.5),
         ("quiet", True),
         ("fallback_bound", 0.0),
-        ("loss_jump", 1.0),
+        ("drift_ratio", 1.0),
         ("baseline", 0),
-        ("oscillation_steps", 2),
-        ("oscillation_ratio", 1.0),
         ("isolated_clip_factor", 0.5),
         ("recovered_ratio", 1.0),
     ],
@@ -467,7 +489,7 @@ def test_properties_and_state_round_trip(events: list[str], cut: int) -> None:
 
 
 def test_the_loss_jump_rule_only_covers_the_detectors_warm_up() -> None:
-    policy = EscalationPolicy(PolicyConfig(baseline=8))
+    policy = _Ladder(level=LossLevelDetector(warmup=8))
     for t in range(8):
         policy.decide(_obs(t, loss=1.0))
     late = policy.decide(_obs(8, loss=500.0))  # heavy tails: the detectors judge from now on
@@ -483,19 +505,23 @@ def test_a_loss_spike_warning_backs_off_like_a_trend() -> None:
 
 
 def test_a_run_stuck_far_above_its_healthy_loss_rolls_back() -> None:
-    config = PolicyConfig(stuck_after=10, stuck_ratio=10.0, cooldown=100)
-    policy = EscalationPolicy(config)
-    _run(policy, 0, 20)  # healthy loss 1.0
+    policy = _Ladder(PolicyConfig(cooldown=10), level=LossLevelDetector(ratio=10.0, after=8))
+    for t in range(20):
+        policy.decide(_obs(t))  # healthy loss 1.0
     trend = [_alert(20, AlertKind.GROWTH_TREND, Severity.WARNING)]
     assert policy.decide(_obs(20, loss=5.0), trend).action.kind is ActionKind.BACKOFF
-    kinds = [policy.decide(_obs(t, norm=2.0, loss=12.0)).action.kind for t in range(21, 31)]
+    decisions = [policy.decide(_obs(t, norm=2.0, loss=12.0)) for t in range(21, 31)]
+    kinds = [d.action.kind for d in decisions]
     assert kinds[:-1] == [ActionKind.CLIP] * 9  # protected: clipped, not yet stuck
-    assert kinds[-1] is ActionKind.ROLLBACK  # 10 steps after the backoff, still 12x
-    assert policy.incident_start == 20
+    # The level (median of five) is 12x from step 23; eight such steps later, and the cool-down
+    # of the backoff over, still 12x.
+    assert kinds[-1] is ActionKind.ROLLBACK and decisions[-1].action.reason is Reason.DIVERGENCE
+    assert "stayed at least 10x" in decisions[-1].action.message
+    assert policy.policy.incident_start == 20
 
 
 def test_the_incident_stays_open_during_the_protection_window() -> None:
-    policy = EscalationPolicy(PolicyConfig(quiet=5, restore_after=30, stuck_after=None))
+    policy = EscalationPolicy(PolicyConfig(quiet=5, restore_after=30))
     _run(policy, 0, 10)
     trend = [_alert(10, AlertKind.GROWTH_TREND, Severity.WARNING)]
     assert policy.decide(_obs(10), trend).action.kind is ActionKind.BACKOFF
@@ -505,7 +531,9 @@ def test_the_incident_stays_open_during_the_protection_window() -> None:
     assert policy.incident_start is None and not policy.protected(41)
 
 
-def _shifted(policy: EscalationPolicy, start: int, stop: int, loss: float) -> list[Decision]:
+def _shifted(
+    policy: EscalationPolicy | _Ladder, start: int, stop: int, loss: float
+) -> list[Decision]:
     return [
         policy.decide(_obs(t, loss=loss), [_alert(t, AlertKind.LOSS_SPIKE)])
         for t in range(start, stop)
@@ -513,25 +541,28 @@ def _shifted(policy: EscalationPolicy, start: int, stop: int, loss: float) -> li
 
 
 def test_restored_weights_failing_alike_mean_the_data_changed_and_the_level_is_accepted() -> None:
-    policy = EscalationPolicy()
-    _run(policy, 0, 60)  # healthy at loss 1
-    *skips, rollback, probe = _shifted(policy, 60, 65, 300.0)
+    policy = _Ladder()
+    for t in range(60):
+        policy.decide(_obs(t))  # healthy at loss 1
+    *skips, rollback, first, probe = _shifted(policy, 60, 66, 300.0)
     # Right after a healthy step, four finite spikes in a row (not two) blame the weights.
     assert [d.action.kind for d in skips] == [ActionKind.SKIP] * 3
     assert rollback.action.kind is ActionKind.ROLLBACK
     assert rollback.lr_scale == 0.5 and not rollback.reset_baselines
-    # The restored weights, healthy at step 40 or so, give the same loss on the next batch.
+    # The restored weights, healthy at step 40 or so, give the same loss on the next two
+    # batches: as much evidence as the rollback had.
+    assert first.action.kind is ActionKind.SKIP and not first.reset_baselines
     assert probe.action.kind is ActionKind.PROCEED and probe.apply
     assert probe.action.reason is Reason.REGIME_CHANGE and probe.reset_baselines
-    assert probe.lr_scale == 1.0 and policy.lr_scale == 1.0  # the backoff was undone
+    assert probe.lr_scale == 1.0 and policy.policy.lr_scale == 1.0  # the backoff was undone
     assert _one_sentence(probe.action.message) and "data changed" in probe.action.message
-    state = policy.state_dict()
-    assert state["rollbacks"] == [] and state["norms"] == [] and state["losses"] == []
-    assert policy.incident_start is None
+    state = policy.policy.state_dict()
+    assert state["rollbacks"] == [] and state["norms"] == [] and state["loss_history"] == []
+    assert policy.policy.incident_start is None
     # From there the new level is the healthy one: nothing more happens.
-    later = [policy.decide(_obs(t, loss=300.0)) for t in range(65, 200)]
+    later = [policy.decide(_obs(t, loss=300.0)) for t in range(66, 200)]
     assert {d.action.kind for d in later} == {ActionKind.PROCEED}
-    assert policy.healthy_norm() == 1.0
+    assert policy.policy.healthy_norm() == 1.0
 
 
 def test_a_restored_run_that_recovers_keeps_its_rollback_and_the_check_expires() -> None:
@@ -558,8 +589,9 @@ def test_non_finite_values_after_a_rollback_are_never_a_new_normal() -> None:
 def test_the_stuck_rule_looks_at_the_loss_level_not_one_heavy_tailed_loss() -> None:
     # An incident (a warning at step 40), then losses at the healthy level with single 30x
     # outliers: no rollback. A level that stays 30x up for 5 losses: rollback.
-    policy = EscalationPolicy(PolicyConfig(stuck_after=10, quiet=1000))
-    _run(policy, 0, 40)
+    policy = _Ladder(PolicyConfig(quiet=1000), level=LossLevelDetector(after=1))
+    for t in range(40):
+        policy.decide(_obs(t))
     policy.decide(_obs(40), [_alert(40, AlertKind.GROWTH_TREND, Severity.WARNING)])
     noisy = [
         policy.decide(_obs(t, loss=30.0 if t % 7 == 0 and t < 72 else 1.0)) for t in range(41, 80)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import math
 import os
 import warnings
@@ -67,15 +68,16 @@ from gradguard.recover import (
     reset_optimizer_state_,
     restore_rng_state,
 )
+from gradguard.recover.registry import StateRegistry
 from gradguard.sinks import Sink, with_default_logging
-from gradguard.stats import GradStats, NamedTensors, measure, reduce_across_ranks
+from gradguard.stats import GradStats, NamedTensors
 from gradguard.stats.measure import grouped_norms
 from gradguard.stats.params import local_tensor
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-__all__ = ["GiveUp", "Guard", "PendingStep"]
+__all__ = ["GiveUp", "Guard", "GuardState", "PendingStep"]
 
 GiveUp: TypeAlias = Literal["raise", "stop", "continue"]
 """What the guard does when every rescue failed: raise, ask the loop to stop, or go on."""
@@ -313,6 +315,7 @@ class Guard:
             if snapshot_dir is not None
             else MemorySnapshotStore(keep=snapshot_keep)
         )
+        self.parts = self._snapshot_parts()
         # Another run's snapshots in snapshot_dir: refuse to step until resume() adopts them.
         self._foreign: str | None = None
         store = self.store
@@ -423,19 +426,14 @@ class Guard:
         scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
         if scaler is not None and not already_unscaled(scaler, self.optimizer):
             scaler.unscale_(self.optimizer)  # unless the script did (to clip), as nanoGPT does
-        stats = measure(self._named)
         # Global norms before clipping or deciding, so every rank clips and decides alike.
-        group = self.monitor.process_group
-        stats = reduce_across_ranks(stats, group, sharded=self.monitor.sharded_grads)
+        stats = self.monitor.measure(self._named, norm_type=2.0)  # clip_grad_norm_'s norm
         coef: Tensor | float | None = None
         if self._clipper is not None and stats.grads:
             # Queued on the device before the sync below; its coefficient rides along in it.
             coef = step_coefficient(stats, self._clipper.clip_(stats))
         # HOST SYNC: the one transfer, inside.
-        alerts = self.monitor.observe(loss, stats=stats, clip_coef=coef)
-        obs = self.monitor.last
-        if obs is None:  # pragma: no cover - Monitor.observe always sets it
-            raise RuntimeError("Monitor.observe() left no observation")
+        obs, alerts = self.monitor.watch(loss, stats=stats, clip_coef=coef)
         if self.should_stop:
             action = Action(
                 ActionKind.SKIP,
@@ -605,7 +603,7 @@ class Guard:
     def _give_up(self, record: StepRecord) -> None:
         """Every rescue failed: leave finite weights, then raise, ask to stop, or go on."""
         if not _all_finite(self._params()) and self.store.steps():
-            self._restore(self._load_readable(self.store.steps()[-1])[1])
+            self.parts.load(self._load_readable(self.store.steps()[-1])[1], rollback=True)
         if self.on_give_up == "raise":
             advice = abort_advice(self.policy.history(), lr=record.lr, culprits=self._last_culprits)
             raise TrainingDivergedError(advice, record)
@@ -664,14 +662,7 @@ class Guard:
             "step": self._step,
             "progress": self._progress,
             "shapes": self._shapes,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": capture_rng_state(),
-            "detectors": self.monitor.detector_state(),
-            "baselines": self.policy.baselines(),
-            "guard": self.state_dict() if isinstance(self.store, DiskSnapshotStore) else None,
+            **self.parts.save(),
         }
         try:
             try:
@@ -685,6 +676,48 @@ class Guard:
             self.counters["snapshots"] -= 1
             raise
         return self._step
+
+    def _snapshot_parts(self) -> StateRegistry:
+        """What a snapshot holds, in the order a rollback or a resume restores it.
+
+        A rollback restores the training objects, the random generators (``restore_rng``) and
+        what the detectors and the policy learned as healthy for those weights; the budgets, the
+        incident and the learning-rate scale stay live. Only a resume restores the guard's whole
+        state, which disk snapshots alone hold (the monitor's history is most of the copying
+        cost of a small model's memory snapshot).
+        """
+        parts = StateRegistry()
+        parts.add("model", self.model.state_dict, self.model.load_state_dict)
+        parts.add("optimizer", self.optimizer.state_dict, self.optimizer.load_state_dict)
+
+        def optional(name: str) -> None:  # the scheduler and scaler may be None
+            def save() -> Any:
+                return getattr(self, name).state_dict()
+
+            def load(state: Any) -> None:
+                getattr(self, name).load_state_dict(state)
+
+            parts.add(name, save, load, saved=lambda: getattr(self, name) is not None)
+
+        optional("scheduler")
+        optional("scaler")
+        parts.add("rng", capture_rng_state, restore_rng_state, on_rollback=self.restore_rng)
+        # Baselines learned on an abandoned trajectory would judge the restored weights'
+        # ordinary loss and norms as spikes (a run whose loss had fallen far since, say).
+        parts.add(
+            "detectors",
+            self.monitor.detector_state,
+            lambda state: self.monitor.load_detector_state(state, rollback=True),
+        )
+        parts.add("baselines", self.policy.baselines, self.policy.load_baselines)
+        parts.add(
+            "guard",
+            self.state_dict,
+            self.load_state_dict,
+            on_rollback=False,
+            saved=lambda: isinstance(self.store, DiskSnapshotStore),
+        )
+        return parts
 
     def _snapshots_to_memory(self, err: SnapshotError) -> None:
         """A disk snapshot failed: warn once and keep snapshots in memory from now on."""
@@ -779,14 +812,7 @@ class Guard:
         if skipped:
             why = f"the nearest that loads: {skipped}"
         self._restored = (before, key)
-        self._restore(state)
-        if self.restore_rng:
-            restore_rng_state(state["rng"])
-        if state.get("baselines") is not None:
-            # Baselines learned on the abandoned trajectory would judge the restored weights'
-            # ordinary loss and norms as spikes (a run whose loss had fallen far since, say).
-            self.policy.load_baselines(state["baselines"])
-            self.monitor.load_detector_state(state["detectors"])
+        self.parts.load(state, rollback=True)
         if decision.reset_moments:
             reset_optimizer_state_(self.optimizer)
         self.store.discard_after(key)
@@ -798,15 +824,6 @@ class Guard:
             f"({why}), {lost} applied steps lost."
         )
         return key, lost, message
-
-    def _restore(self, state: Mapping[str, Any]) -> None:
-        """Load the training objects of a snapshot: model, optimizer, scheduler, scaler."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
 
     def resume(self, step: int | None = None) -> int:
         """Restore a snapshot completely (RNG, and guard state from disk), e.g. after a crash.
@@ -837,10 +854,7 @@ class Guard:
             key, state, _ = self._load_readable(steps[-1])
         else:
             key, state = step, self._load(step)
-        self._restore(state)
-        restore_rng_state(state["rng"])
-        if state.get("guard") is not None:
-            self.load_state_dict(state["guard"])
+        self.parts.load(state, rollback=False)
         self._foreign = None
         return key
 
@@ -906,12 +920,50 @@ class Guard:
         if load is not None and state.get("clipper") is not None:
             load(state["clipper"])
 
+    def stateful(self) -> GuardState:
+        """The guard as a ``torch.distributed.checkpoint`` Stateful, to save beside the model.
+
+        Example::
+
+            dcp.save({"model": model.state_dict(), "guard": guard.stateful()}, checkpoint_id=d)
+        """
+        return GuardState(self)
+
     def close(self) -> None:
         """Close the sinks, and release ``snapshot_dir`` for another guard."""
         for sink in self.sinks:
             sink.close()
         if isinstance(self.store, DiskSnapshotStore):
             self.store.close()
+
+
+class GuardState:
+    """A guard's :meth:`Guard.state_dict` as one JSON leaf, for ``torch.distributed.checkpoint``.
+
+    DCP flattens nested containers into keys and loads into a state of the same keys; the
+    guard's state holds lists that grow (history, budgets, steps), so it travels as one string.
+    """
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    def state_dict(self) -> dict[str, Any]:
+        """The guard's state, serialised."""
+        return {"guard_json": json.dumps(self.guard.state_dict())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved.
+
+        Raises:
+            ConfigError: ``state`` is not what :meth:`state_dict` returned.
+        """
+        check_mapping("state", state, fix="Load what guard.stateful() saved.")
+        if not isinstance(state.get("guard_json"), str):
+            raise ConfigError(
+                f"the guard checkpoint lacks its 'guard_json' string (keys {sorted(state)!r}); "
+                "load what guard.stateful() saved."
+            )
+        self.guard.load_state_dict(json.loads(state["guard_json"]))
 
 
 def _all_finite(tensors: Sequence[Tensor]) -> bool:

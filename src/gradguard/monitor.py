@@ -42,7 +42,14 @@ from gradguard.records import (
     to_json_dict,
 )
 from gradguard.sinks import Sink
-from gradguard.stats import GradStats, Parameters, check_norm_type, measure, named_tensors
+from gradguard.stats import (
+    GradStats,
+    NamedTensors,
+    Parameters,
+    check_norm_type,
+    measure,
+    named_tensors,
+)
 from gradguard.stats import observe as observe_step
 from gradguard.stats import param_norm as measure_param_norm
 from gradguard.stats.reduce import (
@@ -194,6 +201,22 @@ class Monitor:
         """The most recent observations and alerts (bounded)."""
         return History(tuple(self._observations), tuple(self._alerts))
 
+    def measure(
+        self, tensors: NamedTensors | None = None, *, norm_type: float | None = None
+    ) -> GradStats:
+        """This step's gradient statistics on the device, global across the ranks.
+
+        The one place that reduces gradient norms across ranks: every rank then clips and
+        decides alike. No host synchronisation.
+
+        Args:
+            tensors: the named tensors to measure; ``None`` for the monitored parameters.
+            norm_type: p of the p-norm; ``None`` for the monitor's.
+        """
+        p = self.norm_type if norm_type is None else norm_type
+        stats = measure(self._params if tensors is None else tensors, p)
+        return reduce_across_ranks(stats, self.process_group, sharded=self.sharded_grads)
+
     def observe(
         self,
         loss: Tensor | float | None = None,
@@ -203,7 +226,8 @@ class Monitor:
     ) -> list[Alert]:
         """Observe one optimizer step: measure, transfer once, detect, record.
 
-        Call it after ``loss.backward()`` and before ``optimizer.step()``.
+        Call it after ``loss.backward()`` and before ``optimizer.step()``. The observation
+        itself is :attr:`last`; :meth:`watch` returns both.
 
         Args:
             loss: the loss of this step (a tensor on any device, a number, or ``None``).
@@ -219,9 +243,23 @@ class Monitor:
         Raises:
             NoGradientsError: no monitored parameter has a gradient (call backward first).
         """
+        return self.watch(loss, stats=stats, clip_coef=clip_coef)[1]
+
+    def watch(
+        self,
+        loss: Tensor | float | None = None,
+        *,
+        stats: GradStats | None = None,
+        clip_coef: Tensor | float | None = None,
+    ) -> tuple[Observation, list[Alert]]:
+        """:meth:`observe`, returning the step's observation with its alerts (for the guard).
+
+        Raises:
+            NoGradientsError: no monitored parameter has a gradient (call backward first).
+        """
         step = self._step
         if stats is None:
-            stats = measure(self._params, self.norm_type)
+            stats = self.measure()
         elif not isinstance(stats, GradStats):
             raise ConfigTypeError(
                 f"stats must be this step's gg.measure(...) result or None, got "
@@ -232,7 +270,7 @@ class Monitor:
             weights = measure_param_norm(self._params, self.norm_type)
         if is_distributed(self.process_group):  # same observation, hence decision, on all ranks
             group, sharded = self.process_group, self.sharded_grads
-            stats = reduce_across_ranks(stats, group, sharded=sharded)
+            stats = reduce_across_ranks(stats, group, sharded=sharded)  # unless given reduced
             if loss is not None:
                 loss = mean_across_ranks(loss, group, device=stats.device)
             if weights is not None:
@@ -257,7 +295,7 @@ class Monitor:
             for sink in self.sinks:
                 sink.write(record)
         self._step = step + 1
-        return alerts
+        return obs, alerts
 
     def summary(self) -> dict[str, Any]:
         """What the run looked like so far, as plain data.
@@ -316,11 +354,20 @@ class Monitor:
         return [{"name": d.name, "state": d.state_dict()} for d in self.detectors]
 
     def reset_detectors(self) -> None:
-        """Put every detector back as it was when the monitor was built (baselines relearned)."""
-        self.load_detector_state(copy.deepcopy(self._initial_detectors))
+        """Put every detector back as it was when the monitor was built (baselines relearned).
 
-    def load_detector_state(self, state: Sequence[Mapping[str, Any]]) -> None:
+        Run-level memory a detector keeps across rollbacks (``keep_on_rollback``) stays too.
+        """
+        self.load_detector_state(copy.deepcopy(self._initial_detectors), rollback=True)
+
+    def load_detector_state(
+        self, state: Sequence[Mapping[str, Any]], *, rollback: bool = False
+    ) -> None:
         """Restore :meth:`detector_state`; the run's history and counters stay as they are.
+
+        With ``rollback=True`` (the guard restoring a snapshot) the state a detector lists in
+        its optional ``keep_on_rollback`` attribute stays live: run-level memory, such as the
+        highest loss level seen, that the restored weights do not undo.
 
         Raises:
             ConfigError: the saved detectors differ from this monitor's.
@@ -340,7 +387,12 @@ class Monitor:
                 "Build the Monitor with the same preset or detector list before loading."
             )
         for detector, entry in zip(self.detectors, state, strict=True):
-            detector.load_state_dict(entry["state"])
+            keep = getattr(detector, "keep_on_rollback", ()) if rollback else ()
+            if keep:
+                live = detector.state_dict()
+                detector.load_state_dict({**entry["state"], **{k: live[k] for k in keep}})
+            else:
+                detector.load_state_dict(entry["state"])
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the detectors must be the same kinds, in the same order.

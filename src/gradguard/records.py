@@ -69,6 +69,10 @@ class AlertKind(str, enum.Enum):
     PARAM_NORM_GROWTH = "param_norm_growth"
     CULPRIT = "culprit"
     EARLY_EXPLOSION = "early_explosion"
+    LOSS_JUMP = "loss_jump"
+    LOSS_HIGH = "loss_high"
+    LOSS_STUCK = "loss_stuck"
+    OSCILLATION = "oscillation"
 
 
 class ActionKind(str, enum.Enum):
@@ -118,6 +122,10 @@ _REASON_OF_KIND = {
     AlertKind.PARAM_NORM_GROWTH: Reason.PARAM_NORM_GROWTH,
     AlertKind.CULPRIT: Reason.CULPRIT,
     AlertKind.EARLY_EXPLOSION: Reason.EARLY_EXPLOSION,
+    AlertKind.LOSS_JUMP: Reason.LOSS_SPIKE,
+    AlertKind.LOSS_HIGH: Reason.LOSS_ABOVE_BOUND,
+    AlertKind.LOSS_STUCK: Reason.DIVERGENCE,
+    AlertKind.OSCILLATION: Reason.OSCILLATION,
 }
 
 

@@ -7,8 +7,10 @@ detector sets the Monitor offers.
 from gradguard.detect.base import Detector
 from gradguard.detect.culprit import CulpritDetector
 from gradguard.detect.early import EarlyExplosionDetector
+from gradguard.detect.level import LossLevelDetector
 from gradguard.detect.loss import LossSpikeDetector
 from gradguard.detect.nonfinite import NonFiniteDetector
+from gradguard.detect.oscillation import OscillationDetector
 from gradguard.detect.params import ParamNormGrowthDetector
 from gradguard.detect.registry import PRESETS, REGISTRY, Preset, make, preset
 from gradguard.detect.robust import RobustWindow
@@ -25,8 +27,10 @@ __all__ = [
     "Detector",
     "EarlyExplosionDetector",
     "GrowthTrendDetector",
+    "LossLevelDetector",
     "LossSpikeDetector",
     "NonFiniteDetector",
+    "OscillationDetector",
     "ParamNormGrowthDetector",
     "Preset",
     "RobustWindow",

@@ -8,8 +8,10 @@ from typing import Literal, TypeAlias
 from gradguard.detect.base import Detector
 from gradguard.detect.culprit import CulpritDetector
 from gradguard.detect.early import EarlyExplosionDetector
+from gradguard.detect.level import LossLevelDetector
 from gradguard.detect.loss import LossSpikeDetector
 from gradguard.detect.nonfinite import NonFiniteDetector
+from gradguard.detect.oscillation import OscillationDetector
 from gradguard.detect.params import ParamNormGrowthDetector
 from gradguard.detect.spike import SpikeDetector
 from gradguard.detect.textbook import TextbookDetector, ThresholdGrowthDetector
@@ -30,6 +32,8 @@ REGISTRY: dict[str, Callable[[], Detector]] = {
     ParamNormGrowthDetector.name: ParamNormGrowthDetector,
     CulpritDetector.name: CulpritDetector,
     EarlyExplosionDetector.name: EarlyExplosionDetector,
+    LossLevelDetector.name: LossLevelDetector,
+    OscillationDetector.name: OscillationDetector,
     TextbookDetector.name: TextbookDetector,
     ThresholdGrowthDetector.name: ThresholdGrowthDetector,
 }
@@ -43,6 +47,8 @@ def _default() -> list[Detector]:
         SpikeDetector(),
         GrowthTrendDetector(),
         LossSpikeDetector(),
+        LossLevelDetector(),
+        OscillationDetector(),
         ParamNormGrowthDetector(),
         CulpritDetector(),
     ]
@@ -55,6 +61,8 @@ def _strict() -> list[Detector]:
         SpikeDetector(warmup=10, z_threshold=4.0, min_ratio=5.0),
         GrowthTrendDetector(warmup=10, window=16, horizon=4000.0, min_r2=0.5, persistence=2),
         LossSpikeDetector(warmup=10, z_threshold=4.0, min_ratio=4.0),
+        LossLevelDetector(),
+        OscillationDetector(),
         ParamNormGrowthDetector(every=5, max_growth=1.5, warmup=10),
         CulpritDetector(every=5, min_ratio=5.0, warmup=10),
     ]
@@ -72,8 +80,9 @@ PRESETS: dict[str, Callable[[], list[Detector]]] = {
 """Preset name -> factory of a fresh detector list.
 
 * ``default``: non-finite, explosion from the first steps, robust spike, growth trend with
-  forecast, loss spike, parameter-norm growth (every 10 steps) and culprit attribution; tuned
-  to stay silent on noisy healthy runs.
+  forecast, loss spike, loss level (warm-up jumps, far above, stuck), oscillation,
+  parameter-norm growth (every 10 steps) and culprit attribution; tuned to stay silent on noisy
+  healthy runs.
 * ``strict``: the same families, more sensitive: shorter warm-up, lower ratios. Expect an
   occasional false alarm on noisy runs.
 * ``textbook``: the five-strategy monitor of the textbooks, exactly.

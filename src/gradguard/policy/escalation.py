@@ -1,0 +1,733 @@
+"""The escalation policy: keeps the counts, freezes the :class:`~gradguard.policy.ladder.Situation`
+of each step, and carries out the move of the first rung of the ladder that holds."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from gradguard.errors import (
+    ConfigError,
+    check_mapping,
+    check_positive,
+)
+from gradguard.policy.config import EPS, ClipMode, Decision, PolicyConfig
+from gradguard.policy.ladder import (
+    INFO_READ,
+    LADDER,
+    Move,
+    Rung,
+    Situation,
+    classify,
+)
+from gradguard.records import (
+    CLIP_TOLERANCE,
+    Action,
+    ActionKind,
+    Alert,
+    AlertKind,
+    Observation,
+    Reason,
+    Severity,
+)
+
+__all__ = ["EscalationPolicy"]
+
+_LEVEL = 5
+"""Losses whose median is the loss level the drift rule compares with its onset's."""
+
+_HISTORY = 512
+"""Losses kept with their steps, to read the loss level at a growth trend's onset."""
+
+_ONSET_WINDOW = 8
+"""Steps either side of a trend's onset whose losses give the level it began from."""
+
+
+@dataclasses.dataclass
+class _State:
+    incident_start: int | None = None
+    isolated: bool = False
+    last_alert: int | None = None
+    faults: list[int] = dataclasses.field(default_factory=list)
+    consecutive: int = 0
+    backoffs_in_incident: int = 0
+    rollbacks: list[int] = dataclasses.field(default_factory=list)
+    cooldown_until: int = -1
+    protect_until: int = -1
+    last_escalation: int = -1
+    lr_scale: float = 1.0
+    healthy_streak: int = 0
+    overflow_streak: int = 0
+    clipped_streak: int = 0
+    norms: list[float] = dataclasses.field(default_factory=list)
+    first_norm: float | None = None
+    last_step: int | None = None
+    loss_history: list[list[float]] = dataclasses.field(default_factory=list)  # [step, loss]
+    last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
+    ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
+    # [step, loss, lr scale, persistent] before the last rollback, and the steps since that
+    # failed alike
+    probe: list[float] | None = None
+    persistent: bool = False  # an escalation happened: the automatic bound stays on for good
+    was_persistent: bool = False  # ``persistent`` when the open incident began
+    last_resort: bool = False  # the rollback budget was spent once: tight clip, rate capped
+    last_applied_healthy: bool = False  # the last applied step was a healthy one
+    history: list[str] = dataclasses.field(default_factory=list)
+
+
+_ADDED_IN_0_2 = {
+    "last_applied_healthy": False,
+    "persistent": False,
+    "was_persistent": False,
+    "last_resort": False,
+    "clipped_streak": 0,
+}
+"""Defaults of fields a state saved by an older version lacks (fields it has that this version
+dropped are ignored)."""
+
+
+class EscalationPolicy:
+    """Turn alerts into actions along the clip → skip → backoff → rollback → abort ladder.
+
+    Stateful but pure: all its state is host numbers behind :meth:`state_dict`, so a resumed run
+    continues mid-incident with the same budgets spent and the same baselines.
+
+    Args:
+        config: budgets and switches; ``None`` uses :class:`PolicyConfig` defaults.
+        clip: a float is a fixed global-norm bound; ``"auto"`` lets the policy choose the bound
+            (none on healthy steps, the healthy scale during incidents); ``"external"`` means a
+            clipper object clips before the policy decides; ``None`` means no clipping.
+
+    Raises:
+        ConfigError: ``config`` or ``clip`` is not one of those.
+    """
+
+    def __init__(self, config: PolicyConfig | None = None, *, clip: ClipMode = "auto") -> None:
+        self.config = config if config is not None else PolicyConfig()
+        if not isinstance(self.config, PolicyConfig):
+            raise ConfigError(
+                f"config must be a PolicyConfig, got {type(self.config).__name__} "
+                f"{self.config!r:.80}. Build one with gradguard.PolicyConfig(skip_budget=...)."
+            )
+        if isinstance(clip, (int, float)) and not isinstance(clip, bool):
+            self.clip: ClipMode = check_positive(
+                "clip", clip, fix="Pass the max global norm, 'auto' or None."
+            )
+        elif clip in ("auto", "external", None):
+            self.clip = clip
+        else:
+            raise ConfigError(
+                f"clip must be a positive number, 'auto', 'external' or None, got {clip!r}."
+            )
+        skip_spikes = self.config.skip_spikes
+        self._skip_spikes = (clip is None) if skip_spikes is None else skip_spikes
+        self._s = _State()
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def lr_scale(self) -> float:
+        """Current multiplier of every parameter group's learning rate."""
+        return self._s.lr_scale
+
+    @property
+    def incident_start(self) -> int | None:
+        """Step of the first alert of the open incident, or ``None`` when the run is quiet."""
+        return self._s.incident_start
+
+    def quiet_steps(self, step: int) -> int:
+        """Steps from the last warning to ``step``; ``sys.maxsize`` when there was none yet."""
+        last = self._s.last_alert
+        return sys.maxsize if last is None else step - last
+
+    def protected(self, step: int) -> bool:
+        """Whether ``step`` falls in an incident or in the protection window after an escalation."""
+        return self._s.incident_start is not None or step < self._s.protect_until
+
+    def healthy_norm(self) -> float | None:
+        """Median of the recent healthy gradient norms, or ``None`` before enough were seen."""
+        norms = self._s.norms
+        return statistics.median(norms) if len(norms) >= self.config.min_history else None
+
+    def history(self) -> list[str]:
+        """The messages of the last escalations (skips excluded), oldest first; for the abort."""
+        return list(self._s.history)
+
+    # ---------------------------------------------------------------- the decision
+    def decide(
+        self,
+        observation: Observation,
+        alerts: Sequence[Alert] = (),
+        *,
+        can_rollback: bool = True,
+        scaler_overflow: bool = False,
+        clipper: str = "the clipper",
+    ) -> Decision:
+        """Choose what to do with the optimizer step described by ``observation``.
+
+        The step's evidence and the budgets left become a frozen :class:`Situation`; the first
+        rung of :data:`LADDER` that holds for it decides.
+
+        Args:
+            observation: the host values of this step (norm, finiteness, loss, and
+                ``clip_coef`` when a clipper object already scaled the gradients: an applied
+                step then reports that factor, times the policy's own bound's if any).
+            alerts: the alerts the detectors raised at this step.
+            can_rollback: whether a snapshot exists to roll back to; when not, the rollback rung
+                resets the optimizer state and backs off instead.
+            scaler_overflow: the guard's GradScaler found non-finite gradients under a finite
+                loss (its own overflow, see ``max_scaler_overflows``).
+            clipper: how messages name the clipper behind ``observation.clip_coef``.
+
+        Returns:
+            The :class:`Decision`; every field is a host value.
+        """
+        situation = self._situation(observation, alerts, can_rollback, scaler_overflow)
+        rung = next(r for r in LADDER if r.when(situation))
+        return self._carry_out(rung, situation, clipper)
+
+    def _situation(
+        self, obs: Observation, alerts: Sequence[Alert], can_rollback: bool, overflow: bool
+    ) -> Situation:
+        """Update the running counts with this step and freeze what the rungs read."""
+        s, cfg, t = self._s, self.config, obs.step
+        s.last_step = t
+        if obs.loss is not None and math.isfinite(obs.loss):
+            s.loss_history.append([float(t), obs.loss])  # in place: 512 entries
+            if len(s.loss_history) > _HISTORY:
+                del s.loss_history[0]
+        if s.first_norm is None and obs.finite and obs.total_norm > 0.0:
+            s.first_norm = obs.total_norm
+        s.overflow_streak = s.overflow_streak + 1 if overflow else 0
+        overflow = overflow and s.overflow_streak <= cfg.max_scaler_overflows
+        read: dict[AlertKind, Alert] = {}
+        for alert in alerts:
+            if alert.severity is not Severity.INFO or alert.kind in INFO_READ:
+                read.setdefault(alert.kind, alert)
+        fault, warn, unstable, culprits = classify(
+            obs, alerts, skip_nonfinite=cfg.skip_nonfinite, skip_spikes=self._skip_spikes
+        )
+        if overflow:
+            fault = warn = None
+        elif fault is not None or warn is not None:
+            # An incident of skipped faults only is isolated until a warning comes: the weights
+            # never saw a bad step, so the next steps need no clipping.
+            s.isolated = (s.incident_start is None or s.isolated) and fault is not None
+            if s.incident_start is None:
+                s.incident_start = t
+                s.was_persistent = s.persistent
+            s.last_alert = t
+        elif (
+            s.incident_start is not None
+            and s.last_alert is not None
+            and t - s.last_alert >= cfg.quiet
+            and t >= s.protect_until
+        ):
+            self._close_incident()
+        trend = read.get(AlertKind.GROWTH_TREND)
+        since = trend.since if trend is not None else None
+        if since is not None and s.incident_start is not None and since < s.incident_start:
+            s.incident_start = since  # the trouble began where the growth did
+        new_level = False
+        if s.probe is not None and t - s.probe[0] > cfg.consecutive_limit:
+            s.probe = None  # the restored weights got through: the rollback was right
+        elif s.probe is not None:
+            alike = self._fails_alike(obs, read, fault, s.probe[1])
+            s.probe[4] = s.probe[4] + 1.0 if alike else 0.0
+            new_level = alike and s.probe[4] >= cfg.consecutive_limit
+        fault_limit = cfg.consecutive_limit
+        if fault is not None:
+            s.consecutive += 1
+            s.healthy_streak = 0
+            # A finite loss spike in an incident of skipped faults alone is the data's: the
+            # weights never saw it and the steps between were healthy, so it spends no budget (a
+            # stream with a poisoned batch every few steps is skipped, not slowed down).
+            # Non-finite gradients, which the model's own numerics can produce, always count.
+            data = fault is Reason.LOSS_SPIKE and s.isolated and s.consecutive == 1
+            s.faults = [f for f in s.faults if f > t - cfg.window] + ([] if data else [t])
+            # A healthy update cannot have made the weights a hundred times worse: after one,
+            # finite loss spikes in a row are first taken for bad batches (a poisoned pair), and
+            # twice the evidence is asked before the weights are blamed.
+            if fault is Reason.LOSS_SPIKE and s.last_applied_healthy:
+                fault_limit *= 2
+        elif not overflow:
+            s.consecutive = 0
+            s.last_applied_healthy = False  # until the step proves healthy
+        s.rollbacks = [r for r in s.rollbacks if r > t - cfg.rollback_window]
+        protected = self.protected(t)
+        bound = self._bound(protected)
+        if bound is not None and not bound > 0.0:  # healthy norms of exactly 0 give no scale
+            bound = cfg.fallback_bound
+        clipped = bound is not None and obs.total_norm > bound
+        if fault is None and not overflow:
+            loss_ok = obs.loss is not None and math.isfinite(obs.loss)
+            s.clipped_streak = s.clipped_streak + 1 if protected and clipped and loss_ok else 0
+        return Situation(
+            obs=obs,
+            fault=fault,
+            warn=warn,
+            unstable=unstable,
+            alerts=read,
+            culprits=culprits,
+            overflow=overflow,
+            protected=protected,
+            bound=bound,
+            clipped=clipped,
+            clipped_streak=s.clipped_streak,
+            consecutive=s.consecutive,
+            fault_limit=fault_limit,
+            cooling=t < s.cooldown_until,
+            over_budget=len(s.faults) > cfg.skip_budget and t >= s.cooldown_until,
+            may_back_off=cfg.backoff_on_trend
+            and t >= s.cooldown_until
+            and s.backoffs_in_incident < cfg.max_backoffs,
+            backoffs=s.backoffs_in_incident,
+            max_backoffs=cfg.max_backoffs,
+            faults=f"{len(s.faults)} faulty steps within {cfg.window} steps",
+            new_level=new_level,
+            drift=self._drift(since) if fault is None and since is not None else None,
+            can_rollback=can_rollback,
+        )
+
+    @staticmethod
+    def _fails_alike(
+        obs: Observation, alerts: Mapping[AlertKind, Alert], fault: Reason | None, before: float
+    ) -> bool:
+        """Whether restored weights fail on this batch as high as the abandoned ones did.
+
+        Restored weights were healthy; a finite loss far above their healthy level (a
+        ``loss_high`` alert), at least a tenth of the loss ``before`` the rollback, which was as
+        far above, says the batches changed (a new task, dataset or curriculum stage), once the
+        same evidence that triggered the rollback is in: as many batches in a row. Non-finite
+        values, and a loss beyond the user's divergence threshold, are never a new normal.
+        """
+        high = alerts.get(AlertKind.LOSS_HIGH)
+        if high is None or high.value is None or high.threshold is None:
+            return False
+        if fault in (Reason.DIVERGENCE, Reason.NONFINITE_GRAD, Reason.NONFINITE_LOSS):
+            return False
+        if not obs.finite or not math.isfinite(before):
+            return False
+        return before >= high.threshold and high.value >= 0.1 * before
+
+    def _bound(self, protected: bool) -> float | None:
+        """The clip bound of this step: none on a run never rescued, the healthy scale after.
+
+        Once the run needed an escalation it keeps the bound on every step (``persistent``): a
+        model that exploded once explodes again when released, and one line of
+        ``clip_grad_norm_`` would have held it all along. The last resort tightens it further.
+        """
+        s, cfg = self._s, self.config
+        if isinstance(self.clip, float):
+            return min(self.clip, cfg.fallback_bound) if s.last_resort else self.clip
+        if self.clip != "auto" or not (protected or s.persistent or s.last_resort):
+            return None
+        isolated = s.isolated and (s.last_step is None or s.last_step >= s.protect_until)
+        if isolated and not s.persistent:
+            # The weights never saw the bad step: only a second wild gradient is clipped, measured
+            # against whatever healthy norms exist (none yet: nothing to clip against).
+            return statistics.median(s.norms) * cfg.isolated_clip_factor if s.norms else None
+        typical = self.healthy_norm()
+        if typical is not None:
+            bound = typical
+        elif s.first_norm is not None:
+            bound = min(s.first_norm * cfg.restart_fraction, cfg.fallback_bound)
+        else:
+            bound = cfg.fallback_bound
+        return min(bound, cfg.fallback_bound) if s.last_resort else bound
+
+    def _drift(self, since: int) -> tuple[int, float, float] | None:
+        """For a trend begun at ``since``: the loss level now and its ratio to the one then.
+
+        A growth trend that began long before the detectors could see it (a slow drift) has
+        already poisoned the recent healthy baselines; the loss around its onset has not.
+        ``None`` unless they are ``drift_ratio`` apart.
+        """
+        history = self._s.loss_history
+        around = [loss for step, loss in history if abs(step - since) <= _ONSET_WINDOW]
+        recent = history[-_LEVEL:]
+        if not around or len(recent) < _LEVEL:
+            return None
+        now, then = statistics.median(v for _, v in recent), statistics.median(around)
+        if then <= 0.0 or now < self.config.drift_ratio * then:
+            return None
+        return since, now, now / then
+
+    # ---------------------------------------------------------------- the moves
+    def _carry_out(self, rung: Rung, sit: Situation, clipper: str) -> Decision:
+        """Carry out ``rung`` 's move: update the budgets and word the action."""
+        move, t = rung.move, sit.step
+        if move is Move.APPLY:
+            return self._apply(sit, clipper)
+        if move is Move.SKIP_FREE:
+            obs = sit.obs
+            message = (
+                f"The GradScaler's scale overflowed (gradient norm {obs.total_norm!r} under a "
+                f"finite loss, {self._s.overflow_streak} in a row): step skipped and the scale "
+                "lowered by the scaler, not counted as a fault."
+            )
+            action = Action(ActionKind.SKIP, Reason.SCALER_OVERFLOW, message)
+            return Decision(action, apply=False, lr_scale=self._s.lr_scale)
+        if move is Move.ACCEPT:
+            return self._accept_new_level(sit)
+        what = self._describe(sit)
+        if move is Move.BACKOFF:
+            reason = rung.reason or sit.fault or self._unstable_reason(sit)
+            if sit.fault is not None:
+                what = f"{what}, and {sit.faults}"
+            return self._backoff(t, reason, what, sit)
+        if move in (Move.ROLLBACK, Move.RESTART):
+            if move is Move.RESTART:
+                # What the policy learned so far is the explosion itself, and the weights it
+                # reached are not worth keeping: back to before it, baselines relearned.
+                early = sit.alert(AlertKind.EARLY_EXPLOSION)
+                start = early.since if early is not None and early.since is not None else t
+                s = self._s
+                s.incident_start = min(s.incident_start or start, start)
+                s.norms = []
+            why = rung.why.format(
+                consecutive=sit.consecutive, faults=sit.faults, backoffs=sit.backoffs
+            )
+            return self._rollback(t, rung.reason or sit.fault, what, why, sit.can_rollback)
+        return self._skip(sit, what)
+
+    def _unstable_reason(self, sit: Situation) -> Reason:
+        if sit.oscillating:
+            return Reason.OSCILLATION
+        return sit.warn or Reason.GROWTH_TREND
+
+    def _describe(self, sit: Situation) -> str:
+        """The first clause of the action's sentence: what was seen."""
+        obs, culprits = sit.obs, sit.culprits
+        where = f" (largest in {culprits[0]})" if culprits else ""
+        stuck = sit.alert(AlertKind.LOSS_STUCK)
+        if sit.stuck and stuck is not None:
+            return stuck.message.split(":")[0]
+        early = sit.alert(AlertKind.EARLY_EXPLOSION)
+        if sit.fault is None and early is not None:
+            return early.message.split(":")[0]
+        if sit.fault is None and sit.drift is not None:
+            since, now, ratio = sit.drift
+            return (
+                f"Loss level {now:.4g}, {ratio:.3g}x what it was at step {since} when the "
+                "gradient norm began to grow"
+            )
+        if sit.fault is None:
+            if sit.oscillating:
+                zigzag = sit.alert(AlertKind.OSCILLATION)
+                return zigzag.message.split(":")[0] if zigzag is not None else "Loss zig-zagging"
+            if sit.warn is Reason.GROWTH_TREND:
+                return f"Growth trend of the gradient norm ({obs.total_norm:.3g})"
+            loss = "not given" if obs.loss is None else f"{obs.loss:.4g}"
+            kind = (sit.warn or Reason.LOSS_SPIKE).value.replace("_", " ")
+            return f"Unstable step ({kind}, loss {loss}, gradient norm {obs.total_norm:.3g})"
+        reason = sit.fault
+        if reason is Reason.NONFINITE_LOSS:
+            return f"Non-finite loss {obs.loss!r}"
+        if reason is Reason.NONFINITE_GRAD:
+            return f"Non-finite gradient norm {obs.total_norm!r}{where}"
+        if reason is Reason.LOSS_SPIKE:
+            spike = sit.alert(AlertKind.LOSS_SPIKE) or sit.alert(AlertKind.LOSS_JUMP)
+            detail = f" ({spike.message.split(':')[0]})" if spike is not None else ""
+            return f"Loss spike to {obs.loss:.4g}{detail}"
+        if reason is Reason.DIVERGENCE:
+            return f"Loss {obs.loss!r} beyond its divergence threshold"
+        if reason is Reason.NONFINITE_PARAM:
+            return f"Non-finite parameter norm {obs.param_norm!r}"
+        kind = reason.value.replace("_", " ")
+        return f"Critical gradient {kind} at norm {obs.total_norm:.3g}{where}"
+
+    def _skip(self, sit: Situation, what: str) -> Decision:
+        s, cfg = self._s, self.config
+        left = max(cfg.skip_budget - len(s.faults), 0)
+        note = (
+            f"cooling down until step {s.cooldown_until}"
+            if sit.step < s.cooldown_until
+            else f"{left} more within {cfg.window} steps before the learning rate is backed off"
+        )
+        message = f"{what}: step skipped, weights and optimizer state untouched ({note})."
+        reason = sit.fault or Reason.LOSS_SPIKE
+        return Decision(Action(ActionKind.SKIP, reason, message), apply=False, lr_scale=s.lr_scale)
+
+    def _apply(self, sit: Situation, clipper: str) -> Decision:
+        """Apply the step (clipped to the bound); count it healthy; raise the rate when due."""
+        s, cfg, obs, t = self._s, self.config, sit.obs, sit.step
+        bound, protected = sit.bound, sit.protected
+        own = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
+        # A clipper object ("external") scaled the gradients before this decision.
+        external = 1.0 if obs.clip_coef is None else obs.clip_coef
+        clipped_before = external < 1.0 - CLIP_TOLERANCE
+        coef = external * own
+        kind = ActionKind.CLIP if sit.clipped or clipped_before else ActionKind.PROCEED
+        done = _done(clipper, external, own, bound, sit.clipped)
+
+        def decision(action: Action) -> Decision:
+            return Decision(action, True, s.lr_scale, bound, coef)
+
+        if sit.warn is not None:
+            where = f" in {sit.culprits[0]}" if sit.culprits else ""
+            message = (
+                f"Warning ({sit.warn.value.replace('_', ' ')}{where}, gradient norm "
+                f"{obs.total_norm:.3g}) noted: {done}; the incident began at step "
+                f"{s.incident_start}."
+            )
+            return decision(Action(kind, sit.warn, message))
+        typical = self.healthy_norm()
+        if typical is not None and obs.total_norm > cfg.recovered_ratio * typical:
+            s.healthy_streak = 0  # no warning, but the run still leans on the clip
+        else:
+            s.healthy_streak += 1
+            s.last_applied_healthy = True
+        if not protected:
+            # Under the persistent bound a norm enters the baseline at most at the bound in
+            # force: the bound follows the run down, never up (a slow drift upward would
+            # otherwise carry it along, doubling every half window).
+            norm = obs.total_norm
+            if s.persistent and bound is not None:
+                norm = min(norm, bound)
+            s.norms = [*s.norms[-(cfg.baseline - 1) :], norm]
+        if (
+            s.lr_scale < s.ceiling
+            and cfg.restore_after is not None
+            and s.healthy_streak >= cfg.restore_after
+            and not protected
+        ):
+            old = s.lr_scale
+            s.lr_scale = min(s.ceiling, old / cfg.backoff_factor)
+            s.healthy_streak = 0
+            s.last_restore = [float(t), s.lr_scale]
+            cap = (
+                f" (its ceiling: {s.ceiling:.3g} failed soon after a raise)"
+                if s.ceiling < 1
+                else ""
+            )
+            message = (
+                f"{cfg.restore_after} healthy steps since the last trouble: learning-rate scale "
+                f"raised from {old:.3g} to {s.lr_scale:.3g}{cap}, {done}."
+            )
+            self._remember(message)
+            return decision(Action(kind, Reason.RECOVERED, message))
+        if kind is ActionKind.CLIP:
+            why = "recovering from an incident" if protected else "above the bound"
+            message = f"Gradient norm {obs.total_norm:.3g} while {why}: {done}."
+            if not protected:
+                above = " is above the bound" if sit.clipped else ""  # a clipper's rule decided
+                message = f"Gradient norm {obs.total_norm:.3g}{above}: {done}."
+            return decision(Action(kind, Reason.NORM_ABOVE_BOUND, message))
+        message = f"Gradient norm {obs.total_norm:.3g} is within bounds: step applied."
+        return decision(Action(kind, Reason.HEALTHY, message))
+
+    def _close_incident(self) -> None:
+        s = self._s
+        s.incident_start = None
+        s.backoffs_in_incident = 0
+        s.clipped_streak = 0
+
+    def _accept_new_level(self, sit: Situation) -> Decision:
+        """Take a confirmed change of the data's loss level as the new normal."""
+        s, t, obs = self._s, sit.step, sit.obs
+        step, loss, scale, persistent, _ = s.probe or [float(t), math.nan, s.lr_scale, 0.0, 0.0]
+        s.persistent = bool(persistent)  # the incident was the data's change, not instability
+        if s.rollbacks and s.rollbacks[-1] == int(step):
+            s.rollbacks.pop()  # the rollback was a diagnosis, not a rescue: refunded
+        s.lr_scale = scale
+        s.probe = None
+        s.norms, s.loss_history = [], []
+        s.first_norm = obs.total_norm if obs.total_norm > 0.0 else None
+        self._close_incident()
+        s.isolated = False
+        s.faults = []
+        s.consecutive = 0
+        s.protect_until = s.cooldown_until = t
+        message = (
+            f"The weights restored by the rollback at step {int(step)}, healthy before, give "
+            f"a loss of {obs.loss:.4g} on new batches, as high as the {loss:.4g} that "
+            "triggered it, so the data changed, not the weights: the new level is accepted "
+            "(loss and gradient baselines start over, the rollback is not counted, "
+            f"learning-rate scale back to {scale:.3g}) and the step applied."
+        )
+        self._remember(message)
+        action = Action(ActionKind.PROCEED, Reason.REGIME_CHANGE, message)
+        return Decision(action, apply=True, lr_scale=s.lr_scale, reset_baselines=True)
+
+    def _escalated(self, t: int) -> None:
+        s, cfg = self._s, self.config
+        restore = s.last_restore
+        if restore is not None and cfg.restore_after is not None:
+            if t - restore[0] <= 2 * cfg.restore_after:
+                # Trouble soon after the rate came back: that rate is not stable for this run.
+                s.ceiling = min(s.ceiling, restore[1] * cfg.backoff_factor)
+            s.last_restore = None
+        s.cooldown_until = t + cfg.cooldown
+        s.protect_until = t + (cfg.restore_after if cfg.restore_after is not None else cfg.quiet)
+        s.healthy_streak = 0
+        s.last_escalation = t
+        s.clipped_streak = 0
+        s.persistent = True
+
+    def _backoff(self, t: int, reason: Reason, what: str, sit: Situation) -> Decision:
+        s, cfg = self._s, self.config
+        apply = sit.fault is None
+        bound = sit.bound if apply else None
+        coef = 1.0
+        if apply:
+            own = 1.0 if bound is None else min(1.0, bound / (sit.obs.total_norm + EPS))
+            coef = (1.0 if sit.obs.clip_coef is None else sit.obs.clip_coef) * own
+        old = s.lr_scale
+        s.lr_scale = max(old * cfg.backoff_factor, cfg.min_lr_scale)
+        s.backoffs_in_incident += 1
+        if not apply:
+            s.faults = []
+        self._escalated(t)
+        done = (
+            "step applied"
+            + (f" with gradients scaled by {coef:.3g}" if coef < 1.0 - CLIP_TOLERANCE else "")
+            if apply
+            else "step skipped"
+        )
+        message = (
+            f"{what}: {done} and the learning rate of every parameter group scaled from "
+            f"{old:.3g} to {s.lr_scale:.3g} of its schedule (backoff {s.backoffs_in_incident} of "
+            f"{cfg.max_backoffs} in this incident)."
+        )
+        self._remember(message)
+        action = Action(ActionKind.BACKOFF, reason, message)
+        return Decision(action, apply, s.lr_scale, bound, coef)
+
+    def _rollback(
+        self, t: int, reason: Reason | None, what: str, why: str, can_rollback: bool
+    ) -> Decision:
+        s, cfg = self._s, self.config
+        reason = reason or Reason.REPEATED_FAULTS
+        last_resort = ""
+        if len(s.rollbacks) >= cfg.max_rollbacks and not s.last_resort and can_rollback:
+            # Before giving up, the remedy of the literature for a model that keeps exploding:
+            # tight clipping on every step, the rate capped where it is now. A fresh budget.
+            s.last_resort = True
+            s.rollbacks = []
+            last_resort = (
+                f" Last resort after {cfg.max_rollbacks} rollbacks: from now on every step is "
+                "clipped tightly and the learning rate is never raised above this backoff."
+            )
+        if len(s.rollbacks) >= cfg.max_rollbacks:
+            message = (
+                f"{what}, and {why}, after {len(s.rollbacks)} rollbacks within "
+                f"{cfg.rollback_window} steps: the rescue budget is spent, aborting the run."
+            )
+            self._remember(message)
+            action = Action(ActionKind.ABORT, Reason.BUDGET_EXHAUSTED, message)
+            return Decision(action, apply=False, lr_scale=s.lr_scale)
+        old = s.lr_scale
+        loss = s.loss_history[-1][1] if s.loss_history else math.nan
+        s.probe = [float(t), loss, old, float(s.was_persistent), 0.0] if can_rollback else None
+        if cfg.backoff_on_rollback:
+            # The k-th rollback in the window backs off k times: a rate 100x too high is found
+            # in three rollbacks (x1/64) instead of seven.
+            factor = cfg.backoff_factor ** (len(s.rollbacks) + 1)
+            s.lr_scale = max(old * factor, cfg.min_lr_scale)
+        s.rollbacks.append(t)
+        if can_rollback:  # the losses of the abandoned trajectory say nothing of the restored one
+            start = s.incident_start if s.incident_start is not None else t
+            s.loss_history = [entry for entry in s.loss_history if entry[0] < start]
+        s.faults = []
+        s.consecutive = 0
+        s.backoffs_in_incident = 0
+        self._escalated(t)
+        if s.last_resort:
+            s.ceiling = min(s.ceiling, s.lr_scale)
+        before = s.incident_start if s.incident_start is not None else t
+        rate = f"learning-rate scale {old:.3g} -> {s.lr_scale:.3g}"
+        if can_rollback:
+            moments = ", optimizer moments reset" if cfg.reset_moments else ""
+            message = (
+                f"{what}, and {why}: rolling back to the newest snapshot from before step "
+                f"{before}{moments} and {rate}.{last_resort}"
+            )
+            self._remember(message)
+            return Decision(
+                Action(ActionKind.ROLLBACK, reason, message),
+                apply=False,
+                lr_scale=s.lr_scale,
+                rollback_before=before,
+                reset_moments=cfg.reset_moments,
+            )
+        message = (
+            f"{what}, and {why}, but no snapshot exists to roll back to: step skipped, optimizer "
+            f"state reset and {rate}."
+        )
+        self._remember(message)
+        action = Action(ActionKind.RESET_OPTIMIZER_STATE, reason, message)
+        return Decision(action, apply=False, lr_scale=s.lr_scale, reset_moments=True)
+
+    def _remember(self, message: str) -> None:
+        self._s.history = [*self._s.history[-7:], message]
+
+    # ---------------------------------------------------------------- state
+    def baselines(self) -> dict[str, list[float]]:
+        """The healthy norms the automatic bound follows (a snapshot's part).
+
+        A rollback restores them with :meth:`load_baselines`, so the restored weights are judged
+        against what was healthy for them, not against the trajectory that was abandoned; the
+        budgets, the incident and the learning-rate scale stay live.
+        """
+        return {"norms": list(self._s.norms)}
+
+    def load_baselines(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`baselines`, even empty ones (a snapshot from before any history).
+
+        With none, they are relearned (the early-explosion detector watches that warm-up).
+        """
+        self._s.norms = [float(v) for v in state["norms"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """All mutable state as plain Python values (ints, floats, lists, ``None``)."""
+        out = dataclasses.asdict(self._s)
+        out["skip_spikes"] = self._skip_spikes
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the state saved by :meth:`state_dict`.
+
+        Raises:
+            ConfigError: ``state`` lacks a field or was not produced by :meth:`state_dict`.
+        """
+        check_mapping("state", state, fix="Pass what EscalationPolicy.state_dict() returned.")
+        state = {**_ADDED_IN_0_2, **state}  # state saved before these fields existed
+        missing = [f.name for f in dataclasses.fields(_State) if f.name not in state]
+        if missing:
+            raise ConfigError(
+                f"policy state is missing {missing!r}; pass what EscalationPolicy.state_dict() "
+                "returned."
+            )
+        fields = dataclasses.fields(_State)
+        self._s = _State(**{f.name: _convert(str(f.type), state[f.name]) for f in fields})
+        if self._s.probe is not None and len(self._s.probe) == 4:  # saved by 0.2
+            self._s.probe.append(0.0)
+        if "skip_spikes" in state:
+            self._skip_spikes = bool(state["skip_spikes"])
+
+
+_SCALARS: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _convert(annotation: str, value: Any) -> Any:
+    """``value`` as the plain type of a :class:`_State` field annotated ``annotation``."""
+    base = annotation.removesuffix(" | None")
+    if value is None and base != annotation:
+        return None
+    if base.startswith("list[") and base.endswith("]"):
+        return [_convert(base[5:-1], v) for v in value]
+    return _SCALARS[base](value)
+
+
+def _done(clipper: str, external: float, own: float, bound: float | None, clipped: bool) -> str:
+    """The clause saying how the step was applied: who scaled the gradients, by how much."""
+    scaled = []
+    if external < 1.0 - CLIP_TOLERANCE:
+        scaled.append(f"{clipper} scaled the gradients by {external:.3g}")
+    if clipped and bound is not None:
+        scaled.append(f"gradients scaled by {own:.3g} (bound {bound:.3g})")
+    return f"{', '.join(scaled)} and the step applied" if scaled else "step applied"

@@ -1,0 +1,69 @@
+"""One registry of everything a snapshot holds, each part saving and loading itself.
+
+A snapshot is the model, optimizer, scheduler, scaler, random generators, detectors and policy
+baselines of one moment. Each is registered once with how to save it, how to load it and whether
+a rollback restores it (a rollback keeps the budgets live; only a resume after a crash restores
+the guard's whole state), so a snapshot is taken, rolled back to and resumed from by one loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["StateRegistry"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    save: Callable[[], Any]
+    load: Callable[[Any], None]
+    on_rollback: bool
+    saved: Callable[[], bool]
+
+
+class StateRegistry:
+    """The named parts of a snapshot, saved and loaded in the order they were added."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, _Part] = {}
+
+    def add(
+        self,
+        name: str,
+        save: Callable[[], Any],
+        load: Callable[[Any], None],
+        *,
+        on_rollback: bool = True,
+        saved: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Register a part.
+
+        Args:
+            name: its key in the snapshot.
+            save: returns its state (a ``state_dict()``).
+            load: restores a state ``save`` returned (a ``load_state_dict``).
+            on_rollback: whether a rollback restores it; a resume always does.
+            saved: whether to save it now (``None`` is stored otherwise, and never loaded).
+        """
+        if name in self._parts:
+            raise ValueError(f"the snapshot part {name!r} is registered twice")
+        self._parts[name] = _Part(save, load, on_rollback, saved)
+
+    def save(self) -> dict[str, Any]:
+        """The state of every part, by name."""
+        return {name: p.save() if p.saved() else None for name, p in self._parts.items()}
+
+    def load(self, state: Mapping[str, Any], *, rollback: bool) -> list[str]:
+        """Restore the parts ``state`` holds (for a rollback, only those it restores).
+
+        Returns:
+            The names of the parts restored, in order.
+        """
+        done = []
+        for name, part in self._parts.items():
+            if (part.on_rollback or not rollback) and state.get(name) is not None:
+                part.load(state[name])
+                done.append(name)
+        return done
