@@ -54,5 +54,5 @@ def test_a_guard_round_trips_through_dcp_and_goes_on_identically(tmp_path: Path)
 
 def test_a_foreign_checkpoint_is_refused_with_what_to_load() -> None:
     _, _, guard = _guarded(0)
-    with pytest.raises(ConfigError, match="guard.stateful"):
+    with pytest.raises(ConfigError, match=r"guard\.stateful"):
         guard.stateful().load_state_dict({"model": 1})

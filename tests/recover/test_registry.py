@@ -27,7 +27,7 @@ def test_parts_are_saved_and_restored_in_order_and_a_rollback_keeps_the_live_one
     parts = StateRegistry()
     parts.add("model", model.state_dict, model.load_state_dict)
     parts.add("budgets", budgets.state_dict, budgets.load_state_dict, on_rollback=False)
-    parts.add("scaler", lambda: {}, lambda s: None, saved=lambda: absent is not None)
+    parts.add("scaler", dict, lambda s: None, saved=lambda: absent is not None)
     saved = parts.save()
     assert saved == {"model": {"value": 1}, "budgets": {"value": 10}, "scaler": None}
     model.value, budgets.value = 2, 20
