@@ -15,10 +15,12 @@ from torch import Tensor
 
 from gradguard.errors import ConfigError, ConfigTypeError, check_int
 from gradguard.records import Observation
-from gradguard.stats.measure import GradStats, check_norm_type, grouped_norms
+from gradguard.stats.measure import GradStats, norms_in_groups, check_norm_type
 from gradguard.stats.params import Parameters, local_tensor, named_tensors
 
 __all__ = ["observe", "param_norm"]
+
+_PLAIN = {Tensor, torch.nn.Parameter}
 
 
 def observe(
@@ -148,11 +150,13 @@ def param_norm(parameters: Parameters, norm_type: float | str = 2.0) -> Tensor:
         ConfigError: ``norm_type`` is not a number > 0.
     """
     p = check_norm_type(norm_type)
-    tensors = [local_tensor(t) for _, t in named_tensors(parameters)]
+    _, tensors = named_tensors(parameters).columns()
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
+    if not set(map(type, tensors)) <= _PLAIN:  # a DTensor among them: measure its local shard
+        tensors = tuple(local_tensor(t) for t in tensors)
     with torch.no_grad():
-        stacked, _, _ = grouped_norms(tensors, p)
+        stacked, _, _ = norms_in_groups(tensors, p)
         total: Tensor = torch.linalg.vector_norm(stacked, p).to(torch.float32)
     return total
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator
 from typing import TypeAlias
 
@@ -15,9 +16,21 @@ from gradguard.errors import (
     UnsupportedGradientError,
 )
 
-__all__ = ["NamedTensors", "Parameters", "local_tensor", "named_grads", "named_tensors"]
+__all__ = [
+    "NamedTensors",
+    "Parameters",
+    "grads_of",
+    "local_tensor",
+    "named_grads",
+    "named_tensors",
+]
 
 _PLAIN = (Tensor, nn.Parameter)
+# C-level getters: map() with them reads 2000 attributes several times faster than a Python loop.
+_GRAD = operator.attrgetter("grad")
+_LAYOUT = operator.attrgetter("layout")
+_NAME = operator.itemgetter(0)
+_TENSOR = operator.itemgetter(1)
 
 Parameters: TypeAlias = nn.Module | Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Tensor
 """An ``nn.Module``, one tensor, an iterable of tensors, or an iterable of ``(name, tensor)``."""
@@ -28,7 +41,18 @@ class NamedTensors(list[tuple[str, Tensor]]):
 
     Monitor and Guard validate their parameters once and hand this list to every step's
     :func:`~gradguard.stats.measure`, so the per-step Python cost is one gradient read per tensor.
+    Treat it as read-only once built: it keeps its names and tensors as tuples (see
+    :meth:`columns`).
     """
+
+    _columns: tuple[tuple[str, ...], tuple[Tensor, ...]] | None = None
+
+    def columns(self) -> tuple[tuple[str, ...], tuple[Tensor, ...]]:
+        """The names and the tensors as two aligned tuples, built once and reused every step."""
+        cached = self._columns
+        if cached is None or len(cached[0]) != len(self):
+            cached = self._columns = (tuple(map(_NAME, self)), tuple(map(_TENSOR, self)))
+        return cached
 
 
 _INDEX_NAMES: list[str] = []
@@ -140,6 +164,31 @@ def named_grads(parameters: Parameters) -> list[tuple[str, Tensor, Tensor]]:
             "parameters require grad."
         )
     return out
+
+
+def grads_of(parameters: Parameters) -> tuple[tuple[str, ...], tuple[Tensor, ...], list[Tensor]]:
+    """``(names, tensors, gradients)`` of the tensors of ``parameters`` that have a gradient.
+
+    What :func:`named_grads` returns, as three aligned columns, at the cost the hot path allows:
+    when every tensor has a plain dense gradient (the common step), three C-level passes over
+    the list and no Python code per tensor; any other case (a missing gradient, a ``DTensor``, a
+    sparse one) goes through :func:`named_grads`, with the same checks and errors.
+
+    Raises:
+        As :func:`named_grads`.
+    """
+    named = named_tensors(parameters)
+    names, tensors = named.columns()
+    grads = list(map(_GRAD, tensors))
+    # One pass proves that no gradient is None or a subclass, one that all are dense.
+    if set(map(type, grads)) == {Tensor} and set(map(_LAYOUT, grads)) == {torch.strided}:
+        return names, tensors, grads
+    out = named_grads(named)
+    return (
+        tuple(name for name, _, _ in out),
+        tuple(tensor for _, tensor, _ in out),
+        [grad for _, _, grad in out],
+    )
 
 
 def local_tensor(tensor: Tensor) -> Tensor:
