@@ -51,8 +51,11 @@ def foreach_norms(tensors: Sequence[Tensor], p: float) -> Tensor:
     complex128) tensors. No host sync.
     """
     accumulate = accumulation_dtype(tensors[0].dtype)
-    norms = torch._foreach_norm(list(tensors), p, dtype=accumulate)
-    return torch.stack(norms)
+    # Inference mode spares the kernel autograd's dispatch for each tensor (a tenth of its CPU
+    # time for many small tensors); the clone hands back an ordinary tensor, same values.
+    with torch.inference_mode():
+        norms = torch.stack(torch._foreach_norm(list(tensors), p, dtype=accumulate))
+    return norms.clone()
 
 
 def grouped_norms(tensors: Sequence[Tensor], p: float) -> tuple[Tensor, list[int], list[GradGroup]]:
@@ -77,14 +80,14 @@ def norms_in_groups(
     lists, which cost a third of the grouping, and nothing is reordered.
     """
     tensors = list(tensors)
-    grouped = _group_tensors_by_device_and_dtype([tensors])
+    grouped = _group_tensors_by_device_and_dtype([tensors])  # type: ignore[list-item]
     if len(grouped) == 1:
         return foreach_norms(tensors, p), None, [GradGroup(tensors, slice(0, len(tensors)))]
     first_device = tensors[0].device
     order: list[int] = []
     parts: list[Tensor] = []
     groups: list[GradGroup] = []
-    indexed = _group_tensors_by_device_and_dtype([tensors], with_indices=True)
+    indexed = _group_tensors_by_device_and_dtype([tensors], with_indices=True)  # type: ignore[list-item]
     for [group], indices in indexed.values():
         # Async device-to-device copy when tensors live on several devices; no host sync.
         parts.append(foreach_norms(group, p).to(first_device))  # type: ignore[arg-type]

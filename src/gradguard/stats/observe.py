@@ -15,7 +15,7 @@ from torch import Tensor
 
 from gradguard.errors import ConfigError, ConfigTypeError, check_int
 from gradguard.records import Observation
-from gradguard.stats.measure import GradStats, norms_in_groups, check_norm_type
+from gradguard.stats.measure import GradStats, check_norm_type, norms_in_groups
 from gradguard.stats.params import Parameters, local_tensor, named_tensors
 
 __all__ = ["observe", "param_norm"]
