@@ -283,16 +283,20 @@ class _NoStep(torch.optim.Optimizer):
 
 
 def _rounds(fns: dict[str, Callable[[], object]], steps: int, reps: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, ``reps`` interleaved rounds of ``steps`` calls."""
+    """CPU seconds per call of each function, ``reps`` interleaved rounds of ``steps`` calls.
+
+    CPU time of this process, not wall time: on a machine shared with other jobs, time spent
+    waiting for a core would otherwise count as cost (torch runs on one thread here).
+    """
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = time.process_time()
             for _ in range(steps):
                 fn()
-            times[name].append((time.perf_counter() - start) / steps)
+            times[name].append((time.process_time() - start) / steps)
     return times
 
 

@@ -59,7 +59,10 @@ def test_a_sparse_gradient_is_still_refused_by_name() -> None:
     lin(emb(torch.tensor([1, 2]))).sum().backward()
     named = named_tensors([("lin.weight", lin.weight), ("emb.weight", emb.weight)])
     with pytest.raises(UnsupportedGradientError, match=r"'emb\.weight'.*sparse=False"):
-        gg.measure(named)
+        gg.measure(named)  # the norm kernel refuses it; measure names it
+    with pytest.raises(UnsupportedGradientError, match=r"'emb\.weight'.*sparse=False"):
+        grads_of(named)  # checked up front by default
+    assert grads_of(named, check_layout=False)[0] == ("lin.weight", "emb.weight")
 
 
 def test_norms_are_bit_identical_to_clip_grad_norm_and_ordinary_tensors() -> None:

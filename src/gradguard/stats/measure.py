@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from gradguard.errors import check_norm_type
-from gradguard.stats.params import Parameters, grads_of
+from gradguard.stats.params import Parameters, check_dense, grads_of
 
 __all__ = [
     "GradGroup",
@@ -199,13 +199,17 @@ def measure(parameters: Parameters, norm_type: float | str = 2.0) -> GradStats:
         ConfigError: ``norm_type`` is not a number > 0.
     """
     p = check_norm_type(norm_type)
-    names, params, grads = grads_of(parameters)
+    names, params, grads = grads_of(parameters, check_layout=False)
     if not grads:
         zero = torch.zeros((), dtype=torch.float32)
         empty = torch.zeros(0, dtype=torch.float32)
         return GradStats(zero, empty, torch.ones((), dtype=torch.bool), (), p, (), ())
-
-    stacked, order, groups = norms_in_groups(grads, p)
+    try:
+        stacked, order, groups = norms_in_groups(grads, p)
+    except (RuntimeError, NotImplementedError):
+        # The norm kernels refuse sparse layouts; name the gradient instead of torch's message.
+        check_dense(names, grads)
+        raise
     # The global norm keeps the norms' dtype: float64 gradients get a float64 total (a finite
     # float64 norm beyond float32's range stays finite and is clipped, as by clip_grad_norm_).
     total = torch.linalg.vector_norm(stacked, p)

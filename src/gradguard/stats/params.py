@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeAlias
 
 import torch
@@ -19,6 +19,7 @@ from gradguard.errors import (
 __all__ = [
     "NamedTensors",
     "Parameters",
+    "check_dense",
     "grads_of",
     "local_tensor",
     "named_grads",
@@ -166,13 +167,21 @@ def named_grads(parameters: Parameters) -> list[tuple[str, Tensor, Tensor]]:
     return out
 
 
-def grads_of(parameters: Parameters) -> tuple[tuple[str, ...], tuple[Tensor, ...], list[Tensor]]:
+def grads_of(
+    parameters: Parameters, *, check_layout: bool = True
+) -> tuple[tuple[str, ...], tuple[Tensor, ...], list[Tensor]]:
     """``(names, tensors, gradients)`` of the tensors of ``parameters`` that have a gradient.
 
     What :func:`named_grads` returns, as three aligned columns, at the cost the hot path allows:
-    when every tensor has a plain dense gradient (the common step), three C-level passes over
-    the list and no Python code per tensor; any other case (a missing gradient, a ``DTensor``, a
-    sparse one) goes through :func:`named_grads`, with the same checks and errors.
+    when every tensor has a plain gradient (the common step), C-level passes over the list and
+    no Python code per tensor; any other case (a missing gradient, a ``DTensor``) goes through
+    :func:`named_grads`, with the same checks and errors.
+
+    Args:
+        parameters: as for :func:`named_grads`.
+        check_layout: refuse a sparse gradient here. ``False`` leaves that to the caller:
+            :func:`gradguard.measure` lets the norm kernel refuse it, then names it with
+            :func:`check_dense` (a pass over the list saved on every healthy step).
 
     Raises:
         As :func:`named_grads`.
@@ -180,8 +189,10 @@ def grads_of(parameters: Parameters) -> tuple[tuple[str, ...], tuple[Tensor, ...
     named = named_tensors(parameters)
     names, tensors = named.columns()
     grads = list(map(_GRAD, tensors))
-    # One pass proves that no gradient is None or a subclass, one that all are dense.
-    if set(map(type, grads)) == {Tensor} and set(map(_LAYOUT, grads)) == {torch.strided}:
+    # One C-level pass proves that no gradient is None or a subclass.
+    if set(map(type, grads)) == {Tensor}:
+        if check_layout:
+            check_dense(names, grads)
         return names, tensors, grads
     out = named_grads(named)
     return (
@@ -189,6 +200,19 @@ def grads_of(parameters: Parameters) -> tuple[tuple[str, ...], tuple[Tensor, ...
         tuple(tensor for _, tensor, _ in out),
         [grad for _, _, grad in out],
     )
+
+
+def check_dense(names: Sequence[str], grads: Sequence[Tensor]) -> None:
+    """Refuse a sparse (or otherwise non-strided) gradient, by name.
+
+    Raises:
+        UnsupportedGradientError: a gradient's layout is not ``torch.strided``.
+    """
+    if set(map(_LAYOUT, grads)) <= {torch.strided}:
+        return
+    for name, grad in zip(names, grads, strict=True):
+        if grad.layout != torch.strided:
+            raise _unsupported_layout(name, grad)
 
 
 def local_tensor(tensor: Tensor) -> Tensor:
