@@ -80,7 +80,9 @@ def norms_in_groups(
     lists, which cost a third of the grouping, and nothing is reordered.
     """
     tensors = list(tensors)
-    grouped = _group_tensors_by_device_and_dtype([tensors])  # type: ignore[list-item]
+    # The C function behind torch's _group_tensors_by_device_and_dtype, without its no_grad
+    # wrapper (grouping records nothing for autograd): a tenth of a small model's measure().
+    grouped = torch._C._group_tensors_by_device_and_dtype([tensors], False)  # type: ignore[list-item]
     if len(grouped) == 1:
         return foreach_norms(tensors, p), None, [GradGroup(tensors, slice(0, len(tensors)))]
     first_device = tensors[0].device
