@@ -61,7 +61,9 @@ def observe(
     # float64 keeps a float64 loss and tensor indices exact; MPS has no float64.
     dtype = torch.float32 if device.type == "mps" else torch.float64
     host_loss: float | None = None
-    parts = [stats.total_norm.reshape(1), stats.finite.reshape(1)]
+    # The first part in ``dtype``: cat promotes the others to it (exactly, as .to would), one
+    # cast where a cast per part cost a kernel each.
+    parts = [stats.total_norm.reshape(1).to(dtype), stats.finite.reshape(1)]
     if isinstance(loss, Tensor):
         if loss.is_complex():
             raise ConfigTypeError(
@@ -96,7 +98,7 @@ def observe(
         parts += [top_values, top_indices]
     if want_tensor_norms:
         parts.append(stats.norms)
-    packed = torch.cat([p.to(dtype) for p in parts])
+    packed = torch.cat(parts)
     values: list[float] = packed.tolist()  # HOST SYNC: the one transfer of this step.
 
     total_norm, finite = values[0], values[1] != 0.0
