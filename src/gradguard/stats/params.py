@@ -88,11 +88,14 @@ def named_tensors(parameters: Parameters) -> NamedTensors:
         )
     was_iterator = isinstance(parameters, Iterator)
     items = list(parameters)
-    if all(isinstance(item, Tensor) for item in items):  # the common case: model.parameters()
+    # The common case, model.parameters(), is recognised by C-level passes over the list.
+    if set(map(type, items)) <= {Tensor, nn.Parameter} or all(
+        isinstance(item, Tensor) for item in items
+    ):
         out = NamedTensors(zip(_index_names(len(items)), items, strict=True))
     else:
         out = NamedTensors(_checked_pair(i, item) for i, item in enumerate(items))
-    if len({id(tensor) for _, tensor in out}) != len(out):
+    if len(set(map(id, map(_TENSOR, out)))) != len(out):
         out = _first_of_each(out)
     if was_iterator and not out:
         raise EmptyParametersError(
