@@ -30,10 +30,11 @@ optimizer whose step does nothing) on one CPU thread, on three gradient sets (GP
 one transfer and against ``torch.nn.utils.clip_grad_norm_`` + ``.item()``, in interleaved rounds
 of CPU time; "beyond measure" is ``Guard.step`` minus ``measure()`` alone (observe, detectors,
 policy, sinks, records, and the weight-norm pass the detectors ask for every 10 steps). Measured
-on a 2-core machine shared with other jobs (torch 2.13 CPU), median of 3 runs of ``--quick``:
-Guard.step / torch clip_grad_norm_ 0.51 (gpt2-small), 0.53 (lstm-30M), 0.72 (2000x1024), where
-the code before the measure() fast path gave 0.52, 0.55, 0.86; Guard.step / (measure+clip)
-0.51, 0.52, 0.84 (before: 0.52, 0.53, 0.87: the baseline shares measure() and got faster too).
+on a 2-core machine shared with other jobs (torch 2.13 CPU), ``--quick``, 3 runs each:
+Guard.step / torch clip_grad_norm_ 0.51-0.53 (gpt2-small), 0.53-0.58 (lstm-30M), 0.68-0.72
+(2000x1024), where the code before the measure() fast path gave 0.52, 0.55, 0.85-0.86;
+Guard.step / (measure+clip) 0.51, 0.52-0.56, 0.83-0.88 (before: 0.52, 0.53, 0.83-0.90; the
+baseline shares measure() and got as much faster).
 On 2000x1024 a guarded step spends about 84 % in measure(), 6 % in the weight-norm pass, 3 % in
 the detectors (two thirds of it the culprit detector's refresh every 10 steps), 2 % in the one
 transfer, under 1 % in the policy and the sinks, 3-4 % elsewhere in the guard.
