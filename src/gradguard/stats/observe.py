@@ -15,10 +15,12 @@ from torch import Tensor
 
 from gradguard.errors import ConfigError, ConfigTypeError, check_int
 from gradguard.records import Observation
-from gradguard.stats.measure import GradStats, check_norm_type, grouped_norms
+from gradguard.stats.measure import GradStats, check_norm_type, norms_in_groups
 from gradguard.stats.params import Parameters, local_tensor, named_tensors
 
 __all__ = ["observe", "param_norm"]
+
+_PLAIN = {Tensor, torch.nn.Parameter}
 
 
 def observe(
@@ -59,7 +61,9 @@ def observe(
     # float64 keeps a float64 loss and tensor indices exact; MPS has no float64.
     dtype = torch.float32 if device.type == "mps" else torch.float64
     host_loss: float | None = None
-    parts = [stats.total_norm.reshape(1), stats.finite.reshape(1)]
+    # The first part in ``dtype``: cat promotes the others to it (exactly, as .to would), one
+    # cast where a cast per part cost a kernel each.
+    parts = [stats.total_norm.reshape(1).to(dtype), stats.finite.reshape(1)]
     if isinstance(loss, Tensor):
         if loss.is_complex():
             raise ConfigTypeError(
@@ -94,7 +98,7 @@ def observe(
         parts += [top_values, top_indices]
     if want_tensor_norms:
         parts.append(stats.norms)
-    packed = torch.cat([p.to(dtype) for p in parts])
+    packed = torch.cat(parts)
     values: list[float] = packed.tolist()  # HOST SYNC: the one transfer of this step.
 
     total_norm, finite = values[0], values[1] != 0.0
@@ -148,11 +152,13 @@ def param_norm(parameters: Parameters, norm_type: float | str = 2.0) -> Tensor:
         ConfigError: ``norm_type`` is not a number > 0.
     """
     p = check_norm_type(norm_type)
-    tensors = [local_tensor(t) for _, t in named_tensors(parameters)]
+    _, tensors = named_tensors(parameters).columns()
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
+    if not set(map(type, tensors)) <= _PLAIN:  # a DTensor among them: measure its local shard
+        tensors = tuple(local_tensor(t) for t in tensors)
     with torch.no_grad():
-        stacked, _, _ = grouped_norms(tensors, p)
+        stacked, _, _ = norms_in_groups(tensors, p)
         total: Tensor = torch.linalg.vector_norm(stacked, p).to(torch.float32)
     return total
 
