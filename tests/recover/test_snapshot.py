@@ -193,3 +193,17 @@ def test_a_second_process_is_refused_while_a_store_holds_the_directory(tmp_path:
     store.close()
     reopened = DiskSnapshotStore(tmp_path)  # the lock is free again; the dead writer's file goes
     assert not in_progress.exists() and reopened.other_runs() == {store.run: [1]}
+
+
+def test_without_file_locks_the_store_warns_and_still_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Windows has no fcntl: the package still imports, and the store says what it cannot do.
+    from gradguard.recover import snapshot
+
+    monkeypatch.setattr(snapshot, "fcntl", None)
+    with pytest.warns(RuntimeWarning, match="cannot be locked on this platform"):
+        store = snapshot.DiskSnapshotStore(tmp_path, keep=2)
+    store.save(3, {"model": {"w": torch.ones(2)}})
+    assert store.steps() == [3] and torch.equal(store.load(3)["model"]["w"], torch.ones(2))
+    store.close()

@@ -198,3 +198,14 @@ def test_a_second_run_on_the_same_sink_starts_a_new_incident(
         "1 more step(s) of this incident at steps 6-6: 1 skip (nonfinite_grad)",
         "step 0: gradguard skipped the step (weights unchanged) (nonfinite_grad).",
     ]
+
+
+def test_a_framework_relay_is_the_run_s_voice_and_gets_no_second_one() -> None:
+    # The Lightning and HF callbacks relay every intervention to the framework's logger; a
+    # default LoggingSink beside it would print each one twice.
+    from gradguard.integrations._callbacks import FrameworkRelay
+
+    relay = FrameworkRelay(logging.getLogger("lightning.pytorch.callbacks.gradguard"))
+    assert with_default_logging([relay]) == (relay,)
+    wrapped = RankZeroSink(relay)
+    assert with_default_logging([wrapped]) == (wrapped,)

@@ -54,6 +54,10 @@ class EarlyExplosionDetector:
     """
 
     name = "early_explosion"
+    keep_on_rollback = ("seen",)
+    """The run's own clock: a rollback to an early snapshot does not make later steps early
+    again (a cause that outlives the weights would otherwise be rolled back to step 0 over and
+    over, each time read as an explosion from the start)."""
 
     def __init__(
         self,

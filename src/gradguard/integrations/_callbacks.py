@@ -67,6 +67,9 @@ class FrameworkRelay:
         logger: where interventions (warning) and alerts on applied steps (info) go.
     """
 
+    speaks = True
+    """It logs what the guard did, so the guard adds no default logging sink beside it."""
+
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
         self.last: StepRecord | None = None

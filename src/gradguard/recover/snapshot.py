@@ -14,13 +14,13 @@ the run and a checksum, so a store never restores another run's weights or a dam
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import pickle
 import re
 import socket
 import time
 import uuid
+import warnings
 import weakref
 import zlib
 from collections.abc import Iterable, Mapping
@@ -30,6 +30,11 @@ from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
 import torch
 
 from gradguard.errors import SnapshotError, check_int, check_path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no advisory file locks
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["DiskSnapshotStore", "MemorySnapshotStore", "SnapshotStore", "cpu_copy"]
 
@@ -394,6 +399,14 @@ def _lock_directory(directory: Path) -> int:
             f"cannot create the lock file {str(path)!r}: {err}. Pass a writable snapshot_dir, "
             "or None to keep snapshots in memory."
         ) from err
+    if fcntl is None:  # pragma: no cover - Windows
+        warnings.warn(
+            f"snapshot_dir {str(directory)!r} cannot be locked on this platform: make sure no "
+            "other run or rank writes to it.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return fd
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

@@ -208,6 +208,9 @@ def _line(record: StepRecord) -> str:
 def with_default_logging(sinks: Iterable[Sink]) -> tuple[Sink, ...]:
     """``sinks`` plus a :class:`LoggingSink`, unless one, or a console, already shows the run.
 
+    A sink of your own that tells a person what happened (a framework's logger relay) says so
+    with a true ``speaks`` attribute, and no second voice is added.
+
     The guard calls this on the sinks it is given, so a guard with no configuration warns
     through ``logging``; a :class:`~gradguard.sinks.ConsoleSink` already prints the same events,
     and a second voice would repeat them. Silence it with
@@ -215,6 +218,6 @@ def with_default_logging(sinks: Iterable[Sink]) -> tuple[Sink, ...]:
     """
     given = tuple(sinks)
     inner = [s.sink if isinstance(s, RankZeroSink) else s for s in given]
-    if any(isinstance(s, (ConsoleSink, LoggingSink)) for s in inner):
+    if any(isinstance(s, (ConsoleSink, LoggingSink)) or getattr(s, "speaks", False) for s in inner):
         return given
     return (*given, LoggingSink())
