@@ -418,7 +418,6 @@ def test_scaler_overflows_are_skipped_without_climbing_the_ladder() -> None:
         ("consecutive_limit", 1.5),
         ("quiet", True),
         ("fallback_bound", 0.0),
-        ("drift_ratio", 1.0),
         ("baseline", 0),
         ("isolated_clip_factor", 0.5),
         ("recovered_ratio", 1.0),
@@ -557,7 +556,7 @@ def test_restored_weights_failing_alike_mean_the_data_changed_and_the_level_is_a
     assert probe.lr_scale == 1.0 and policy.policy.lr_scale == 1.0  # the backoff was undone
     assert _one_sentence(probe.action.message) and "data changed" in probe.action.message
     state = policy.policy.state_dict()
-    assert state["rollbacks"] == [] and state["norms"] == [] and state["loss_history"] == []
+    assert state["rollbacks"] == [] and state["norms"] == []
     assert policy.policy.incident_start is None
     # From there the new level is the healthy one: nothing more happens.
     later = [policy.decide(_obs(t, loss=300.0)) for t in range(66, 200)]
@@ -616,12 +615,22 @@ def _trend(t: int, since: int) -> Alert:
 def test_a_drift_seen_late_rolls_back_to_before_it_began() -> None:
     # The loss creeps from 1 (step 10) to 20 by step 100, when the trend detector fires and
     # dates the growth to step 12: the recent "healthy" baselines are poisoned, the loss at the
-    # onset is not. Roll back to before step 12, not merely back off at step 100.
+    # onset is not (the trend detector's loss_drift says so). Roll back to before step 12, not
+    # merely back off at step 100.
     policy = EscalationPolicy()
     _run(policy, 0, 12)
     for t in range(12, 100):
         policy.decide(_obs(t, loss=1.0 * 20 ** ((t - 12) / 88)))
-    d = policy.decide(_obs(100, loss=20.0), [_trend(100, since=12)])
+    drift = Alert(
+        step=100,
+        severity=Severity.INFO,
+        kind=AlertKind.LOSS_DRIFT,
+        message="Loss level 20, 20x what it was at step 12 when the gradient norm began to grow.",
+        since=12,
+        value=20.0,
+        threshold=1.0,
+    )
+    d = policy.decide(_obs(100, loss=20.0), [drift, _trend(100, since=12)])
     assert d.action.kind is ActionKind.ROLLBACK and d.action.reason is Reason.GROWTH_TREND
     assert d.rollback_before == 12 and policy.incident_start == 12 and d.lr_scale == 0.5
     assert "what it was at step 12" in d.action.message and _one_sentence(d.action.message)

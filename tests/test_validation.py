@@ -103,7 +103,7 @@ def test_a_complex_gradient_is_refused_by_value_clipping() -> None:
         (lambda: gg.clip_by_value_([_param(3.0)], True), "clip_value.*True"),
         (lambda: gg.measure([_param(1.0)], norm_type=True), "norm_type.*True"),
         (lambda: gg.PolicyConfig(skip_nonfinite="no"), "skip_nonfinite must be True or False"),
-        (lambda: gg.PolicyConfig(drift_ratio="10"), "drift_ratio.*'10'"),
+        (lambda: gg.PolicyConfig(recovered_ratio="2"), "recovered_ratio.*'2'"),
         (lambda: gg.PolicyConfig(window=100.0), "window.*100.0"),
         (lambda: gg.clip.ZScoreClipper(warmup_steps=True), "warmup_steps.*True"),
         (lambda: gg.clip.PercentileClipper(percentile="10"), "percentile.*'10'"),

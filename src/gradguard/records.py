@@ -73,6 +73,7 @@ class AlertKind(str, enum.Enum):
     LOSS_HIGH = "loss_high"
     LOSS_STUCK = "loss_stuck"
     OSCILLATION = "oscillation"
+    LOSS_DRIFT = "loss_drift"
 
 
 class ActionKind(str, enum.Enum):
@@ -126,6 +127,7 @@ _REASON_OF_KIND = {
     AlertKind.LOSS_HIGH: Reason.LOSS_ABOVE_BOUND,
     AlertKind.LOSS_STUCK: Reason.DIVERGENCE,
     AlertKind.OSCILLATION: Reason.OSCILLATION,
+    AlertKind.LOSS_DRIFT: Reason.GROWTH_TREND,
 }
 
 

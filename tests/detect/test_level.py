@@ -115,3 +115,23 @@ def test_the_run_peak_survives_a_rollback_and_a_reset_but_not_a_resume() -> None
     assert level.peak == 50.0 and level.seen == 0
     monitor.load_detector_state(saved)  # a resume restores everything
     assert level.peak == 1.0
+
+
+def test_a_trend_whose_loss_grew_tenfold_since_its_onset_brings_a_drift_alert() -> None:
+    from gradguard.detect import GrowthTrendDetector
+
+    trend = GrowthTrendDetector()
+    first_drift = None
+    for t in range(101):
+        norm = 1.0 if t < 12 else 1.05 ** (t - 12)  # growth from step 12, forecast < 2000 steps
+        loss = 1.0 if t < 12 else 20 ** ((t - 12) / 88)  # creeping from 1 to 20
+        out = trend.update(Observation(step=t, loss=loss, total_norm=norm, finite=True))
+        drift = [a for a in out if a.kind is AlertKind.LOSS_DRIFT]
+        if drift and first_drift is None:
+            first_drift = drift[0]
+        if t < 82:
+            assert not drift  # the level is not yet ten times the onset's
+    assert first_drift is not None and first_drift.step == 82
+    assert (first_drift.since, first_drift.threshold) == (12, 1.0)
+    assert first_drift.severity is Severity.INFO and first_drift.value == pytest.approx(10.12, 1e-3)
+    assert "what it was at step 12" in first_drift.message

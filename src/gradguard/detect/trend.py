@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from typing import Any
 
 from gradguard._ring import Ring
-from gradguard.detect.base import check_int, culprit_names, fmt
+from gradguard.detect.base import check_int, check_ratio, culprit_names, fmt
 from gradguard.errors import check_positive
 from gradguard.records import Alert, AlertKind, Observation, Severity
 
@@ -17,6 +18,10 @@ FLOAT32_MAX = 3.4028234663852886e38
 """Largest finite float32: a gradient norm beyond it is ``inf``."""
 
 ONSET_ALPHA = 0.1
+ONSET_WINDOW = 8
+"""Steps either side of a trend's onset whose losses give the loss level it began from."""
+LEVEL = 5
+"""Recent losses whose median is the loss level now."""
 """Weight of a new step in the slow average of ``log(norm)`` whose low point dates a trend."""
 
 ONSET_HORIZON = 500
@@ -71,7 +76,9 @@ class GrowthTrendDetector:
     fit explains at least ``min_r2`` of the variance (a trend, not noise), the forecast is at
     most ``horizon`` steps, and the loss is not falling. The alert needs ``persistence`` rising
     steps in a row and comes after ``warmup`` optimizer steps; it is critical when the forecast
-    is within ``critical_horizon``.
+    is within ``critical_horizon``. With it comes a ``loss_drift`` information alert when the
+    loss level (median of the last 5 losses) is ``drift_ratio`` times the level around the
+    growth's onset: a slow drift has already poisoned the recent baselines, the onset has not.
 
     A rising norm is healthy while the loss falls: a line fitted to ``log(loss)`` over the same
     steps that goes down says the growth buys progress (early training sharpens features, and a
@@ -89,6 +96,7 @@ class GrowthTrendDetector:
         limit: the norm that counts as catastrophic; ``None`` for float32 overflow.
         min_r2: smallest coefficient of determination of the fit.
         persistence: consecutive rising steps needed.
+        drift_ratio: loss level now over the level at the onset that is a ``loss_drift``.
 
     References:
         R. Pascanu, T. Mikolov, Y. Bengio, "On the difficulty of training recurrent neural
@@ -107,6 +115,7 @@ class GrowthTrendDetector:
         limit: float | None = None,
         min_r2: float = 0.6,
         persistence: int = 3,
+        drift_ratio: float = 10.0,
     ) -> None:
         size = check_int("window", window, minimum=3, fix="Use 16-64 steps.")
         self.steps = Ring(size)
@@ -119,6 +128,9 @@ class GrowthTrendDetector:
         self.limit = FLOAT32_MAX if limit is None else check_positive("limit", limit)
         self.min_r2 = float(min_r2)
         self.persistence = check_int("persistence", persistence, minimum=1)
+        self.drift_ratio = check_ratio("drift_ratio", drift_ratio)
+        self.onset_losses: list[float] = []  # losses within ONSET_WINDOW steps of ``low_step``
+        self.recent: list[float] = []  # the last LEVEL positive finite losses
         self.seen = 0
         self.streak = 0
         # Low-water mark of a slow average of log(norm): where the growth began (``since``).
@@ -135,10 +147,14 @@ class GrowthTrendDetector:
         self.steps.append(float(obs.step))
         self.logs.append(math.log(norm))
         loss = obs.loss
-        if loss is not None and math.isfinite(loss) and loss > 0.0:
+        positive = loss is not None and math.isfinite(loss) and loss > 0.0
+        if positive and loss is not None:
             self.loss_steps.append(float(obs.step))
             self.loss_logs.append(math.log(loss))
+            self.recent = [*self.recent[-(LEVEL - 1) :], loss]
         self._track_onset(obs.step, math.log(norm))
+        if positive and loss is not None and obs.step <= self.low_step + ONSET_WINDOW:
+            self.onset_losses.append(loss)
         if self.seen <= self.warmup or not self.logs.full:
             return []
         fit = fit_log_linear(self.steps.values(), self.logs.values())
@@ -155,6 +171,7 @@ class GrowthTrendDetector:
         per_10 = math.exp(min(10.0 * fit.slope, 700.0))
         limit = "float32 overflow" if self.limit == FLOAT32_MAX else f"the limit {fmt(self.limit)}"
         return [
+            *self._drift(obs),
             Alert(
                 step=obs.step,
                 severity=(
@@ -171,6 +188,30 @@ class GrowthTrendDetector:
                 value=fit.slope,
                 threshold=(math.log(self.limit) - fit.level) / self.horizon,
                 steps_to_overflow=forecast,
+                since=self.low_step,
+            ),
+        ]
+
+    def _drift(self, obs: Observation) -> list[Alert]:
+        """The ``loss_drift`` alert, when the loss level is ``drift_ratio`` times the onset's."""
+        if not self.onset_losses or len(self.recent) < LEVEL:
+            return []
+        now, then = statistics.median(self.recent), statistics.median(self.onset_losses)
+        if now < self.drift_ratio * then:
+            return []
+        message = (
+            f"Loss level {fmt(now)}, {fmt(now / then)}x what it was at step {self.low_step} "
+            "when the gradient norm began to grow."
+        )
+        return [
+            Alert(
+                obs.step,
+                Severity.INFO,
+                AlertKind.LOSS_DRIFT,
+                message,
+                self.name,
+                value=now,
+                threshold=then,
                 since=self.low_step,
             )
         ]
@@ -201,6 +242,13 @@ class GrowthTrendDetector:
         self.smooth = smooth
         if self.low is None or smooth <= self.low or step - self.low_step > ONSET_HORIZON:
             self.low, self.low_step = smooth, step
+            # The onset's level: the losses from ONSET_WINDOW steps before it (still in the
+            # fit's window) and, as they come, those up to ONSET_WINDOW steps after it.
+            self.onset_losses = [
+                math.exp(y)
+                for x, y in zip(self.loss_steps.values(), self.loss_logs.values(), strict=True)
+                if step - ONSET_WINDOW <= x < step
+            ]
 
     def state_dict(self) -> dict[str, Any]:
         """Steps seen, the rising streak and the fitted window."""
@@ -214,6 +262,8 @@ class GrowthTrendDetector:
             "smooth": self.smooth,
             "low": self.low,
             "low_step": self.low_step,
+            "onset_losses": list(self.onset_losses),
+            "recent": list(self.recent),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -232,3 +282,5 @@ class GrowthTrendDetector:
         self.smooth = None if smooth is None else float(smooth)
         self.low = None if low is None else float(low)
         self.low_step = int(state.get("low_step", 0))
+        self.onset_losses = [float(v) for v in state.get("onset_losses", [])]
+        self.recent = [float(v) for v in state.get("recent", [])]

@@ -86,9 +86,6 @@ class PolicyConfig:
             global-norm bound of the literature.
         baseline: how many recent healthy norms form the baseline of the automatic bound.
         min_history: healthy norms needed before their median replaces ``fallback_bound``.
-        drift_ratio: a growth trend of the gradient norm whose loss level has grown this many
-            times since the trend began rolls back to before it: the weights have drifted, and
-            the slow drift has already poisoned the recent healthy baselines.
         isolated_clip_factor: an incident opened by one skipped fault, with no other alert
             after it, is *isolated*: the weights never saw the bad step, so the next steps are
             clipped only above this many times the healthy median (catching a second wild
@@ -117,7 +114,6 @@ class PolicyConfig:
     restart_fraction: float = 1.0
     baseline: int = 32
     min_history: int = 5
-    drift_ratio: float = 10.0
     isolated_clip_factor: float = 4.0
 
     def __post_init__(self) -> None:
@@ -141,8 +137,6 @@ class PolicyConfig:
             _check_int(name, getattr(self, name), minimum=1)
         if self.restore_after is not None:
             _check_int("restore_after", self.restore_after, minimum=1)
-        if not self.drift_ratio > 1.0:
-            raise ConfigError(f"drift_ratio must be a number > 1, got {self.drift_ratio!r}.")
         if not self.recovered_ratio > 1.0:
             raise ConfigError(
                 f"recovered_ratio must be a number > 1, got {self.recovered_ratio!r}; 2 (the "

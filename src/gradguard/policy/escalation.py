@@ -37,15 +37,6 @@ from gradguard.records import (
 
 __all__ = ["EscalationPolicy"]
 
-_LEVEL = 5
-"""Losses whose median is the loss level the drift rule compares with its onset's."""
-
-_HISTORY = 512
-"""Losses kept with their steps, to read the loss level at a growth trend's onset."""
-
-_ONSET_WINDOW = 8
-"""Steps either side of a trend's onset whose losses give the level it began from."""
-
 
 @dataclasses.dataclass
 class _State:
@@ -66,7 +57,7 @@ class _State:
     norms: list[float] = dataclasses.field(default_factory=list)
     first_norm: float | None = None
     last_step: int | None = None
-    loss_history: list[list[float]] = dataclasses.field(default_factory=list)  # [step, loss]
+    last_loss: float = math.nan  # the last finite loss, remembered by a rollback's probe
     last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
     ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
     # [step, loss, lr scale, persistent] before the last rollback, and the steps since that
@@ -196,9 +187,7 @@ class EscalationPolicy:
         s, cfg, t = self._s, self.config, obs.step
         s.last_step = t
         if obs.loss is not None and math.isfinite(obs.loss):
-            s.loss_history.append([float(t), obs.loss])  # in place: 512 entries
-            if len(s.loss_history) > _HISTORY:
-                del s.loss_history[0]
+            s.last_loss = obs.loss
         if s.first_norm is None and obs.finite and obs.total_norm > 0.0:
             s.first_norm = obs.total_norm
         s.overflow_streak = s.overflow_streak + 1 if overflow else 0
@@ -288,7 +277,6 @@ class EscalationPolicy:
             max_backoffs=cfg.max_backoffs,
             faults=f"{len(s.faults)} faulty steps within {cfg.window} steps",
             new_level=new_level,
-            drift=self._drift(since) if fault is None and since is not None else None,
             can_rollback=can_rollback,
         )
 
@@ -338,23 +326,6 @@ class EscalationPolicy:
         else:
             bound = cfg.fallback_bound
         return min(bound, cfg.fallback_bound) if s.last_resort else bound
-
-    def _drift(self, since: int) -> tuple[int, float, float] | None:
-        """For a trend begun at ``since``: the loss level now and its ratio to the one then.
-
-        A growth trend that began long before the detectors could see it (a slow drift) has
-        already poisoned the recent healthy baselines; the loss around its onset has not.
-        ``None`` unless they are ``drift_ratio`` apart.
-        """
-        history = self._s.loss_history
-        around = [loss for step, loss in history if abs(step - since) <= _ONSET_WINDOW]
-        recent = history[-_LEVEL:]
-        if not around or len(recent) < _LEVEL:
-            return None
-        now, then = statistics.median(v for _, v in recent), statistics.median(around)
-        if then <= 0.0 or now < self.config.drift_ratio * then:
-            return None
-        return since, now, now / then
 
     # ---------------------------------------------------------------- the moves
     def _carry_out(self, rung: Rung, sit: Situation, clipper: str) -> Decision:
@@ -409,12 +380,9 @@ class EscalationPolicy:
         early = sit.alert(AlertKind.EARLY_EXPLOSION)
         if sit.fault is None and early is not None:
             return early.message.split(":")[0]
-        if sit.fault is None and sit.drift is not None:
-            since, now, ratio = sit.drift
-            return (
-                f"Loss level {now:.4g}, {ratio:.3g}x what it was at step {since} when the "
-                "gradient norm began to grow"
-            )
+        drift = sit.alert(AlertKind.LOSS_DRIFT)
+        if sit.fault is None and drift is not None:
+            return drift.message.rstrip(".")
         if sit.fault is None:
             if sit.oscillating:
                 zigzag = sit.alert(AlertKind.OSCILLATION)
@@ -535,7 +503,7 @@ class EscalationPolicy:
             s.rollbacks.pop()  # the rollback was a diagnosis, not a rescue: refunded
         s.lr_scale = scale
         s.probe = None
-        s.norms, s.loss_history = [], []
+        s.norms = []
         s.first_norm = obs.total_norm if obs.total_norm > 0.0 else None
         self._close_incident()
         s.isolated = False
@@ -621,17 +589,15 @@ class EscalationPolicy:
             action = Action(ActionKind.ABORT, Reason.BUDGET_EXHAUSTED, message)
             return Decision(action, apply=False, lr_scale=s.lr_scale)
         old = s.lr_scale
-        loss = s.loss_history[-1][1] if s.loss_history else math.nan
-        s.probe = [float(t), loss, old, float(s.was_persistent), 0.0] if can_rollback else None
+        s.probe = (
+            [float(t), s.last_loss, old, float(s.was_persistent), 0.0] if can_rollback else None
+        )
         if cfg.backoff_on_rollback:
             # The k-th rollback in the window backs off k times: a rate 100x too high is found
             # in three rollbacks (x1/64) instead of seven.
             factor = cfg.backoff_factor ** (len(s.rollbacks) + 1)
             s.lr_scale = max(old * factor, cfg.min_lr_scale)
         s.rollbacks.append(t)
-        if can_rollback:  # the losses of the abandoned trajectory say nothing of the restored one
-            start = s.incident_start if s.incident_start is not None else t
-            s.loss_history = [entry for entry in s.loss_history if entry[0] < start]
         s.faults = []
         s.consecutive = 0
         s.backoffs_in_incident = 0

@@ -57,7 +57,7 @@ culprit) are read by their own rungs only."""
 UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE, AlertKind.EARLY_EXPLOSION)
 """Alerts that say the step size is past the stability limit: the learning rate backs off."""
 
-INFO_READ = (AlertKind.LOSS_HIGH, AlertKind.OSCILLATION)
+INFO_READ = (AlertKind.LOSS_HIGH, AlertKind.OSCILLATION, AlertKind.LOSS_DRIFT)
 """Information alerts the rungs read; other info alerts are for people only."""
 
 
@@ -136,7 +136,6 @@ class Situation:
         faults: the faults counted in the window, in words.
         new_level: right after a rollback, the restored weights failed as high as the abandoned
             ones did, on ``consecutive_limit`` batches in a row (see ``_fails_alike``).
-        drift: for a growth trend, the loss level now and its ratio to the level at its onset.
         can_rollback: a snapshot exists to roll back to.
     """
 
@@ -160,7 +159,6 @@ class Situation:
     max_backoffs: int
     faults: str
     new_level: bool
-    drift: tuple[int, float, float] | None
     can_rollback: bool
 
     @property
@@ -222,7 +220,7 @@ LADDER: tuple[Rung, ...] = (
     ),
     Rung(
         "drift since a growth began",
-        lambda s: s.fault is None and s.drift is not None,
+        lambda s: s.fault is None and s.alert(AlertKind.LOSS_DRIFT) is not None,
         Move.ROLLBACK,
         Reason.GROWTH_TREND,
         "the weights have drifted since then",
