@@ -322,7 +322,11 @@ def _text(value: Any, what: str) -> str:
 def _choice(value: Any, table: Mapping[str, Any], what: str) -> Any:
     found = table.get(value) if type(value) is str else None
     if found is None:
-        raise _BadRecordError(f"{what} must be one of {sorted(table)!r}, got {_show(value)}")
+        names = sorted(table)
+        known = (
+            ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:4])}, ... ({len(names)})"
+        )
+        raise _BadRecordError(f"{what} must be one of {known}, got {_show(value)}")
     return found
 
 
