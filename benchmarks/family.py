@@ -92,7 +92,6 @@ def family_parser(description: str, *, gradual: bool = False) -> argparse.Argume
             action="store_true",
             help="add the 8 runaway runs (slow explosions) to the 64 sampled runs",
         )
-    parser.set_defaults(gradual=gradual)
     return parser
 
 

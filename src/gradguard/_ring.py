@@ -11,17 +11,20 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "EMA",
     "MAD_TO_STD",
     "Ring",
     "RunningMoments",
+    "keep_last",
     "mad",
     "median",
     "quantile",
 ]
+
+_T = TypeVar("_T")
 
 MAD_TO_STD = 1.4826
 """Factor turning a median absolute deviation into a standard deviation for normal data."""
@@ -251,3 +254,12 @@ def _require(ok: bool, name: str, value: object) -> None:
     # _ring sits below errors.py's users; settings are validated (with ConfigError) by callers.
     if not ok:
         raise ValueError(f"invalid {name}: {value!r}")
+
+
+def keep_last(values: list[_T], value: _T, n: int) -> list[_T]:
+    """A new list of the last ``n`` of ``values`` followed by ``value`` (``n`` >= 1).
+
+    For the small windows kept as plain lists in state dicts (``xs[-(n - 1):]`` would keep every
+    value when ``n`` is 1).
+    """
+    return [*values[max(len(values) - n + 1, 0) :], value]

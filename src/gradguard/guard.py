@@ -2,10 +2,11 @@
 
 One :meth:`Guard.step` after ``loss.backward()``:
 
-1. ``scaler.unscale_`` (with a GradScaler), then :func:`~gradguard.measure` the gradients
-   (device tensors, no host sync); a clipper object clips here, before the sync, and its
-   coefficient is reduced on the device to one number (:func:`~gradguard.clip.step_coefficient`);
-2. :meth:`Monitor.observe <gradguard.monitor.Monitor.observe>`: the ONE host transfer of the step
+1. ``scaler.unscale_`` (with a GradScaler), then :meth:`Monitor.measure
+   <gradguard.monitor.Monitor.measure>` the gradients (device tensors, global across ranks, no
+   host sync); a clipper object clips here, before the sync, and its coefficient is reduced on
+   the device to one number (:func:`~gradguard.clip.step_coefficient`);
+2. :meth:`Monitor.watch <gradguard.monitor.Monitor.watch>`: the ONE host transfer of the step
    (norms, finiteness, loss, that coefficient), then the detectors;
 3. :class:`~gradguard.policy.EscalationPolicy` turns the observation and the alerts into a
    decision: apply the step (with a clip bound or not), skip it, back off the learning rate,
@@ -71,7 +72,7 @@ from gradguard.recover import (
 from gradguard.recover.registry import StateRegistry
 from gradguard.sinks import Sink, with_default_logging
 from gradguard.stats import GradStats, NamedTensors
-from gradguard.stats.measure import grouped_norms
+from gradguard.stats.measure import norms_in_groups
 from gradguard.stats.params import local_tensor
 
 if TYPE_CHECKING:
@@ -603,7 +604,8 @@ class Guard:
     def _give_up(self, record: StepRecord) -> None:
         """Every rescue failed: leave finite weights, then raise, ask to stop, or go on."""
         if not _all_finite(self._params()) and self.store.steps():
-            self.parts.load(self._load_readable(self.store.steps()[-1])[1], rollback=True)
+            state = self._load_readable(self.store.steps()[-1])[1]
+            self.parts.load(state, rollback=True, only=_TRAINING_PARTS)
         if self.on_give_up == "raise":
             advice = abort_advice(self.policy.history(), lr=record.lr, culprits=self._last_culprits)
             raise TrainingDivergedError(advice, record)
@@ -639,13 +641,9 @@ class Guard:
     def snapshot(self) -> int:
         """Take a snapshot now; returns its key (the number of guard steps taken so far).
 
-        A snapshot holds copies of the model's and optimizer's state dicts, the scheduler's and
-        scaler's and every random generator's, and the baselines of the detectors and the policy
-        (a few hundred floats), which a rollback restores with the weights. Disk snapshots also
-        hold the guard's whole state (policy budgets, monitor history, clipper), which only
-        :meth:`resume` after a crash needs; a rollback keeps the budgets live, so memory
-        snapshots skip it (the monitor's history is most of the copying cost for a small model).
-        Every snapshot names the model's parameters and shapes, checked before it is restored.
+        A snapshot holds the parts ``_snapshot_parts`` registers (``guard.parts``), plus the step,
+        the applied-step count and the model's parameter names and shapes, checked before it is
+        restored.
 
         When a disk snapshot cannot be written the guard warns once, keeps this snapshot and the
         following ones in memory, and training goes on.
@@ -695,21 +693,25 @@ class Guard:
                 return getattr(self, name).state_dict()
 
             def load(state: Any) -> None:
-                getattr(self, name).load_state_dict(state)
+                if (obj := getattr(self, name)) is not None:  # a resume into a guard without it
+                    obj.load_state_dict(state)
 
             parts.add(name, save, load, saved=lambda: getattr(self, name) is not None)
 
         optional("scheduler")
         optional("scaler")
-        parts.add("rng", capture_rng_state, restore_rng_state, on_rollback=self.restore_rng)
+        # restore_rng is a public switch: read at each rollback.
+        parts.add("rng", capture_rng_state, restore_rng_state, on_rollback=lambda: self.restore_rng)
         # Baselines learned on an abandoned trajectory would judge the restored weights'
-        # ordinary loss and norms as spikes (a run whose loss had fallen far since, say).
+        # ordinary loss and norms as spikes (a run whose loss had fallen far since, say). A
+        # resume restores them with the guard's whole state instead.
         parts.add(
             "detectors",
             self.monitor.detector_state,
             lambda state: self.monitor.load_detector_state(state, rollback=True),
+            on_resume=False,
         )
-        parts.add("baselines", self.policy.baselines, self.policy.load_baselines)
+        parts.add("baselines", self.policy.baselines, self.policy.load_baselines, on_resume=False)
         parts.add(
             "guard",
             self.state_dict,
@@ -966,11 +968,15 @@ class GuardState:
         self.guard.load_state_dict(json.loads(state["guard_json"]))
 
 
+_TRAINING_PARTS = ("model", "optimizer", "scheduler", "scaler")
+"""The snapshot parts that giving up restores: finite weights, nothing the guard learned."""
+
+
 def _all_finite(tensors: Sequence[Tensor]) -> bool:
     """Whether every tensor holds only finite values (one host read: a fault path only)."""
     if not tensors:
         return True
-    norms, _, _ = grouped_norms([t.detach() for t in tensors], 2.0)
+    norms, _, _ = norms_in_groups([t.detach() for t in tensors], 2.0)
     return bool(norms.isfinite().all())
 
 

@@ -206,8 +206,9 @@ class Monitor:
     ) -> GradStats:
         """This step's gradient statistics on the device, global across the ranks.
 
-        The one place that reduces gradient norms across ranks: every rank then clips and
-        decides alike. No host synchronisation.
+        Reduces the norms with the same rule as :meth:`watch` (a reduced measurement is not
+        reduced again), so a caller that clips before the observation, as the guard does, clips
+        by the global norm: every rank then clips and decides alike. No host synchronisation.
 
         Args:
             tensors: the named tensors to measure; ``None`` for the monitored parameters.
@@ -259,7 +260,7 @@ class Monitor:
         """
         step = self._step
         if stats is None:
-            stats = self.measure()
+            stats = measure(self._params, self.norm_type)
         elif not isinstance(stats, GradStats):
             raise ConfigTypeError(
                 f"stats must be this step's gg.measure(...) result or None, got "

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gradguard.detect.base import check_int
-from gradguard.records import Alert, Severity
+from gradguard.records import Alert, Severity, most_severe
 
 __all__ = ["IncidentLatch", "reported"]
 
@@ -47,11 +47,11 @@ class IncidentLatch:
             self.reported = Severity.INFO  # the previous incident is over
         self.last_alarm = step
         # The first of the most severe alarms is news, unless the incident already said as much.
-        news = max(range(len(alerts)), key=lambda i: alerts[i].severity.rank)
-        if alerts[news].severity.rank <= self.reported.rank:
-            news = -1
-        else:
-            self.reported = alerts[news].severity
+        first = most_severe(alerts)
+        news = -1  # the position of the news, if any (one alert object may be listed twice)
+        if first is not None and first.severity.rank > self.reported.rank:
+            news = next(i for i, alert in enumerate(alerts) if alert is first)
+            self.reported = first.severity
         return [
             alert
             if i == news or alert.severity is Severity.INFO or alert.repeat

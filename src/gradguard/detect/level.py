@@ -24,6 +24,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
+from gradguard._ring import keep_last
 from gradguard.detect.base import check_int, check_ratio, fmt
 from gradguard.errors import ConfigError, check_real
 from gradguard.records import Alert, AlertKind, Observation, Severity
@@ -71,7 +72,7 @@ class LossLevelDetector:
         self.warmup = check_int("warmup", warmup, minimum=0)
         self.baseline = check_int("baseline", baseline, minimum=1)
         self.level = check_int("level", level, minimum=1)
-        self.seen = 0
+        self.seen = 0  # steps observed (the run's clock, for people reading the state)
         self.healthy: list[float] = []  # recent losses below ``ratio`` times their median
         self.recent: list[float] = []  # the last ``level`` finite losses
         self.peak = 0.0  # highest level of the run
@@ -89,14 +90,14 @@ class LossLevelDetector:
         self.seen += 1
         if loss is None or not math.isfinite(loss):
             return []
-        self.recent = [*self.recent[-(self.level - 1) :], loss] if self.level > 1 else [loss]
+        self.recent = keep_last(self.recent, loss, self.level)
         level = statistics.median(self.recent) if len(self.recent) >= self.level else None
         if level is not None and level > self.peak:
             self.peak = level
         typical = self.typical()
         alerts: list[Alert] = []
         if typical is None or typical <= 0.0:
-            self.healthy.append(loss)
+            self.healthy = keep_last(self.healthy, loss, self.baseline)
             return alerts
         high = self.ratio * typical
 
@@ -121,7 +122,7 @@ class LossLevelDetector:
                 loss,
             )
         else:
-            self.healthy = [*self.healthy[-(self.baseline - 1) :], loss]
+            self.healthy = keep_last(self.healthy, loss, self.baseline)
         self.high_for = self.high_for + 1 if level is not None and level >= high else 0
         if self.high_for >= self.after and level is not None:
             alert(

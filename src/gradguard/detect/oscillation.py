@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from gradguard._ring import keep_last
 from gradguard.detect.base import check_int, check_ratio, fmt
 from gradguard.records import Alert, AlertKind, Observation, Severity
 
@@ -44,9 +45,8 @@ class OscillationDetector:
         loss = obs.loss
         if loss is None or not math.isfinite(loss):
             return []
-        keep = self.steps - 1
-        self.losses = [*self.losses[-keep:], loss]
-        self.at = [*self.at[-keep:], obs.step]
+        self.losses = keep_last(self.losses, loss, self.steps)
+        self.at = keep_last(self.at, obs.step, self.steps)
         recent = self.losses
         if len(recent) < self.steps or min(recent) <= 0.0:
             return []  # ratios of losses that can be zero or negative mean nothing

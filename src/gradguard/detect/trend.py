@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
-from gradguard._ring import Ring
+from gradguard._ring import Ring, keep_last
 from gradguard.detect.base import check_int, check_ratio, culprit_names, fmt
 from gradguard.errors import check_positive
 from gradguard.records import Alert, AlertKind, Observation, Severity
@@ -18,11 +18,13 @@ FLOAT32_MAX = 3.4028234663852886e38
 """Largest finite float32: a gradient norm beyond it is ``inf``."""
 
 ONSET_ALPHA = 0.1
+"""Weight of a new step in the slow average of ``log(norm)`` whose low point dates a trend."""
+
 ONSET_WINDOW = 8
 """Steps either side of a trend's onset whose losses give the loss level it began from."""
+
 LEVEL = 5
 """Recent losses whose median is the loss level now."""
-"""Weight of a new step in the slow average of ``log(norm)`` whose low point dates a trend."""
 
 ONSET_HORIZON = 500
 """A trend's onset is looked for within this many steps back."""
@@ -144,15 +146,16 @@ class GrowthTrendDetector:
         norm = obs.total_norm
         if not (obs.finite and math.isfinite(norm) and norm > 0.0):
             return []
+        log_norm = math.log(norm)
         self.steps.append(float(obs.step))
-        self.logs.append(math.log(norm))
+        self.logs.append(log_norm)
         loss = obs.loss
         positive = loss is not None and math.isfinite(loss) and loss > 0.0
         if positive and loss is not None:
             self.loss_steps.append(float(obs.step))
             self.loss_logs.append(math.log(loss))
-            self.recent = [*self.recent[-(LEVEL - 1) :], loss]
-        self._track_onset(obs.step, math.log(norm))
+            self.recent = keep_last(self.recent, loss, LEVEL)
+        self._track_onset(obs.step, log_norm)
         if positive and loss is not None and obs.step <= self.low_step + ONSET_WINDOW:
             self.onset_losses.append(loss)
         if self.seen <= self.warmup or not self.logs.full:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from gradguard._ring import keep_last
 from gradguard.errors import (
     ConfigError,
     check_mapping,
@@ -49,7 +50,6 @@ class _State:
     rollbacks: list[int] = dataclasses.field(default_factory=list)
     cooldown_until: int = -1
     protect_until: int = -1
-    last_escalation: int = -1
     lr_scale: float = 1.0
     healthy_streak: int = 0
     overflow_streak: int = 0
@@ -60,7 +60,7 @@ class _State:
     last_loss: float = math.nan  # the last finite loss, remembered by a rollback's probe
     last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
     ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
-    # [step, loss, lr scale, persistent] before the last rollback, and the steps since that
+    # [step, loss, lr scale, persistent] of the last rollback, and the steps since it that
     # failed alike
     probe: list[float] | None = None
     persistent: bool = False  # an escalation happened: the automatic bound stays on for good
@@ -247,7 +247,8 @@ class EscalationPolicy:
             s.last_applied_healthy = False  # until the step proves healthy
         s.rollbacks = [r for r in s.rollbacks if r > t - cfg.rollback_window]
         protected = self.protected(t)
-        bound = self._bound(protected)
+        typical = self.healthy_norm()
+        bound = self._bound(protected, typical)
         if bound is not None and not bound > 0.0:  # healthy norms of exactly 0 give no scale
             bound = cfg.fallback_bound
         clipped = bound is not None and obs.total_norm > bound
@@ -263,6 +264,7 @@ class EscalationPolicy:
             culprits=culprits,
             overflow=overflow,
             protected=protected,
+            typical=typical,
             bound=bound,
             clipped=clipped,
             clipped_streak=s.clipped_streak,
@@ -301,7 +303,7 @@ class EscalationPolicy:
             return False
         return before >= high.threshold and high.value >= 0.1 * before
 
-    def _bound(self, protected: bool) -> float | None:
+    def _bound(self, protected: bool, typical: float | None) -> float | None:
         """The clip bound of this step: none on a run never rescued, the healthy scale after.
 
         Once the run needed an escalation it keeps the bound on every step (``persistent``): a
@@ -318,7 +320,6 @@ class EscalationPolicy:
             # The weights never saw the bad step: only a second wild gradient is clipped, measured
             # against whatever healthy norms exist (none yet: nothing to clip against).
             return statistics.median(s.norms) * cfg.isolated_clip_factor if s.norms else None
-        typical = self.healthy_norm()
         if typical is not None:
             bound = typical
         elif s.first_norm is not None:
@@ -375,7 +376,7 @@ class EscalationPolicy:
         obs, culprits = sit.obs, sit.culprits
         where = f" (largest in {culprits[0]})" if culprits else ""
         stuck = sit.alert(AlertKind.LOSS_STUCK)
-        if sit.stuck and stuck is not None:
+        if stuck is not None and sit.stuck:
             return stuck.message.split(":")[0]
         early = sit.alert(AlertKind.EARLY_EXPLOSION)
         if sit.fault is None and early is not None:
@@ -424,11 +425,8 @@ class EscalationPolicy:
         """Apply the step (clipped to the bound); count it healthy; raise the rate when due."""
         s, cfg, obs, t = self._s, self.config, sit.obs, sit.step
         bound, protected = sit.bound, sit.protected
-        own = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
-        # A clipper object ("external") scaled the gradients before this decision.
-        external = 1.0 if obs.clip_coef is None else obs.clip_coef
+        external, own, coef = _coefficients(obs, bound)
         clipped_before = external < 1.0 - CLIP_TOLERANCE
-        coef = external * own
         kind = ActionKind.CLIP if sit.clipped or clipped_before else ActionKind.PROCEED
         done = _done(clipper, external, own, bound, sit.clipped)
 
@@ -443,7 +441,7 @@ class EscalationPolicy:
                 f"{s.incident_start}."
             )
             return decision(Action(kind, sit.warn, message))
-        typical = self.healthy_norm()
+        typical = sit.typical
         if typical is not None and obs.total_norm > cfg.recovered_ratio * typical:
             s.healthy_streak = 0  # no warning, but the run still leans on the clip
         else:
@@ -456,7 +454,7 @@ class EscalationPolicy:
             norm = obs.total_norm
             if s.persistent and bound is not None:
                 norm = min(norm, bound)
-            s.norms = [*s.norms[-(cfg.baseline - 1) :], norm]
+            s.norms = keep_last(s.norms, norm, cfg.baseline)
         if (
             s.lr_scale < s.ceiling
             and cfg.restore_after is not None
@@ -532,7 +530,6 @@ class EscalationPolicy:
         s.cooldown_until = t + cfg.cooldown
         s.protect_until = t + (cfg.restore_after if cfg.restore_after is not None else cfg.quiet)
         s.healthy_streak = 0
-        s.last_escalation = t
         s.clipped_streak = 0
         s.persistent = True
 
@@ -540,10 +537,7 @@ class EscalationPolicy:
         s, cfg = self._s, self.config
         apply = sit.fault is None
         bound = sit.bound if apply else None
-        coef = 1.0
-        if apply:
-            own = 1.0 if bound is None else min(1.0, bound / (sit.obs.total_norm + EPS))
-            coef = (1.0 if sit.obs.clip_coef is None else sit.obs.clip_coef) * own
+        coef = _coefficients(sit.obs, bound)[2] if apply else 1.0
         old = s.lr_scale
         s.lr_scale = max(old * cfg.backoff_factor, cfg.min_lr_scale)
         s.backoffs_in_incident += 1
@@ -687,6 +681,14 @@ def _convert(annotation: str, value: Any) -> Any:
     if base.startswith("list[") and base.endswith("]"):
         return [_convert(base[5:-1], v) for v in value]
     return _SCALARS[base](value)
+
+
+def _coefficients(obs: Observation, bound: float | None) -> tuple[float, float, float]:
+    """The factors of an applied step: a clipper object's (``external``, it scaled the
+    gradients before the decision), the bound's (``own``), and their product."""
+    own = 1.0 if bound is None else min(1.0, bound / (obs.total_norm + EPS))
+    external = 1.0 if obs.clip_coef is None else obs.clip_coef
+    return external, own, external * own
 
 
 def _done(clipper: str, external: float, own: float, bound: float | None, clipped: bool) -> str:

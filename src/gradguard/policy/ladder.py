@@ -12,6 +12,7 @@ import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 
+from gradguard.detect.base import culprit_names
 from gradguard.records import (
     Alert,
     AlertKind,
@@ -72,7 +73,7 @@ def classify(
     fault: Reason | None = None
     warn: Reason | None = None
     unstable = False
-    culprits: tuple[str, ...] = tuple(name for name, _ in obs.top[:1])
+    culprits = culprit_names(obs, limit=1)
     if obs.param_norm is not None and not math.isfinite(obs.param_norm):
         fault = Reason.NONFINITE_PARAM  # the weights themselves are corrupt
     elif skip_nonfinite:
@@ -125,6 +126,7 @@ class Situation:
         culprits: the tensor the alerts blame, if any.
         overflow: the GradScaler's own overflow, within its budget.
         protected: the step lies in an incident or the protection window after an escalation.
+        typical: the healthy gradient norm (median of recent healthy norms), if known yet.
         bound: the clip bound of the step; ``clipped``: the norm exceeds it.
         clipped_streak: clipped, applied steps in a row under protection, this one included.
         consecutive: faulty steps in a row, this one included; ``fault_limit``: the rollback
@@ -147,6 +149,7 @@ class Situation:
     culprits: tuple[str, ...]
     overflow: bool
     protected: bool
+    typical: float | None
     bound: float | None
     clipped: bool
     clipped_streak: int

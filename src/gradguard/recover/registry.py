@@ -9,7 +9,7 @@ the guard's whole state), so a snapshot is taken, rolled back to and resumed fro
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 __all__ = ["StateRegistry"]
@@ -19,8 +19,14 @@ __all__ = ["StateRegistry"]
 class _Part:
     save: Callable[[], Any]
     load: Callable[[Any], None]
-    on_rollback: bool
+    on_rollback: bool | Callable[[], bool]
+    on_resume: bool
     saved: Callable[[], bool]
+
+    def restored(self, rollback: bool) -> bool:
+        if not rollback:
+            return self.on_resume
+        return self.on_rollback() if callable(self.on_rollback) else self.on_rollback
 
 
 class StateRegistry:
@@ -35,7 +41,8 @@ class StateRegistry:
         save: Callable[[], Any],
         load: Callable[[Any], None],
         *,
-        on_rollback: bool = True,
+        on_rollback: bool | Callable[[], bool] = True,
+        on_resume: bool = True,
         saved: Callable[[], bool] = lambda: True,
     ) -> None:
         """Register a part.
@@ -44,26 +51,35 @@ class StateRegistry:
             name: its key in the snapshot.
             save: returns its state (a ``state_dict()``).
             load: restores a state ``save`` returned (a ``load_state_dict``).
-            on_rollback: whether a rollback restores it; a resume always does.
+            on_rollback: whether a rollback restores it (or a function that says so when asked).
+            on_resume: whether a resume restores it.
             saved: whether to save it now (``None`` is stored otherwise, and never loaded).
         """
         if name in self._parts:
             raise ValueError(f"the snapshot part {name!r} is registered twice")
-        self._parts[name] = _Part(save, load, on_rollback, saved)
+        self._parts[name] = _Part(save, load, on_rollback, on_resume, saved)
 
     def save(self) -> dict[str, Any]:
         """The state of every part, by name."""
         return {name: p.save() if p.saved() else None for name, p in self._parts.items()}
 
-    def load(self, state: Mapping[str, Any], *, rollback: bool) -> list[str]:
-        """Restore the parts ``state`` holds (for a rollback, only those it restores).
+    def load(
+        self, state: Mapping[str, Any], *, rollback: bool, only: Collection[str] | None = None
+    ) -> list[str]:
+        """Restore the parts ``state`` holds that a rollback (or a resume) restores.
+
+        Args:
+            state: what :meth:`save` returned.
+            rollback: a rollback, else a resume.
+            only: restore at most these parts.
 
         Returns:
             The names of the parts restored, in order.
         """
         done = []
         for name, part in self._parts.items():
-            if (part.on_rollback or not rollback) and state.get(name) is not None:
+            wanted = only is None or name in only
+            if wanted and part.restored(rollback) and state.get(name) is not None:
                 part.load(state[name])
                 done.append(name)
         return done

@@ -244,7 +244,8 @@ def generate(
         )
     rng = random.Random(seed)
     halves: list[list[GeneratedScenario]] = []
-    for half in ("tune", "validate"):
+    names: tuple[Literal["tune"], Literal["validate"]] = ("tune", "validate")
+    for half in names:
         halves.append(_half(rng, half, per_half, first_seed=sum(map(len, halves))))
     # Appended after sampling, so the sampled runs keep their ids, seeds and halves.
     first = sum(map(len, halves))
@@ -259,7 +260,7 @@ def generate(
                 "constant",
                 "runaway",
                 first + k,
-                ("tune", "validate")[half_k],
+                names[half_k],
                 fault_step=fault_step,
             )
         )

@@ -4,8 +4,9 @@ It never synchronises with the host: gradients are grouped by (device, dtype), e
 reduced by one ``torch._foreach_norm`` kernel, and the global norm comes from the stacked
 per-tensor norms. Half-precision and float32 gradients are reduced in float32; float64 gradients
 in float64, so a large but finite float64 norm stays finite, as in ``clip_grad_norm_``.
-:func:`foreach_norms` and :func:`grouped_norms` are the one home of that rule; every other
-module that needs norms of many tensors (parameter norms, clipped norms) calls them.
+:func:`foreach_norms` and :func:`norms_in_groups` (which :func:`grouped_norms` wraps with an
+explicit order) are the one home of that rule; every other module that needs norms of many
+tensors (parameter norms, clipped norms) calls them.
 
 A gradient that holds NaN/Inf, or whose finite values are large enough that its norm overflows
 its accumulation dtype, gives a non-finite norm. Both count as an explosion, and cost no extra
@@ -52,10 +53,10 @@ def foreach_norms(tensors: Sequence[Tensor], p: float) -> Tensor:
     """
     accumulate = accumulation_dtype(tensors[0].dtype)
     # Inference mode spares the kernel autograd's dispatch for each tensor (a tenth of its CPU
-    # time for many small tensors); the clone hands back an ordinary tensor, same values.
+    # time for many small tensors); stacking outside it hands back an ordinary tensor.
     with torch.inference_mode():
-        norms = torch.stack(torch._foreach_norm(list(tensors), p, dtype=accumulate))
-    return norms.clone()
+        parts = torch._foreach_norm(list(tensors), p, dtype=accumulate)
+    return torch.stack(parts)
 
 
 def grouped_norms(tensors: Sequence[Tensor], p: float) -> tuple[Tensor, list[int], list[GradGroup]]:
