@@ -314,3 +314,32 @@ def test_a_snapshot_dir_that_is_not_a_folder_path_is_refused(bad: Any) -> None:
     model, opt = _linear(1.0)
     with pytest.raises(ConfigError, match="snapshot_dir"):
         Guard(model, opt, snapshot_dir=bad)
+
+
+def test_a_resume_into_a_guard_without_the_scheduler_of_the_run_restores_the_rest(
+    tmp_path: Path,
+) -> None:
+    model, opt = _linear(1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=5)
+    guard = Guard(model, opt, scheduler=scheduler, snapshot_dir=tmp_path, sinks=())
+    for _ in range(3):
+        _step(guard, model, opt)
+    key = guard.snapshot()
+    weight = model.weight.detach().clone()
+    guard.close()
+    model2, opt2 = _linear(5.0)
+    resumed = Guard(model2, opt2, snapshot_dir=tmp_path, sinks=())  # no scheduler this time
+    assert resumed.resume() == key
+    assert torch.equal(model2.weight, weight) and resumed.summary()["progress"] == 3
+    resumed.close()
+
+
+def test_restore_rng_is_read_at_each_rollback(tmp_path: Path) -> None:
+    model, opt = _linear(1.0)
+    guard = Guard(model, opt, snapshot_every=1, sinks=())
+    _step(guard, model, opt)
+    state = guard.parts.save()
+    assert "rng" not in guard.parts.load(state, rollback=True)  # off by default
+    guard.restore_rng = True  # a public switch, changed after the guard was built
+    assert "rng" in guard.parts.load(state, rollback=True)
+    assert "detectors" not in guard.parts.load(state, rollback=False)  # the guard state has them
