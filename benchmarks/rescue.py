@@ -12,6 +12,10 @@ seed. Methods:
 * ``autoclip``: ``gg.clip.PercentileClipper(10)`` every step (AutoClip, Seetharaman et al. 2020);
 * ``zclip``: ``gg.clip.ZScoreClipper(2.5, 0.97)`` every step (ZClip, Kumar et al. 2025).
 
+The 8 appended ``runaway`` runs (a loss weight that grows 1.25x a step from an early fault, the
+family's slow explosions) are in by default, as in ``detection.py``; ``--sampled-only`` leaves
+them out.
+
 LBFGS runs step through a closure (the peers clip inside it); a guard whose ``step`` takes no
 ``closure`` cannot drive them, and those cells read ``unsupported``.
 
@@ -40,8 +44,8 @@ the detectors (two thirds of it the culprit detector's refresh every 10 steps), 
 transfer, under 1 % in the policy and the sinks, 3-4 % elsewhere in the guard.
 
 Usage: .venv/bin/python benchmarks/rescue.py [--split tune|validate|all] [--quick] [--jobs N]
-[--cost] [--check-1x SEEDS]; ``--check-1x 2`` only verifies that every architecture x
-optimizer pair trains at 1x (2 seeds each).
+[--sampled-only] [--cost] [--check-1x SEEDS]; ``--check-1x 2`` only verifies that every
+architecture x optimizer pair trains at 1x (2 seeds each).
 """
 
 from __future__ import annotations
@@ -480,7 +484,7 @@ def check_base_rates(jobs: int, seeds: int) -> str:
 
 # ------------------------------------------------------------------------------------ main
 def main() -> None:
-    parser = family_parser(__doc__.splitlines()[0])
+    parser = family_parser(__doc__.splitlines()[0], gradual=True)
     parser.add_argument("--cost", action="store_true", help="also time Guard.step and snapshots")
     parser.add_argument(
         "--check-1x",

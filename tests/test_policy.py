@@ -670,3 +670,96 @@ def test_a_rate_that_held_long_after_coming_back_keeps_no_ceiling() -> None:
 
 def _timed(policy: EscalationPolicy, start: int, stop: int) -> list[tuple[int, Decision]]:
     return [(t, policy.decide(_obs(t))) for t in range(start, stop)]
+
+
+def _rolled_back(policy: EscalationPolicy, loss: float) -> Decision:
+    """Healthy at loss 1 from step 0, a snapshot (the guard saves ``baselines()``), then a
+    drift alert at loss ``loss`` rolls back to it, and the guard restores the snapshot."""
+    _run(policy, 0, 30)
+    snapshot = policy.baselines()
+    assert snapshot["loss"] == [1.0]  # the loss of the weights saved
+    drift = [_alert(30, AlertKind.LOSS_DRIFT, Severity.INFO)]
+    rollback = policy.decide(_obs(30, norm=3.0, loss=loss), drift)
+    assert rollback.action.kind is ActionKind.ROLLBACK and policy.probing
+    policy.load_baselines(snapshot)
+    return rollback
+
+
+def test_restored_weights_whose_own_loss_grew_mean_the_loss_moved_not_the_weights() -> None:
+    # Restored weights gave loss 1 when current; the rollback was about a loss of 8. On the next
+    # two batches they give 12 and 15: nearer 8 than 1 (above sqrt(8 x 1)), so the loss itself
+    # changed (a loss weight on a schedule, a new task). Worse than the abandoned weights' 8,
+    # too: those come back, and the probe's step, a gradient of the restored ones, is skipped.
+    policy = EscalationPolicy()
+    _rolled_back(policy, loss=8.0)
+    first = policy.decide(_obs(31, norm=9.0, loss=12.0))
+    assert first.apply and first.clip_bound is not None  # the bound stays on after a rollback
+    accept = policy.decide(_obs(32, norm=9.0, loss=15.0))
+    assert accept.action.reason is Reason.REGIME_CHANGE and accept.reset_baselines
+    assert accept.undo_rollback and not accept.apply
+    assert accept.action.kind is ActionKind.SKIP and "abandoned did better" in accept.action.message
+    assert accept.lr_scale == 1.0 and policy.state_dict()["rollbacks"] == []  # refunded
+    assert not policy.probing
+
+
+def test_restored_weights_that_do_better_than_the_abandoned_ones_are_kept_and_clipped() -> None:
+    policy = EscalationPolicy()
+    _rolled_back(policy, loss=20.0)
+    policy.decide(_obs(31, norm=9.0, loss=6.0))
+    accept = policy.decide(_obs(32, norm=9.0, loss=5.0))  # above sqrt(20), below 20
+    assert accept.action.reason is Reason.REGIME_CHANGE and not accept.undo_rollback
+    assert accept.apply and accept.action.kind is ActionKind.PROCEED
+    # The new level's first norm starts the bound over, at most the fallback bound of 1.
+    assert accept.clip_bound == 1.0 and accept.clip_coef == pytest.approx(1.0 / 9.0)
+
+
+def test_restored_weights_back_at_their_own_loss_keep_the_rollback() -> None:
+    policy = EscalationPolicy()
+    _rolled_back(policy, loss=8.0)
+    later = [policy.decide(_obs(t, loss=1.5)) for t in range(31, 40)]  # below sqrt(8) = 2.8
+    assert Reason.REGIME_CHANGE not in {d.action.reason for d in later}
+    assert policy.state_dict()["rollbacks"] == [30] and not policy.probing
+
+
+def test_a_rollback_over_non_finite_values_probes_no_new_level() -> None:
+    # The last finite loss before an Inf says nothing of a level: no probe, however high the
+    # next losses (here 5x the restored weights' own, from noise or anything else).
+    policy = EscalationPolicy()
+    _run(policy, 0, 30)
+    snapshot = policy.baselines()
+    policy.decide(_obs(30, loss=math.inf))
+    assert policy.decide(_obs(31, loss=math.inf)).action.kind is ActionKind.ROLLBACK
+    assert not policy.probing
+    policy.load_baselines(snapshot)
+    later = [policy.decide(_obs(t, loss=5.0)) for t in range(32, 36)]
+    assert Reason.REGIME_CHANGE not in {d.action.reason for d in later}
+
+
+def test_a_snapshot_from_before_any_step_is_judged_by_the_run_s_first_loss() -> None:
+    policy = EscalationPolicy()
+    before_any_step = policy.baselines()
+    assert math.isnan(before_any_step["loss"][0])
+    policy.decide(_obs(0, loss=2.0))  # the loss of exactly the weights saved
+    _run(policy, 1, 30)
+    drift = [_alert(30, AlertKind.LOSS_DRIFT, Severity.INFO)]
+    policy.decide(_obs(30, norm=3.0, loss=16.0), drift)
+    policy.load_baselines(before_any_step)
+    policy.decide(_obs(31, norm=9.0, loss=7.0))  # above sqrt(16 x 2) = 5.7 and 2 x 2
+    assert policy.decide(_obs(32, norm=9.0, loss=7.0)).action.reason is Reason.REGIME_CHANGE
+
+
+def test_after_a_new_level_the_loss_rules_roll_back_only_once_a_newer_snapshot_exists() -> None:
+    policy = EscalationPolicy()
+    _rolled_back(policy, loss=8.0)
+    policy.decide(_obs(31, loss=12.0))
+    assert policy.decide(_obs(32, loss=15.0)).action.reason is Reason.REGIME_CHANGE
+    # The loss keeps climbing: drift and stuck alerts no longer indict the weights (every
+    # snapshot predates the change), and growth warnings no longer back the rate off.
+    stuck = _alert(40, AlertKind.LOSS_STUCK, Severity.WARNING)
+    trend = _alert(40, AlertKind.GROWTH_TREND, Severity.WARNING)
+    drift = _alert(40, AlertKind.LOSS_DRIFT, Severity.INFO)
+    held = policy.decide(_obs(40, norm=50.0, loss=80.0), [stuck, trend, drift])
+    assert held.apply and held.action.kind is ActionKind.CLIP
+    policy.snapshot_taken()
+    again = policy.decide(_obs(41, norm=50.0, loss=80.0), [drift])
+    assert again.action.kind is ActionKind.ROLLBACK

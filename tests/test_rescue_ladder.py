@@ -192,3 +192,49 @@ def test_finish_step_twice_is_refused_instead_of_recording_the_step_twice() -> N
     with pytest.raises(ConfigError, match="finish_step once"):
         guard.finish_step(pending)
     assert guard.counters["steps"] == 1
+
+
+def _weighted_run(method: str) -> tuple[float, list[gg.StepRecord]]:
+    """An MLP regression with SGD whose loss weight grows 1.25x a step from step 30 (an
+    auxiliary loss on a schedule run away): the held-out loss, unweighted, and the records."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = gg.Guard(model, optimizer) if method == "guard" else None
+    w = torch.randn(8, 1)
+    held_x = torch.randn(256, 8, generator=torch.Generator().manual_seed(99))
+    records = []
+    for step in range(120):
+        x = torch.randn(32, 8, generator=torch.Generator().manual_seed(step))
+        optimizer.zero_grad(set_to_none=True)
+        weight = 1.25 ** max(0, step - 29)
+        loss = weight * nn.functional.mse_loss(model(x), torch.tanh(x @ w))
+        loss.backward()
+        if guard is not None:
+            records.append(guard.step(loss))
+            continue
+        if method == "clip":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    with torch.no_grad():
+        return float(nn.functional.mse_loss(model(held_x), torch.tanh(held_x @ w))), records
+
+
+def test_a_loss_weight_that_runs_away_is_clipped_through_not_rolled_back_again_and_again() -> None:
+    # The weights are fine; the loss is scaled. One rollback tests that: the restored weights'
+    # own loss grew alike, so the loss moved, not the weights; the abandoned weights come back
+    # and the bound holds the rest of the run, as clip_grad_norm_ would. Before, the guard
+    # rolled back to step 0 three times and ended near the untrained loss.
+    plain, _ = _weighted_run("none")
+    clipped, _ = _weighted_run("clip")
+    guarded, records = _weighted_run("guard")
+    assert math.isnan(plain) and 0.05 < clipped < 0.2
+    assert guarded <= 1.05 * clipped
+    kinds = [(r.action, r.reason) for r in records]
+    (rollback,) = [r for r in records if r.action is ActionKind.ROLLBACK]
+    (accept,) = [r for r in records if r.reason is Reason.REGIME_CHANGE]
+    assert 30 < rollback.step < 50 and accept.step == rollback.step + 2
+    assert not accept.applied and "abandoned did better" in accept.message
+    assert (ActionKind.ABORT, Reason.BUDGET_EXHAUSTED) not in kinds
+    assert all(r.applied for r in records[accept.step + 1 :])
+    assert all(r.clip_coef < 1.0 for r in records[accept.step + 1 :])  # the bound stays on

@@ -66,6 +66,7 @@ from gradguard.recover import (
     SnapshotStore,
     already_unscaled,
     capture_rng_state,
+    cpu_copy,
     reset_optimizer_state_,
     restore_rng_state,
 )
@@ -328,6 +329,9 @@ class Guard:
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._last_culprits: tuple[str, ...] = ()
         self._restored: tuple[int, int] | None = None  # (incident start, key) of the last rollback
+        # (progress, training state) the last rollback abandoned, kept while the policy probes
+        # whether the rollback was a diagnosis only (Decision.undo_rollback)
+        self._abandoned: tuple[int, dict[str, Any]] | None = None
         self._last_applied = False  # the last step was applied on finite gradients
         if snapshot_every is not None and self._foreign is None:
             self.snapshot()
@@ -513,6 +517,10 @@ class Guard:
             cause = f" {self._nonfinite_weights_cause()}"
         if decision.reset_baselines:
             self.monitor.reset_detectors()
+        if decision.undo_rollback and self._abandoned is not None:
+            self._progress, state = self._abandoned
+            self.parts.load(state, rollback=True, only=_TRAINING_PARTS)
+        self._abandoned = self._abandoned if self.policy.probing else None
         if kind is ActionKind.ROLLBACK:
             rolled_back_to, lost, message = self._rollback(decision)
         elif kind is ActionKind.RESET_OPTIMIZER_STATE:
@@ -673,6 +681,7 @@ class Guard:
         except BaseException:
             self.counters["snapshots"] -= 1
             raise
+        self.policy.snapshot_taken()
         return self._step
 
     def _snapshot_parts(self) -> StateRegistry:
@@ -814,6 +823,9 @@ class Guard:
         if skipped:
             why = f"the nearest that loads: {skipped}"
         self._restored = (before, key)
+        # HOST SYNC: a CPU copy of what is abandoned, in case the probe shows the loss moved,
+        # not the weights (rare: rollbacks only; dropped when the probe ends).
+        self._abandoned = (self._progress, cpu_copy(self.parts.save(only=_TRAINING_PARTS)))
         self.parts.load(state, rollback=True)
         if decision.reset_moments:
             reset_optimizer_state_(self.optimizer)

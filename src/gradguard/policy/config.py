@@ -187,6 +187,9 @@ class Decision:
         reset_moments: whether to reset the optimizer's moments (after restoring, if rolling back).
         reset_baselines: the loss level changed for good (the ``new loss level`` rung): the
             detectors' baselines must start over, as the policy's did.
+        undo_rollback: the last rollback was a diagnosis, and the weights it abandoned did
+            better at the new loss level than the restored ones: restore the training state it
+            abandoned (this step's gradient, of the restored weights, is not applied).
     """
 
     action: Action
@@ -197,3 +200,4 @@ class Decision:
     rollback_before: int | None = None
     reset_moments: bool = False
     reset_baselines: bool = False
+    undo_rollback: bool = False

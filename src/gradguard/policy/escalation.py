@@ -36,7 +36,12 @@ from gradguard.records import (
     Severity,
 )
 
-__all__ = ["EscalationPolicy"]
+__all__ = ["NEW_LEVEL_RATIO", "EscalationPolicy"]
+
+NEW_LEVEL_RATIO = 2.0
+"""How far above the restored weights' own loss (when they were current) the loss that led to a
+rollback must lie for the rollback's probe to test whether the loss, not the weights, changed: the
+smallest loss ratio that rolls back (an early explosion's climb)."""
 
 
 @dataclasses.dataclass
@@ -51,6 +56,7 @@ class _State:
     cooldown_until: int = -1
     protect_until: int = -1
     lr_scale: float = 1.0
+    incident_scale: float = 1.0  # ``lr_scale`` when the open incident began
     healthy_streak: int = 0
     overflow_streak: int = 0
     clipped_streak: int = 0
@@ -58,13 +64,15 @@ class _State:
     first_norm: float | None = None
     last_step: int | None = None
     last_loss: float = math.nan  # the last finite loss, remembered by a rollback's probe
+    first_loss: float = math.nan  # the loss of the weights the guard started from
     last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
     ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
-    # [step, loss, lr scale, persistent] of the last rollback, and the steps since it that
-    # failed alike
+    # [step, loss, lr scale, 0] of the last rollback (slot 3 is unused since 0.3), the steps
+    # since it that failed alike, and the loss the restored weights gave when they were current
+    # (NaN: unknown)
     probe: list[float] | None = None
+    loss_moved: bool = False  # this incident's loss level moved without the weights
     persistent: bool = False  # an escalation happened: the automatic bound stays on for good
-    was_persistent: bool = False  # ``persistent`` when the open incident began
     last_resort: bool = False  # the rollback budget was spent once: tight clip, rate capped
     last_applied_healthy: bool = False  # the last applied step was a healthy one
     history: list[str] = dataclasses.field(default_factory=list)
@@ -73,9 +81,11 @@ class _State:
 _ADDED_IN_0_2 = {
     "last_applied_healthy": False,
     "persistent": False,
-    "was_persistent": False,
     "last_resort": False,
     "clipped_streak": 0,
+    "first_loss": math.nan,
+    "loss_moved": False,
+    "incident_scale": 1.0,
 }
 """Defaults of fields a state saved by an older version lacks (fields it has that this version
 dropped are ignored)."""
@@ -138,6 +148,12 @@ class EscalationPolicy:
         """Whether ``step`` falls in an incident or in the protection window after an escalation."""
         return self._s.incident_start is not None or step < self._s.protect_until
 
+    @property
+    def probing(self) -> bool:
+        """Whether the steps right after a rollback are being watched for a new loss level (the
+        guard keeps the abandoned state until then, for :attr:`Decision.undo_rollback`)."""
+        return self._s.probe is not None
+
     def healthy_norm(self) -> float | None:
         """Median of the recent healthy gradient norms, or ``None`` before enough were seen."""
         norms = self._s.norms
@@ -188,6 +204,8 @@ class EscalationPolicy:
         s.last_step = t
         if obs.loss is not None and math.isfinite(obs.loss):
             s.last_loss = obs.loss
+            if math.isnan(s.first_loss):
+                s.first_loss = obs.loss
         if s.first_norm is None and obs.finite and obs.total_norm > 0.0:
             s.first_norm = obs.total_norm
         s.overflow_streak = s.overflow_streak + 1 if overflow else 0
@@ -207,7 +225,7 @@ class EscalationPolicy:
             s.isolated = (s.incident_start is None or s.isolated) and fault is not None
             if s.incident_start is None:
                 s.incident_start = t
-                s.was_persistent = s.persistent
+                s.incident_scale = s.lr_scale
             s.last_alert = t
         elif (
             s.incident_start is not None
@@ -224,7 +242,7 @@ class EscalationPolicy:
         if s.probe is not None and t - s.probe[0] > cfg.consecutive_limit:
             s.probe = None  # the restored weights got through: the rollback was right
         elif s.probe is not None:
-            alike = self._fails_alike(obs, read, fault, s.probe[1])
+            alike = self._fails_alike(obs, read, fault, before=s.probe[1], then=s.probe[5])
             s.probe[4] = s.probe[4] + 1.0 if alike else 0.0
             new_level = alike and s.probe[4] >= cfg.consecutive_limit
         fault_limit = cfg.consecutive_limit
@@ -279,27 +297,41 @@ class EscalationPolicy:
             max_backoffs=cfg.max_backoffs,
             faults=f"{len(s.faults)} faulty steps within {cfg.window} steps",
             new_level=new_level,
+            loss_moved=s.loss_moved,
             can_rollback=can_rollback,
         )
 
     @staticmethod
     def _fails_alike(
-        obs: Observation, alerts: Mapping[AlertKind, Alert], fault: Reason | None, before: float
+        obs: Observation,
+        alerts: Mapping[AlertKind, Alert],
+        fault: Reason | None,
+        *,
+        before: float,
+        then: float,
     ) -> bool:
         """Whether restored weights fail on this batch as high as the abandoned ones did.
 
-        Restored weights were healthy; a finite loss far above their healthy level (a
-        ``loss_high`` alert), at least a tenth of the loss ``before`` the rollback, which was as
-        far above, says the batches changed (a new task, dataset or curriculum stage), once the
-        same evidence that triggered the rollback is in: as many batches in a row. Non-finite
-        values, and a loss beyond the user's divergence threshold, are never a new normal.
+        The restored weights gave a loss ``then`` when they were current, and the rollback was
+        about a loss ``before`` at least ``NEW_LEVEL_RATIO`` times that. When on new batches
+        they give a loss nearer ``before`` than ``then`` (above their geometric mean), the loss
+        changed, not the weights: a new task, dataset or curriculum stage, or a loss weight on a
+        schedule. (With ``then`` unknown, a snapshot from an older version, a ``loss_high``
+        alert at a tenth of ``before`` or more is the evidence.) It counts once as many batches
+        in a row say so as triggered the rollback. Non-finite values, and a loss beyond the
+        user's divergence threshold, are never a new normal.
         """
-        high = alerts.get(AlertKind.LOSS_HIGH)
-        if high is None or high.value is None or high.threshold is None:
-            return False
         if fault in (Reason.DIVERGENCE, Reason.NONFINITE_GRAD, Reason.NONFINITE_LOSS):
             return False
-        if not obs.finite or not math.isfinite(before):
+        loss = obs.loss
+        if not obs.finite or loss is None or not math.isfinite(loss) or not math.isfinite(before):
+            return False
+        if math.isfinite(then) and then > 0.0:
+            return before >= NEW_LEVEL_RATIO * then and loss >= max(
+                math.sqrt(before * then), NEW_LEVEL_RATIO * then
+            )
+        high = alerts.get(AlertKind.LOSS_HIGH)
+        if high is None or high.value is None or high.threshold is None:
             return False
         return before >= high.threshold and high.value >= 0.1 * before
 
@@ -363,7 +395,7 @@ class EscalationPolicy:
             why = rung.why.format(
                 consecutive=sit.consecutive, faults=sit.faults, backoffs=sit.backoffs
             )
-            return self._rollback(t, rung.reason or sit.fault, what, why, sit.can_rollback)
+            return self._rollback(sit, rung.reason or sit.fault, what, why)
         return self._skip(sit, what)
 
     def _unstable_reason(self, sit: Situation) -> Reason:
@@ -495,8 +527,10 @@ class EscalationPolicy:
     def _accept_new_level(self, sit: Situation) -> Decision:
         """Take a confirmed change of the data's loss level as the new normal."""
         s, t, obs = self._s, sit.step, sit.obs
-        step, loss, scale, persistent, _ = s.probe or [float(t), math.nan, s.lr_scale, 0.0, 0.0]
-        s.persistent = bool(persistent)  # the incident was the data's change, not instability
+        step, loss = (s.probe or [float(t), math.nan])[:2]
+        # The incident's warnings were the loss's doing, not the step size's: its backoffs
+        # are undone too.
+        scale = max(s.lr_scale, s.incident_scale) if s.probe else s.lr_scale
         if s.rollbacks and s.rollbacks[-1] == int(step):
             s.rollbacks.pop()  # the rollback was a diagnosis, not a rescue: refunded
         s.lr_scale = scale
@@ -508,16 +542,37 @@ class EscalationPolicy:
         s.faults = []
         s.consecutive = 0
         s.protect_until = s.cooldown_until = t
+        # The weights the rollback abandoned gave ``loss`` before it; the restored ones give
+        # more now: the abandoned ones did better at the new level and come back (a task half
+        # learned, or progress made under a growing loss weight, is not thrown away).
+        undo = obs.loss is not None and obs.loss > loss
+        # The bound stays on (``persistent``, set by the rollback), from the new level's first
+        # norm: a loss scale that moved once may move again (a loss weight on a schedule), and
+        # clipping is what keeps plain SGD through it.
+        bound = None if undo else self._bound(True, None)
+        coef = 1.0 if undo else _coefficients(obs, bound)[2]
+        # Every snapshot so far holds weights from before the change, which a rollback's probe
+        # would find "as bad" again: until a newer one exists (see snapshot_taken), the rules
+        # that read the loss level (stuck, drift, early explosion) roll nothing back.
+        s.loss_moved = True
         message = (
             f"The weights restored by the rollback at step {int(step)}, healthy before, give "
             f"a loss of {obs.loss:.4g} on new batches, as high as the {loss:.4g} that "
             "triggered it, so the data changed, not the weights: the new level is accepted "
             "(loss and gradient baselines start over, the rollback is not counted, "
-            f"learning-rate scale back to {scale:.3g}) and the step applied."
+            f"learning-rate scale back to {scale:.3g})"
         )
+        if undo:
+            message += "; the weights it abandoned did better and are restored, this step skipped."
+        else:
+            scaled = f" with gradients scaled by {coef:.3g}" if coef < 1.0 - CLIP_TOLERANCE else ""
+            message += f" and the step applied{scaled}."
         self._remember(message)
-        action = Action(ActionKind.PROCEED, Reason.REGIME_CHANGE, message)
-        return Decision(action, apply=True, lr_scale=s.lr_scale, reset_baselines=True)
+        kind = ActionKind.SKIP if undo else ActionKind.PROCEED
+        action = Action(kind, Reason.REGIME_CHANGE, message)
+        return Decision(
+            action, not undo, s.lr_scale, bound, coef, reset_baselines=True, undo_rollback=undo
+        )
 
     def _escalated(self, t: int) -> None:
         s, cfg = self._s, self.config
@@ -559,10 +614,8 @@ class EscalationPolicy:
         action = Action(ActionKind.BACKOFF, reason, message)
         return Decision(action, apply, s.lr_scale, bound, coef)
 
-    def _rollback(
-        self, t: int, reason: Reason | None, what: str, why: str, can_rollback: bool
-    ) -> Decision:
-        s, cfg = self._s, self.config
+    def _rollback(self, sit: Situation, reason: Reason | None, what: str, why: str) -> Decision:
+        s, cfg, t, can_rollback = self._s, self.config, sit.step, sit.can_rollback
         reason = reason or Reason.REPEATED_FAULTS
         last_resort = ""
         if len(s.rollbacks) >= cfg.max_rollbacks and not s.last_resort and can_rollback:
@@ -583,8 +636,13 @@ class EscalationPolicy:
             action = Action(ActionKind.ABORT, Reason.BUDGET_EXHAUSTED, message)
             return Decision(action, apply=False, lr_scale=s.lr_scale)
         old = s.lr_scale
+        # A rollback over a finite loss and finite gradients was about the loss level: the next
+        # steps probe whether the loss, not the weights, changed. Non-finite values are never
+        # a new normal, and the last finite loss before them says nothing of the level.
+        loss = sit.obs.loss if sit.obs.loss is not None else math.nan
+        about_level = sit.obs.finite and math.isfinite(loss)
         s.probe = (
-            [float(t), s.last_loss, old, float(s.was_persistent), 0.0] if can_rollback else None
+            [float(t), loss, old, 0.0, 0.0, math.nan] if can_rollback and about_level else None
         )
         if cfg.backoff_on_rollback:
             # The k-th rollback in the window backs off k times: a rate 100x too high is found
@@ -622,25 +680,37 @@ class EscalationPolicy:
         action = Action(ActionKind.RESET_OPTIMIZER_STATE, reason, message)
         return Decision(action, apply=False, lr_scale=s.lr_scale, reset_moments=True)
 
+    def snapshot_taken(self) -> None:
+        """The guard took a snapshot: a rollback can reach weights from after an accepted change
+        of the loss level, so that level is evidence about the weights again."""
+        self._s.loss_moved = False
+
     def _remember(self, message: str) -> None:
         self._s.history = [*self._s.history[-7:], message]
 
     # ---------------------------------------------------------------- state
     def baselines(self) -> dict[str, list[float]]:
-        """The healthy norms the automatic bound follows (a snapshot's part).
+        """The healthy norms the automatic bound follows, and the last loss (a snapshot's part).
 
         A rollback restores them with :meth:`load_baselines`, so the restored weights are judged
         against what was healthy for them, not against the trajectory that was abandoned; the
         budgets, the incident and the learning-rate scale stay live.
         """
-        return {"norms": list(self._s.norms)}
+        return {"norms": list(self._s.norms), "loss": [self._s.last_loss]}
 
     def load_baselines(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`baselines`, even empty ones (a snapshot from before any history).
 
-        With none, they are relearned (the early-explosion detector watches that warm-up).
+        With none, they are relearned (the early-explosion detector watches that warm-up). The
+        loss the restored weights gave when current goes to the rollback's probe: the last loss
+        before the snapshot, or, for one taken before any step, the run's first loss (the loss
+        of exactly those weights).
         """
-        self._s.norms = [float(v) for v in state["norms"]]
+        s = self._s
+        s.norms = [float(v) for v in state["norms"]]
+        then = float(state.get("loss", [math.nan])[0])
+        if s.probe is not None:
+            s.probe[5] = then if math.isfinite(then) else s.first_loss
 
     def state_dict(self) -> dict[str, Any]:
         """All mutable state as plain Python values (ints, floats, lists, ``None``)."""
@@ -664,8 +734,9 @@ class EscalationPolicy:
             )
         fields = dataclasses.fields(_State)
         self._s = _State(**{f.name: _convert(str(f.type), state[f.name]) for f in fields})
-        if self._s.probe is not None and len(self._s.probe) == 4:  # saved by 0.2
-            self._s.probe.append(0.0)
+        probe = self._s.probe
+        if probe is not None:  # saved by 0.2: without the count of alike steps, or ``then``
+            probe.extend([0.0, math.nan][len(probe) - 4 :])
         if "skip_spikes" in state:
             self._skip_spikes = bool(state["skip_spikes"])
 

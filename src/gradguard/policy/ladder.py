@@ -138,6 +138,8 @@ class Situation:
         faults: the faults counted in the window, in words.
         new_level: right after a rollback, the restored weights failed as high as the abandoned
             ones did, on ``consecutive_limit`` batches in a row (see ``_fails_alike``).
+        loss_moved: a new loss level was accepted and no snapshot was taken since: the loss
+            level moved without the weights, so the rules that read it roll nothing back.
         can_rollback: a snapshot exists to roll back to.
     """
 
@@ -162,6 +164,7 @@ class Situation:
     max_backoffs: int
     faults: str
     new_level: bool
+    loss_moved: bool
     can_rollback: bool
 
     @property
@@ -177,8 +180,18 @@ class Situation:
     def stuck(self) -> bool:
         """The loss level stayed far above healthy through an incident the remedies did not end
         (and the last of them had its cool-down to show an effect)."""
-        stuck = AlertKind.LOSS_STUCK in self.alerts
-        return self.fault is None and stuck and self.protected and not self.cooling
+        return self.protected and not self.cooling and self.loss_says(AlertKind.LOSS_STUCK)
+
+    @property
+    def grows(self) -> bool:
+        """A warning says the step size is past the stability limit, and no accepted change of the
+        loss level explains the growth instead (see ``loss_moved``)."""
+        return self.unstable and not self.loss_moved
+
+    def loss_says(self, kind: AlertKind) -> bool:
+        """A finite step whose loss-level alert ``kind`` may indict the weights (see
+        ``loss_moved``)."""
+        return self.fault is None and not self.loss_moved and kind in self.alerts
 
     @property
     def oscillating(self) -> bool:
@@ -216,21 +229,21 @@ LADDER: tuple[Rung, ...] = (
     Rung("new loss level", lambda s: s.new_level, Move.ACCEPT, Reason.REGIME_CHANGE),
     Rung(
         "early explosion",
-        lambda s: s.fault is None and s.alert(AlertKind.EARLY_EXPLOSION) is not None,
+        lambda s: s.loss_says(AlertKind.EARLY_EXPLOSION),
         Move.RESTART,
         Reason.EARLY_EXPLOSION,
         "the run is exploding from its first steps",
     ),
     Rung(
         "drift since a growth began",
-        lambda s: s.fault is None and s.alert(AlertKind.LOSS_DRIFT) is not None,
+        lambda s: s.loss_says(AlertKind.LOSS_DRIFT),
         Move.ROLLBACK,
         Reason.GROWTH_TREND,
         "the weights have drifted since then",
     ),
     Rung(
         "unstable step",
-        lambda s: s.fault is None and (s.unstable or s.oscillating) and s.may_back_off,
+        lambda s: s.fault is None and (s.grows or s.oscillating) and s.may_back_off,
         Move.BACKOFF,
     ),
     Rung("finite step", lambda s: s.fault is None, Move.APPLY),

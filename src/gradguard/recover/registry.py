@@ -59,9 +59,10 @@ class StateRegistry:
             raise ValueError(f"the snapshot part {name!r} is registered twice")
         self._parts[name] = _Part(save, load, on_rollback, on_resume, saved)
 
-    def save(self) -> dict[str, Any]:
-        """The state of every part, by name."""
-        return {name: p.save() if p.saved() else None for name, p in self._parts.items()}
+    def save(self, *, only: Collection[str] | None = None) -> dict[str, Any]:
+        """The state of every part (or of the parts named in ``only``), by name."""
+        parts = self._parts.items()
+        return {n: p.save() if p.saved() else None for n, p in parts if only is None or n in only}
 
     def load(
         self, state: Mapping[str, Any], *, rollback: bool, only: Collection[str] | None = None
