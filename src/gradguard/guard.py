@@ -520,6 +520,8 @@ class Guard:
         if decision.undo_rollback and self._abandoned is not None:
             self._progress, state = self._abandoned
             self.parts.load(state, rollback=True, only=_TRAINING_PARTS)
+            if decision.reset_moments:
+                reset_optimizer_state_(self.optimizer)
         self._abandoned = self._abandoned if self.policy.probing else None
         if kind is ActionKind.ROLLBACK:
             rolled_back_to, lost, message = self._rollback(decision)

@@ -571,7 +571,16 @@ class EscalationPolicy:
         kind = ActionKind.SKIP if undo else ActionKind.PROCEED
         action = Action(kind, Reason.REGIME_CHANGE, message)
         return Decision(
-            action, not undo, s.lr_scale, bound, coef, reset_baselines=True, undo_rollback=undo
+            action,
+            not undo,
+            s.lr_scale,
+            bound,
+            coef,
+            # The abandoned moments remember the gradients before the bound: reset, as the
+            # rollback reset the restored ones.
+            reset_moments=undo and self.config.reset_moments,
+            reset_baselines=True,
+            undo_rollback=undo,
         )
 
     def _escalated(self, t: int) -> None:
