@@ -763,3 +763,10 @@ def test_after_a_new_level_the_loss_rules_roll_back_only_once_a_newer_snapshot_e
     policy.snapshot_taken()
     again = policy.decide(_obs(41, norm=50.0, loss=80.0), [drift])
     assert again.action.kind is ActionKind.ROLLBACK
+
+
+def test_a_snapshot_s_loss_is_the_median_of_the_last_few_not_one_outlier() -> None:
+    policy = EscalationPolicy()
+    for t, loss in enumerate([9.0, 1.0, 1.2, 0.01, 1.1, 0.9]):  # one batch far below, one above
+        policy.decide(_obs(t, loss=loss))
+    assert policy.baselines()["loss"] == [1.0]  # the median of the last five

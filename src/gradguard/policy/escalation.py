@@ -38,6 +38,10 @@ from gradguard.records import (
 
 __all__ = ["NEW_LEVEL_RATIO", "EscalationPolicy"]
 
+SNAPSHOT_LOSSES = 5
+"""How many of the last finite losses give, by their median, the loss of a snapshot's weights
+(one batch's loss alone may be an outlier either way)."""
+
 NEW_LEVEL_RATIO = 2.0
 """How far above the restored weights' own loss (when they were current) the loss that led to a
 rollback must lie for the rollback's probe to test whether the loss, not the weights, changed: the
@@ -63,7 +67,8 @@ class _State:
     norms: list[float] = dataclasses.field(default_factory=list)
     first_norm: float | None = None
     last_step: int | None = None
-    last_loss: float = math.nan  # the last finite loss, remembered by a rollback's probe
+    # the last few finite losses: their median is the loss a snapshot's weights gave
+    losses: list[float] = dataclasses.field(default_factory=list)
     first_loss: float = math.nan  # the loss of the weights the guard started from
     last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
     ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
@@ -85,6 +90,7 @@ _ADDED_IN_0_2 = {
     "clipped_streak": 0,
     "first_loss": math.nan,
     "loss_moved": False,
+    "losses": [],
     "incident_scale": 1.0,
 }
 """Defaults of fields a state saved by an older version lacks (fields it has that this version
@@ -203,7 +209,7 @@ class EscalationPolicy:
         s, cfg, t = self._s, self.config, obs.step
         s.last_step = t
         if obs.loss is not None and math.isfinite(obs.loss):
-            s.last_loss = obs.loss
+            s.losses = keep_last(s.losses, obs.loss, SNAPSHOT_LOSSES)
             if math.isnan(s.first_loss):
                 s.first_loss = obs.loss
         if s.first_norm is None and obs.finite and obs.total_norm > 0.0:
@@ -705,7 +711,11 @@ class EscalationPolicy:
         against what was healthy for them, not against the trajectory that was abandoned; the
         budgets, the incident and the learning-rate scale stay live.
         """
-        return {"norms": list(self._s.norms), "loss": [self._s.last_loss]}
+        losses = self._s.losses
+        return {
+            "norms": list(self._s.norms),
+            "loss": [statistics.median(losses) if losses else math.nan],
+        }
 
     def load_baselines(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`baselines`, even empty ones (a snapshot from before any history).
