@@ -36,16 +36,16 @@ from gradguard.records import (
     Severity,
 )
 
-__all__ = ["NEW_LEVEL_RATIO", "EscalationPolicy"]
+__all__ = ["EscalationPolicy"]
 
 SNAPSHOT_LOSSES = 5
 """How many of the last finite losses give, by their median, the loss of a snapshot's weights
 (one batch's loss alone may be an outlier either way)."""
 
 NEW_LEVEL_RATIO = 2.0
-"""How far above the restored weights' own loss (when they were current) the loss that led to a
-rollback must lie for the rollback's probe to test whether the loss, not the weights, changed: the
-smallest loss ratio that rolls back (an early explosion's climb)."""
+"""A rollback's probe compares losses only this far apart or more: the loss that led to the
+rollback and the one the restored weights gave when current, and the one they give now and then
+(closer than twice, one batch's noise could decide)."""
 
 
 @dataclasses.dataclass
@@ -72,11 +72,11 @@ class _State:
     first_loss: float = math.nan  # the loss of the weights the guard started from
     last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
     ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
-    # [step, loss, lr scale, 0] of the last rollback (slot 3 is unused since 0.3), the steps
-    # since it that failed alike, and the loss the restored weights gave when they were current
-    # (NaN: unknown)
+    # [step, loss] of the last rollback (slots 2 and 3 are unused since 0.3), the steps since it
+    # that failed alike, and the loss the restored weights gave when they were current (NaN:
+    # unknown)
     probe: list[float] | None = None
-    loss_moved: bool = False  # this incident's loss level moved without the weights
+    loss_moved: bool = False  # a new loss level was accepted since the newest snapshot
     persistent: bool = False  # an escalation happened: the automatic bound stays on for good
     last_resort: bool = False  # the rollback budget was spent once: tight clip, rate capped
     last_applied_healthy: bool = False  # the last applied step was a healthy one
@@ -320,12 +320,13 @@ class EscalationPolicy:
 
         The restored weights gave a loss ``then`` when they were current, and the rollback was
         about a loss ``before`` at least ``NEW_LEVEL_RATIO`` times that. When on new batches
-        they give a loss nearer ``before`` than ``then`` (above their geometric mean), the loss
-        changed, not the weights: a new task, dataset or curriculum stage, or a loss weight on a
-        schedule. (With ``then`` unknown, a snapshot from an older version, a ``loss_high``
-        alert at a tenth of ``before`` or more is the evidence.) It counts once as many batches
-        in a row say so as triggered the rollback. Non-finite values, and a loss beyond the
-        user's divergence threshold, are never a new normal.
+        they give a loss nearer ``before`` than ``then`` (above their geometric mean, and at
+        least ``NEW_LEVEL_RATIO`` times ``then``), the loss changed, not the weights: a new
+        task, dataset or curriculum stage, or a loss weight on a schedule. (With ``then``
+        unknown, a snapshot from an older version, a ``loss_high`` alert at a tenth of
+        ``before`` or more is the evidence.) It counts once as many batches in a row say so as
+        triggered the rollback. Non-finite values, and a loss beyond the user's divergence
+        threshold, are never a new normal.
         """
         if fault in (Reason.DIVERGENCE, Reason.NONFINITE_GRAD, Reason.NONFINITE_LOSS):
             return False
@@ -533,10 +534,10 @@ class EscalationPolicy:
     def _accept_new_level(self, sit: Situation) -> Decision:
         """Take a confirmed change of the data's loss level as the new normal."""
         s, t, obs = self._s, sit.step, sit.obs
-        step, loss = (s.probe or [float(t), math.nan])[:2]
+        step, loss, _, _, _, then = s.probe or [float(t), math.nan, 0.0, 0.0, 0.0, math.nan]
         # The incident's warnings were the loss's doing, not the step size's: its backoffs
-        # are undone too.
-        scale = max(s.lr_scale, s.incident_scale) if s.probe else s.lr_scale
+        # are undone with the rollback's.
+        scale = max(s.lr_scale, s.incident_scale)
         if s.rollbacks and s.rollbacks[-1] == int(step):
             s.rollbacks.pop()  # the rollback was a diagnosis, not a rescue: refunded
         s.lr_scale = scale
@@ -561,12 +562,13 @@ class EscalationPolicy:
         # would find "as bad" again: until a newer one exists (see snapshot_taken), the rules
         # that read the loss level (stuck, drift, early explosion) roll nothing back.
         s.loss_moved = True
+        own = f" than to the {then:.4g} they gave when current" if math.isfinite(then) else ""
         message = (
-            f"The weights restored by the rollback at step {int(step)}, healthy before, give "
-            f"a loss of {obs.loss:.4g} on new batches, as high as the {loss:.4g} that "
-            "triggered it, so the data changed, not the weights: the new level is accepted "
-            "(loss and gradient baselines start over, the rollback is not counted, "
-            f"learning-rate scale back to {scale:.3g})"
+            f"The weights restored by the rollback at step {int(step)} give a loss of "
+            f"{obs.loss:.4g} on new batches, closer to the {loss:.4g} that triggered it{own}, "
+            "so the data changed, not the weights: the new level is accepted (loss and "
+            "gradient baselines start over, the rollback is not counted, learning-rate scale "
+            f"back to {scale:.3g})"
         )
         if undo:
             message += "; the weights it abandoned did better and are restored, this step skipped."
@@ -705,7 +707,7 @@ class EscalationPolicy:
 
     # ---------------------------------------------------------------- state
     def baselines(self) -> dict[str, list[float]]:
-        """The healthy norms the automatic bound follows, and the last loss (a snapshot's part).
+        """The healthy norms the automatic bound follows, and the loss level (a snapshot's part).
 
         A rollback restores them with :meth:`load_baselines`, so the restored weights are judged
         against what was healthy for them, not against the trajectory that was abandoned; the
@@ -721,8 +723,8 @@ class EscalationPolicy:
         """Restore :meth:`baselines`, even empty ones (a snapshot from before any history).
 
         With none, they are relearned (the early-explosion detector watches that warm-up). The
-        loss the restored weights gave when current goes to the rollback's probe: the last loss
-        before the snapshot, or, for one taken before any step, the run's first loss (the loss
+        loss the restored weights gave when current goes to the rollback's probe: the median of
+        the last losses before the snapshot, or, for one taken before any step, the run's first loss (the loss
         of exactly those weights).
         """
         s = self._s
