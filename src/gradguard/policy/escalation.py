@@ -724,8 +724,8 @@ class EscalationPolicy:
 
         With none, they are relearned (the early-explosion detector watches that warm-up). The
         loss the restored weights gave when current goes to the rollback's probe: the median of
-        the last losses before the snapshot, or, for one taken before any step, the run's first loss (the loss
-        of exactly those weights).
+        the last losses before the snapshot, or, for one taken before any step, the run's first
+        loss (the loss of exactly those weights).
         """
         s = self._s
         s.norms = [float(v) for v in state["norms"]]
