@@ -13,7 +13,8 @@ from torch import nn
 
 from gradguard.errors import ConfigError, TrainingDivergedError
 from gradguard.integrations import GlobalGuard, HookedGuard, find_model, unwrap_optimizer
-from gradguard.integrations.hooks import LossTap, describe_model
+from gradguard.integrations._callbacks import LossMeter
+from gradguard.integrations.hooks import LossTap, add_loss, describe_model
 from gradguard.policy import PolicyConfig
 from gradguard.records import ActionKind, Severity
 from gradguard.sinks import read_jsonl
@@ -499,3 +500,23 @@ def test_a_model_held_deeper_than_a_variable_is_found_among_live_objects() -> No
         "(deeper than a variable or its attribute)"
     ]
     assert protection.guards[0].model is holder["nets"][0]
+
+
+def test_add_loss_sums_detached_one_element_float_losses_and_ignores_the_rest() -> None:
+    w = torch.tensor([2.0], requires_grad=True)
+    total = add_loss(None, w * 1.0)
+    assert total is not None and total.shape == () and not total.requires_grad
+    total = add_loss(total, torch.tensor(4.0, dtype=torch.float64), factor=0.5)
+    assert total is not None and total.dtype == torch.float32 and total.item() == 4.0
+    for not_a_loss in (torch.tensor(3), torch.ones(2), 1.0, None):
+        assert add_loss(total, not_a_loss) is None
+
+
+def test_loss_meter_means_the_losses_it_counted_and_starts_over() -> None:
+    meter = LossMeter()
+    meter.add(torch.tensor(1.0))
+    meter.add(torch.tensor(3.0), factor=2.0)  # a loss divided by 2 accumulated micro-batches
+    meter.add(torch.ones(3))  # not a loss: not counted in the mean
+    mean = meter.take()
+    assert mean is not None and mean.item() == 3.5
+    assert meter.take() is None

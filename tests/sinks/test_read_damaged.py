@@ -8,6 +8,7 @@ into tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,15 @@ def test_gradguard_report_warns_about_skipped_lines_and_succeeds(tmp_path: Path)
     assert "report: " in result.stdout and "(8 steps," in result.stdout
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "3 lines skipped: line 7:" in html
+
+
+def test_a_stream_hands_what_it_read_to_a_run_log_with_the_records_kept(tmp_path: Path) -> None:
+    path = _write(tmp_path / "kept.jsonl", [_rec(0), "not json", _rec(1), _rec(2), '{"step": 3'])
+    with LogStream(path) as stream:
+        kept = tuple(r for r in stream if r.step != 1)
+    log = stream.run_log(kept)
+    assert [r.step for r in log.records] == [0, 2]
+    assert (log.path, log.header) == (path, stream.header)
+    assert (log.skipped_count, log.skipped_last_line) == (1, 6)  # the header is line 1
+    assert [s.number for s in log.skipped] == [3]
+    assert log == dataclasses.replace(read_jsonl(path), records=kept)  # read_jsonl keeps all

@@ -20,7 +20,13 @@ from typing import Any
 from torch import Tensor, nn
 
 from gradguard.errors import ConfigError, TrainingDivergedError
-from gradguard.integrations.hooks import HookedGuard, describe_model, drop_grads, unwrap_optimizer
+from gradguard.integrations.hooks import (
+    HookedGuard,
+    add_loss,
+    describe_model,
+    drop_grads,
+    unwrap_optimizer,
+)
 from gradguard.records import CLIP_TOLERANCE, ActionKind, Severity, StepRecord
 from gradguard.sinks import JsonlSink, RankZeroSink, Sink, is_rank_zero
 
@@ -44,13 +50,9 @@ class LossMeter:
 
     def add(self, loss: Any, factor: float = 1.0) -> None:
         """Add one micro-batch loss times ``factor`` (only a one-element float tensor counts)."""
-        if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
-            return
-        value = loss.detach().reshape(()).float()
-        if factor != 1.0:  # no kernel on the usual micro-batch
-            value = value * factor
-        self._sum = value if self._sum is None else self._sum + value
-        self._count += 1
+        added = add_loss(self._sum, loss, factor)
+        if added is not None:
+            self._sum, self._count = added, self._count + 1
 
     def take(self) -> Tensor | None:
         """The mean loss since the last call (a 0-d device tensor), or ``None`` when none came."""
@@ -151,7 +153,6 @@ class CallbackGuards:
         self._restore: list[Mapping[str, Any]] = []
         self._finished: list[dict[str, Any]] = []
         self._order: list[int] = []
-        self._handles: list[Any] = []
         self._closed: dict[str, Any] | None = None
 
     def get(
@@ -181,16 +182,10 @@ class CallbackGuards:
             sinks.insert(0, JsonlSink(path, metadata=meta, if_exists="overwrite"))
         sinks.append(self.relay)
         hooked = HookedGuard(inner, model, sinks=sinks, **self.guard_options)
-        if pre_hook:
-            self._handles.append(
-                hooked.optimizer.register_step_pre_hook(lambda *_: self.before(hooked))
-            )
-        if post_hook:
-
-            def finish(*_: Any) -> None:
-                self.finish(hooked)
-
-            self._handles.append(hooked.optimizer.register_step_post_hook(finish))
+        hooked.hook_steps(
+            (lambda: self.before(hooked)) if pre_hook else None,
+            (lambda: self.finish(hooked)) if post_hook else None,
+        )
         self.guards[id(inner)] = hooked
         self._order.append(id(inner))
         if k < len(self._restore):
@@ -251,9 +246,6 @@ class CallbackGuards:
 
     def close(self) -> None:
         """Close every guard (hooks removed, logs complete); their summaries stay readable."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
         if self._order:
             self._closed = self.state_dict()
         for key in self._order:

@@ -59,6 +59,7 @@ __all__ = [
     "GlobalGuard",
     "HookedGuard",
     "LossTap",
+    "add_loss",
     "describe_model",
     "find_model",
     "is_launch_rank_zero",
@@ -233,16 +234,34 @@ class HookedGuard:
                 the gradients).
             after: register the post-step hook.
         """
-        if before:
-            self._handles.append(
-                self.optimizer.register_step_pre_hook(lambda *_: self.before_step())
-            )
-        if after:
+        return self.hook_steps(
+            self.before_step if before else None, self.after_step if after else None
+        )
 
-            def finish(*_: Any) -> None:
-                self.after_step()
+    def hook_steps(
+        self, before: Callable[[], object] | None, after: Callable[[], object] | None
+    ) -> HookedGuard:
+        """Run ``before``/``after`` from this optimizer's own step hooks, until :meth:`close`.
 
-            self._handles.append(self.optimizer.register_step_post_hook(finish))
+        :meth:`attach` passes the two halves themselves; a framework callback passes its own
+        wrappers of them (the loss it collected, what to do once the guard gave up).
+
+        Args:
+            before: called before each ``optimizer.step()``; ``None`` registers no pre-hook.
+            after: called after each ``optimizer.step()``; ``None`` registers no post-hook.
+        """
+        if before is not None:
+
+            def pre(*_: Any) -> None:  # a pre-hook's return value would replace step()'s args
+                before()
+
+            self._handles.append(self.optimizer.register_step_pre_hook(pre))
+        if after is not None:
+
+            def post(*_: Any) -> None:
+                after()
+
+            self._handles.append(self.optimizer.register_step_post_hook(post))
         return self
 
     def close(self) -> None:
@@ -252,6 +271,20 @@ class HookedGuard:
         self._handles.clear()
         self._lr.close()
         self.guard.close()
+
+
+def add_loss(total: Tensor | None, loss: Any, factor: float = 1.0) -> Tensor | None:
+    """``total`` plus ``loss`` times ``factor``, kept on the device (no host sync).
+
+    Only a one-element floating tensor is a loss (taken detached, as a 0-d float32); for anything
+    else the result is ``None`` and the caller's total stands. ``total`` ``None`` starts a sum.
+    """
+    if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        return None
+    value = loss.detach().reshape(()).float()
+    if factor != 1.0:  # no kernel on the usual micro-batch
+        value = value * factor
+    return value if total is None else total + value
 
 
 class LossTap:
@@ -308,16 +341,12 @@ class LossTap:
 
     def _add(self, tensors: Any) -> None:
         self._local.calls = self.calls + 1
-        if not isinstance(tensors, Tensor) or tensors.numel() != 1:
-            return
-        if not tensors.is_floating_point():
-            return
-        value = tensors.detach().reshape(()).float()
         total: Tensor | None = getattr(self._local, "total", None)
-        if total is None or total.device != value.device:
-            self._local.total = value
-        else:
-            self._local.total = total + value
+        if total is not None and isinstance(tensors, Tensor) and total.device != tensors.device:
+            total = None  # a loss on another device starts the sum over (adding would fail)
+        added = add_loss(total, tensors)
+        if added is not None:
+            self._local.total = added
 
     def take(self) -> Tensor | None:
         """The sum of the losses seen on this thread since the last call (a device scalar)."""

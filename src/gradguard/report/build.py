@@ -16,7 +16,7 @@ from gradguard.report.blocks import Plot
 from gradguard.report.digest import RunDigest
 from gradguard.report.page import Page, render_page
 from gradguard.report.summary import RunSummary, summarize
-from gradguard.sinks import LogStream, RunLog
+from gradguard.sinks import LogStream
 
 __all__ = ["REPORT_NAME", "BuiltReport", "build_report", "default_report_dir", "write_report"]
 
@@ -107,14 +107,7 @@ def write_report(
     digest = RunDigest()
     with LogStream(log_path) as stream:
         summary = summarize(digest.feed(stream))
-    log = RunLog(
-        path=stream.path,
-        header=stream.header,
-        records=digest.records(),  # the events and their context; the summary counted all
-        skipped_last_line=stream.skipped_last_line,
-        skipped=tuple(stream.skipped),
-        skipped_count=stream.skipped_count,
-    )
+    log = stream.run_log(digest.records())  # the events and their context; summary counted all
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     stored = log.header.metadata.get("analysis")

@@ -200,6 +200,20 @@ class LogStream:
             return None
         return describe_skipped(self.skipped_count, tuple(self.skipped))
 
+    def run_log(self, records: tuple[StepRecord, ...]) -> RunLog:
+        """What this stream read, as a :class:`RunLog` holding ``records`` (all, or those kept).
+
+        Call it once the stream is iterated: only then are the skipped lines all counted.
+        """
+        return RunLog(
+            path=self.path,
+            header=self.header,
+            records=records,
+            skipped_last_line=self.skipped_last_line,
+            skipped=tuple(self.skipped),
+            skipped_count=self.skipped_count,
+        )
+
     def close(self) -> None:
         """Close the file (iteration ends); closing twice is harmless."""
         self._file.close()
@@ -237,15 +251,7 @@ def read_jsonl(path: str | os.PathLike[str], *, strict: bool = False) -> RunLog:
             ``strict=True``) holds an invalid line before its last one.
     """
     with LogStream(path, strict=strict) as stream:
-        records = tuple(stream)
-    return RunLog(
-        path=stream.path,
-        header=stream.header,
-        records=records,
-        skipped_last_line=stream.skipped_last_line,
-        skipped=tuple(stream.skipped),
-        skipped_count=stream.skipped_count,
-    )
+        return stream.run_log(tuple(stream))
 
 
 def parse_record(data: Any) -> StepRecord:
