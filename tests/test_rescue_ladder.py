@@ -238,3 +238,28 @@ def test_a_loss_weight_that_runs_away_is_clipped_through_not_rolled_back_again_a
     assert (ActionKind.ABORT, Reason.BUDGET_EXHAUSTED) not in kinds
     assert all(r.applied for r in records[accept.step + 1 :])
     assert all(r.clip_coef < 1.0 for r in records[accept.step + 1 :])  # the bound stays on
+
+
+def test_lbfgs_is_not_clipped_by_the_automatic_bound_and_survives_its_ramp() -> None:
+    # LBFGS at 100x with a rising rate (a run of the generated family, seed 1, never tuned on).
+    # Its step comes from a curvature model fitted to gradient differences: gradients clipped
+    # by a factor that changes from step to step corrupted it, and the guard ended at a loss of
+    # 230 after five rollbacks. Unclipped, skipped and rolled back as needed, it trains.
+    from gradguard.scenarios import generate
+
+    (spec,) = [s for s in generate.generate(seed=1) if s.id == "mlp-lbfgs-x100-ramp-none#56"]
+    guards: list[gg.Guard] = []
+
+    def guarded(run: generate.GeneratedRun) -> generate.Stepper:
+        guard = gg.Guard(run.model, run.optimizer, scheduler=run.scheduler)
+        guards.append(guard)
+        return lambda loss, closure: guard.step(closure=closure)
+
+    result = generate.run(spec, guarded)
+    assert guards[0].policy.clip is None and guards[0].counters["clipped"] == 0
+    assert math.isnan(generate.run(spec).final)  # unguarded
+    assert result.finite and result.final < 0.1
+    # An explicit bound is still honoured: the user asked for it.
+    model = nn.Linear(4, 1)
+    explicit = gg.Guard(model, torch.optim.LBFGS(model.parameters()), clip=0.5)
+    assert explicit.policy.clip == 0.5

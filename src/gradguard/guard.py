@@ -259,7 +259,13 @@ class Guard:
         )
         self._clipper: Clipper | None = None
         mode: ClipMode
-        if clip is None or clip == "auto":
+        if clip == "auto" and self._needs_closure:
+            # A quasi-Newton step (LBFGS) is set by its curvature model, fitted to differences
+            # of gradients: scaled gradients are scaled back by it, and a factor that changes
+            # from step to step corrupts it. Left unclipped, it is guarded by skips, backoffs
+            # and rollbacks; an explicit clip=float is still honoured.
+            mode = None
+        elif clip is None or clip == "auto":
             mode = clip
         elif isinstance(clip, (int, float)) and not isinstance(clip, bool):
             mode = check_positive(
