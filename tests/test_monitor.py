@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 import gradguard as gg
 from gradguard.detect import SpikeDetector
 from gradguard.errors import ConfigError, NoGradientsError
-from gradguard.records import ActionKind, Reason, StepRecord
+from gradguard.records import (
+    ActionKind,
+    Alert,
+    AlertKind,
+    Observation,
+    Reason,
+    Severity,
+    StepRecord,
+)
+from gradguard.sinks import ConsoleSink
 from tests.host_sync import count_host_syncs
 
 
@@ -66,7 +79,11 @@ def test_a_blow_up_is_reported_with_records_summary_and_history() -> None:
     summary = monitor.summary()
     assert summary["steps"] == 40 and not summary["healthy"]
     assert summary["first_alert_step"] == 35
-    assert summary["by_kind"]["grad_norm_spike"] == 5
+    # Spikes at steps 35-39: one incident, told as a warning and once more as it turned
+    # critical; the loss spikes beside them and the later spikes are repeats.
+    assert summary["counts"]["grad_norm_spike"] == {"warning": 1, "critical": 1}
+    assert "loss_spike" not in summary["by_kind"]
+    assert summary["alerts_with_repeats"] == summary["alerts"] + 3 + 5
     assert summary["max_norm"] == pytest.approx(monitor.last.total_norm)
     assert set(summary["culprits"]) <= {name for name, _ in model.named_parameters()}
     assert len(monitor.history.observations) == 8
@@ -74,6 +91,46 @@ def test_a_blow_up_is_reported_with_records_summary_and_history() -> None:
     json.dumps(summary)
     monitor.close()
     assert sink.closed
+
+
+class _AlarmEveryStep:
+    """A detector that raises the same warning at every step from ``start`` on."""
+
+    name = "alarm"
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def update(self, obs: Observation) -> list[Alert]:
+        if obs.step < self.start:
+            return []
+        return [Alert(obs.step, Severity.WARNING, AlertKind.GROWTH_TREND, "norm keeps growing")]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+def test_an_incident_with_repeats_is_counted_and_shown_once() -> None:
+    model = _model()
+    buffer = io.StringIO()
+    console = ConsoleSink(every=100, console=Console(file=buffer, width=200, color_system=None))
+    monitor = gg.Monitor(model, detectors=[_AlarmEveryStep(5)], sinks=[console])
+    for _ in range(12):  # the warning at steps 5-11: one incident, then six repeats
+        monitor.observe(_backward(model))
+    summary = monitor.summary()
+    assert summary["counts"] == {"growth_trend": {"warning": 1}}
+    assert summary["by_kind"] == {"growth_trend": 1} and summary["by_severity"] == {"warning": 1}
+    assert summary["alerts"] == 1 and summary["alerts_with_repeats"] == 7
+    assert sum("WARNING" in line for line in buffer.getvalue().splitlines()) == 1
+    resumed = gg.Monitor(model, detectors=[_AlarmEveryStep(5)])
+    resumed.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+    assert resumed.summary() == summary
+    older = {k: v for k, v in monitor.state_dict().items() if k != "repeats"}
+    resumed.load_state_dict(older)  # saved before repeats were kept apart: every alert counts
+    assert resumed.summary()["by_kind"] == {"growth_trend": 7}
 
 
 @pytest.mark.parametrize("at", [0, 1, 19, 20, 30])

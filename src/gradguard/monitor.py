@@ -179,7 +179,8 @@ class Monitor:
         self._latch = IncidentLatch()  # marks an incident's later alerts as repeats
         self._step = 0
         self._last: Observation | None = None
-        self._counts: dict[str, dict[str, int]] = {}
+        self._counts: dict[str, dict[str, int]] = {}  # every alert, repeats included
+        self._repeats: dict[str, dict[str, int]] = {}  # the repeats among them
         self._first_alert: int | None = None
         self._first_critical: int | None = None
         self._max_norm: float | None = None
@@ -301,23 +302,38 @@ class Monitor:
     def summary(self) -> dict[str, Any]:
         """What the run looked like so far, as plain data.
 
+        Alerts are counted as a person is told them: an incident once, not its repeats (the
+        alerts :class:`~gradguard.detect.episode.IncidentLatch` marked ``repeat``).
+
         Returns:
-            A dict with ``steps``; ``alerts`` (total count); ``counts`` (kind -> severity ->
-            count), ``by_kind`` and ``by_severity``; ``first_alert_step`` (first warning or
-            critical alert) and ``first_critical_step``; ``max_norm`` (largest finite global
-            norm); ``nonfinite_steps``; ``culprits`` (tensor names most often blamed, most
-            blamed first); and ``healthy`` (no warning or critical alert so far).
+            A dict with ``steps``; ``alerts`` (alerts that are not repeats: one per incident,
+            plus info alerts); ``alerts_with_repeats`` (every alert raised, repeats included);
+            ``counts`` (kind -> severity -> count of non-repeats), ``by_kind`` and
+            ``by_severity`` (the same, summed per kind and per severity; kinds that only
+            repeated are left out); ``first_alert_step`` (first warning or critical alert) and
+            ``first_critical_step``; ``max_norm`` (largest finite global norm);
+            ``nonfinite_steps``; ``culprits`` (tensor names most often blamed, most blamed
+            first); and ``healthy`` (no warning or critical alert so far).
         """
-        by_kind = {kind: sum(per.values()) for kind, per in self._counts.items()}
+        counts: dict[str, dict[str, int]] = {}
+        for kind, per in self._counts.items():
+            repeats = self._repeats.get(kind, {})
+            told = {
+                sev: n - repeats.get(sev, 0) for sev, n in per.items() if n > repeats.get(sev, 0)
+            }
+            if told:
+                counts[kind] = told
+        by_kind = {kind: sum(per.values()) for kind, per in counts.items()}
         by_severity: dict[str, int] = {}
-        for per in self._counts.values():
+        for per in counts.values():
             for severity, count in per.items():
                 by_severity[severity] = by_severity.get(severity, 0) + count
         ranked = sorted(self._culprits.items(), key=lambda item: (-item[1], item[0]))
         return {
             "steps": self._step,
             "alerts": sum(by_kind.values()),
-            "counts": {kind: dict(per) for kind, per in self._counts.items()},
+            "alerts_with_repeats": sum(sum(per.values()) for per in self._counts.values()),
+            "counts": counts,
             "by_kind": by_kind,
             "by_severity": by_severity,
             "first_alert_step": self._first_alert,
@@ -339,6 +355,7 @@ class Monitor:
             "step": self._step,
             "detectors": self.detector_state(),
             "counts": {kind: dict(per) for kind, per in self._counts.items()},
+            "repeats": {kind: dict(per) for kind, per in self._repeats.items()},
             "first_alert": self._first_alert,
             "first_critical": self._first_critical,
             "max_norm": self._max_norm,
@@ -410,7 +427,9 @@ class Monitor:
         if "latch" in state:
             self._latch.load_state_dict(state["latch"])
         self._step = int(state["step"])
-        self._counts = {k: {s: int(n) for s, n in v.items()} for k, v in state["counts"].items()}
+        self._counts = _nested_counts(state["counts"])
+        # A state saved before repeats were counted apart has none: its alerts all count.
+        self._repeats = _nested_counts(state.get("repeats", {}))
         self._first_alert = state["first_alert"]
         self._first_critical = state["first_critical"]
         self._max_norm = state["max_norm"]
@@ -436,6 +455,9 @@ class Monitor:
         for alert in alerts:
             per = self._counts.setdefault(alert.kind.value, {})
             per[alert.severity.value] = per.get(alert.severity.value, 0) + 1
+            if alert.repeat:
+                per = self._repeats.setdefault(alert.kind.value, {})
+                per[alert.severity.value] = per.get(alert.severity.value, 0) + 1
             if alert.severity is not Severity.INFO:
                 if self._first_alert is None:
                     self._first_alert = obs.step
@@ -463,6 +485,11 @@ class Monitor:
     def __repr__(self) -> str:
         names = ", ".join(d.name for d in self.detectors)
         return f"Monitor(step={self._step}, detectors=[{names}], tensors={len(self._params)})"
+
+
+def _nested_counts(saved: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Kind -> severity -> count as saved in a state dict, with the counts made ints."""
+    return {str(k): {str(s): int(n) for s, n in v.items()} for k, v in saved.items()}
 
 
 def _schedules(detectors: Sequence[Detector], attribute: str) -> tuple[int, ...]:

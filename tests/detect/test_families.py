@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import pytest
 
@@ -168,6 +169,67 @@ def test_culprit_names_the_small_tensor_that_blew_up_and_since_when() -> None:
     assert alert.culprits == ("rnn",) and alert.value == pytest.approx(50.0)
     assert detector.ranking() == [("rnn", pytest.approx(50.0))]
     assert detector.active == {}  # released once it calmed down
+
+
+def test_culprit_baselines_are_each_tensors_moving_average_of_its_log_norm() -> None:
+    detector = CulpritDetector(warmup=0, alpha=0.5, max_tensors=3)
+    # 0 and inf give no baseline; a, d and e fill the three places, in order.
+    full = (("a", 4.0), ("b", 0.0), ("c", math.inf), ("d", 1.0), ("e", 2.0))
+    assert detector.update(obs(0, 5.0, tensor_norms=full)) == []
+    assert detector.baselines == {"a": math.log(4.0), "d": 0.0, "e": math.log(2.0)}
+    # a is 4x its baseline (below 10x): no alert, its average moves half way; f finds no room.
+    assert detector.update(obs(1, 16.0, tensor_norms=(("a", 16.0), ("f", 3.0)))) == []
+    a = math.log(4.0) + 0.5 * (math.log(16.0) - math.log(4.0))
+    assert detector.baselines == {"a": a, "d": 0.0, "e": math.log(2.0)}
+    # d at 20x and a NaN in e start episodes (largest first); their baselines stay frozen.
+    (alert,) = detector.update(
+        obs(2, 20.0, tensor_norms=(("a", 8.0), ("d", 20.0), ("e", math.nan)))
+    )
+    assert alert.culprits == ("e", "d") and alert.value == math.inf
+    assert detector.active == {"d": (2, math.exp(math.log(20.0))), "e": (2, math.inf)}
+    assert detector.baselines == {"a": a + 0.5 * (math.log(8.0) - a), "d": 0.0, "e": math.log(2.0)}
+    # Back under 3x, d's episode ends and its baseline moves again; e, not measured, ends too.
+    assert detector.update(obs(3, 2.5, tensor_norms=(("d", 2.5),))) == []
+    assert detector.active == {} and detector.baselines["d"] == 0.5 * math.log(2.5)
+
+
+class _CulpritTwin(CulpritDetector):
+    """The detector as it was: one ``_ratio`` (a log and an exp) and one more log per tensor."""
+
+    def _ratios_that_matter(self, full: Any) -> dict[str, float]:
+        pairs = zip(full.names, full.values.tolist(), strict=True)
+        return {name: r for name, value in pairs if (r := self._ratio(name, value)) is not None}
+
+    def _refresh(self, full: Any) -> None:
+        for name, value in zip(full.names, full.values.tolist(), strict=True):
+            if name in self.active or not (math.isfinite(value) and value > 0.0):
+                continue
+            log_value = math.log(value)
+            old = self.baselines.get(name)
+            if old is None:
+                if len(self.baselines) < self.max_tensors:
+                    self.baselines[name] = log_value
+            else:
+                self.baselines[name] = old + self.alpha * (log_value - old)
+
+
+def test_culprit_gives_exactly_what_its_per_tensor_twin_gives() -> None:
+    rng = random.Random(3)
+    scale = {f"t{i}": math.exp(rng.uniform(-6.0, 3.0)) for i in range(60)}
+    fast, twin = CulpritDetector(max_tensors=50, warmup=5), _CulpritTwin(max_tensors=50, warmup=5)
+    for step in range(400):
+        live = list(scale)[: 40 + step // 20]  # tensors keep appearing, past max_tensors
+        norms = {name: scale[name] * rng.uniform(0.5, 2.0) for name in live}
+        for name in rng.sample(live, 3):  # spikes of every size, and dead or broken tensors
+            norms[name] *= rng.choice([5.0, 9.99, 10.0, 10.01, 50.0, 1e6, 0.0, math.inf, math.nan])
+        pairs = tuple(norms.items())
+        ranked = sorted(pairs, key=lambda p: -math.inf if math.isnan(p[1]) else -p[1])
+        top = tuple(ranked[:5])  # NaN first, as torch.topk ranks it
+        full = pairs if step % 3 == 0 else None
+        observed = obs(step, 1.0, top=top, tensor_norms=full)
+        assert fast.update(observed) == twin.update(observed)
+        assert fast.state_dict() == twin.state_dict()
+    assert fast.ranking() == twin.ranking() and len(fast.worst) > 5
 
 
 def test_presets_and_registry_reject_unknown_names() -> None:

@@ -108,6 +108,35 @@ def test_a_new_severity_is_shown_at_once() -> None:
     assert alerts == ["WARNING", "CRITICAL"]
 
 
+def test_an_incident_gets_one_line_its_repeats_are_only_counted() -> None:
+    # One incident (as IncidentLatch marks it): a spike is news at step 3; the spikes and a
+    # growth trend after it are repeats, also one in a later window where the kind was quiet.
+    console, buffer = _console()
+    sink = ConsoleSink(every=10, console=console)
+
+    def trend(step: int) -> Alert:
+        return Alert(step, Severity.WARNING, AlertKind.GROWTH_TREND, f"trend at {step}")
+
+    for step in range(30):
+        alerts: tuple[Alert, ...] = ()
+        if step == 3:
+            alerts = (_spike(3),)
+        elif 4 <= step <= 6:
+            alerts = (_spike(step), trend(step))
+        elif step == 25:
+            alerts = (_spike(25),)
+        repeats = tuple(dataclasses.replace(a, repeat=True) for a in alerts if step != 3)
+        sink.write(_record(step, *(alerts if step == 3 else repeats)))
+    sink.close()
+    assert [line for line in _lines(buffer) if not line.startswith("step") or "|" not in line] == [
+        "step      3 WARNING  grad_norm_spike: norm spiked at 3",
+        "       ... grad_norm_spike x3 more (steps 4-6)",
+        "       ... growth_trend x3 more (steps 4-6)",
+        "       ... grad_norm_spike x1 more (steps 25-25)",
+        "gradguard: 30 steps, 0 clipped, 0 skipped; 8 warning alerts",
+    ]
+
+
 def test_interventions_always_shown_clips_summarised() -> None:
     console, buffer = _console()
     sink = ConsoleSink(every=20, console=console)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from gradguard.detect.base import check_fraction, check_int, check_ratio, fmt
 from gradguard.records import Alert, AlertKind, Observation, Severity
@@ -60,12 +65,17 @@ class CulpritDetector:
     def update(self, obs: Observation) -> list[Alert]:
         """Refresh baselines when all norms came, then look for tensors far above theirs."""
         self.seen += 1
+        full = None if obs.tensor_norms is None else _AllNorms(obs.tensor_norms, self.baselines)
         if self.seen <= self.warmup:
-            if obs.tensor_norms is not None:
-                self._refresh(obs.tensor_norms)
+            if full is not None:
+                self._refresh(full)
             return []
-        scored = obs.tensor_norms if obs.tensor_norms is not None else obs.top
-        ratios = {name: r for name, value in scored if (r := self._ratio(name, value)) is not None}
+        if full is None:
+            ratios = {
+                name: r for name, value in obs.top if (r := self._ratio(name, value)) is not None
+            }
+        else:
+            ratios = self._ratios_that_matter(full)
         started: list[tuple[str, float]] = []
         for name, ratio in ratios.items():
             if ratio < self.min_ratio:
@@ -79,8 +89,8 @@ class CulpritDetector:
             if name in self.worst or len(self.worst) < self.max_tensors:
                 self.worst[name] = max(self.worst.get(name, 0.0), ratio)
         self._release(obs, ratios)
-        if obs.tensor_norms is not None:
-            self._refresh(obs.tensor_norms)  # after scoring: a spike is judged by the old baseline
+        if full is not None:
+            self._refresh(full)  # after scoring: a spike is judged by the old baseline
         if not started:
             return []
         started.sort(key=lambda pair: -pair[1])
@@ -116,17 +126,43 @@ class CulpritDetector:
             return 0.0
         return math.exp(min(math.log(value) - baseline, 700.0))
 
-    def _refresh(self, norms: tuple[tuple[str, float], ...]) -> None:
-        for name, value in norms:
-            if name in self.active or not (math.isfinite(value) and value > 0.0):
-                continue
-            log_value = math.log(value)
-            old = self.baselines.get(name)
-            if old is None:
-                if len(self.baselines) < self.max_tensors:
-                    self.baselines[name] = log_value
-            else:
-                self.baselines[name] = old + self.alpha * (log_value - old)
+    def _ratios_that_matter(self, full: _AllNorms) -> dict[str, float]:
+        """:meth:`_ratio` of the tensors at or near ``min_ratio`` and of those in an episode.
+
+        The others can neither start nor end an episode, so their ratio (an exp each) is not
+        taken: the stacked logs pick the few that need one, with a margin far wider than the
+        rounding of ``log`` and ``exp``, and those get the very value :meth:`_ratio` gives.
+        """
+        with np.errstate(invalid="ignore"):  # nan: no baseline or no log; never picked
+            gap = np.minimum(full.logs - full.baselines, 700.0)
+            near = gap >= math.log(self.min_ratio) - _LOG_MARGIN
+        wanted = near | (~np.isfinite(full.values) & ~np.isnan(full.baselines))
+        if self.active:
+            wanted |= full.named(self.active)
+        names, values = full.names, full.values
+        ratios: dict[str, float] = {}
+        for i in np.flatnonzero(wanted).tolist():  # the few culprits and open episodes
+            name = names[i]
+            ratio = self._ratio(name, float(values[i]))
+            if ratio is not None:
+                ratios[name] = ratio
+        return ratios
+
+    def _refresh(self, full: _AllNorms) -> None:
+        """Move each baseline towards its tensor's log-norm, reusing the logs of ``full``."""
+        keep = full.usable
+        if self.active:
+            keep = keep & ~full.named(self.active)  # an episode's baseline stays frozen
+        known = ~np.isnan(full.baselines)
+        moved = keep & known
+        old = full.baselines[moved]
+        updated = old + self.alpha * (full.logs[moved] - old)
+        self.baselines.update(zip(full.select(moved), updated.tolist(), strict=True))
+        new = keep & ~known
+        if new.any():
+            room = max(self.max_tensors - len(self.baselines), 0)
+            new[np.flatnonzero(new)[room:]] = False  # only the first new tensors that fit
+            self.baselines.update(zip(full.select(new), full.logs[new].tolist(), strict=True))
 
     def _release(self, obs: Observation, ratios: dict[str, float]) -> None:
         # A tensor absent from the top-k is at most as large as the smallest top-k norm.
@@ -158,6 +194,44 @@ class CulpritDetector:
             for k, (since, peak) in state["active"].items()
         }
         self.worst = {str(k): _float_or_inf(v) for k, v in state["worst"].items()}
+
+
+_LOG_MARGIN = 1e-9
+"""How far below ``log(min_ratio)`` a log-ratio may be and still get its exact ratio taken."""
+
+
+class _AllNorms:
+    """Every per-tensor norm of one observation, stacked, with its log taken once.
+
+    ``logs`` holds ``math.log`` of each finite, positive norm (``nan`` elsewhere): numpy's own
+    vectorised log may differ from it in the last bit, and baselines must stay exactly what
+    one ``math.log`` per tensor gave. ``baselines`` holds each tensor's baseline as scoring
+    found it (``nan`` for a tensor without one). Tensor names are assumed distinct.
+    """
+
+    def __init__(self, norms: tuple[tuple[str, float], ...], baselines: Mapping[str, float]):
+        count = len(norms)
+        self.names: tuple[str, ...] = tuple(map(itemgetter(0), norms))
+        values: Sequence[float] = tuple(map(itemgetter(1), norms))
+        self.values = np.fromiter(values, np.float64, count)
+        self.usable = np.isfinite(self.values) & (self.values > 0.0)
+        all_usable = bool(self.usable.all())
+        if not all_usable:  # math.log refuses 0 and below; those get nan
+            values = np.where(self.usable, self.values, 1.0).tolist()
+        self.logs = np.fromiter(map(math.log, values), np.float64, count)
+        if not all_usable:
+            self.logs[~self.usable] = math.nan
+        self.baselines = np.fromiter(
+            map(baselines.get, self.names, itertools.repeat(math.nan)), np.float64, count
+        )
+
+    def named(self, names: Mapping[str, object]) -> npt.NDArray[np.bool_]:
+        """Which tensors have a name in ``names``."""
+        return np.fromiter(map(names.__contains__, self.names), np.bool_, len(self.names))
+
+    def select(self, mask: npt.NDArray[np.bool_]) -> Iterable[str]:
+        """The names where ``mask`` is true, in order."""
+        return self.names if mask.all() else itertools.compress(self.names, mask.tolist())
 
 
 def _finite_or_none(value: float) -> float | None:

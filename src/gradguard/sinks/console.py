@@ -2,7 +2,9 @@
 
 It never floods: the first alert of a kind (at a given severity) is shown at once; repeats are
 counted and shown as one line with the count when the window of N steps closes, and a kind that
-keeps firing window after window gets only that one count line per window. Every
+keeps firing window after window gets only that one count line per window. An alert marked
+``repeat`` (its incident was already told, see :class:`~gradguard.detect.episode.IncidentLatch`)
+is never shown on its own line, only counted, so an incident gets one line. Every
 intervention other than clipping (skip, back-off, rollback, optimizer reset, abort) is shown at
 once, always; clipping, which is the normal regime of many runs, is summarised in the periodic
 line (how many steps were clipped and the smallest coefficient). Strings are only formatted for
@@ -120,21 +122,30 @@ class ConsoleSink:
                 continue
             key = (alert.kind, severity)
             repeats = self._repeats.get(key)
-            if repeats is None and key not in self._recent:
+            if alert.repeat:  # its incident was already told: only counted, never a line of its own
+                self._count_repeat(key, repeats, alert.step)
+            elif repeats is None and key not in self._recent:
                 self._repeats[key] = _Repeats(0, alert.step, alert.step)
                 done = done_phrase(record)  # the alert says what was seen; this, what was done
                 message = f"{alert.message} -> gradguard {done}." if done else alert.message
                 self._print_alert(alert.step, severity, alert.kind, message)
-            elif repeats is None:
-                self._repeats[key] = _Repeats(1, alert.step, alert.step)
             else:
-                if repeats.count == 0:
-                    repeats.first_step = alert.step
-                repeats.count += 1
-                repeats.last_step = alert.step
+                self._count_repeat(key, repeats, alert.step)
         seen = self._tally.steps
         if seen == 1 or seen % self.every == 0:
             self._print_periodic(record)
+
+    def _count_repeat(
+        self, key: tuple[AlertKind, Severity], repeats: _Repeats | None, step: int
+    ) -> None:
+        """Add one alert of ``key`` to the window's count of repeats, shown when it closes."""
+        if repeats is None:
+            self._repeats[key] = _Repeats(1, step, step)
+            return
+        if repeats.count == 0:
+            repeats.first_step = step
+        repeats.count += 1
+        repeats.last_step = step
 
     def close(self) -> None:
         """Print the repeats still counted and a closing line with the whole run's counts."""
