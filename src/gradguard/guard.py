@@ -148,15 +148,17 @@ class Guard:
             does not have; step it yourself (``plateau.step(val_loss)``) and pass ``None``.
         clip: ``"auto"`` (the default) never clips a healthy step, and while an incident is
             open (and for ``policy.restore_after`` steps after an escalation) clips to the run's
-            own healthy scale, the median of recent healthy norms (1.0 before any was seen). A
-            fixed bound such as the common 1.0 changes healthy runs whose natural norms are
-            larger (a summed loss, a large batch): measured in ``benchmarks/rescue.py``, it
-            ends such a run 80x worse. A float is a fixed bound on the global norm (as
-            ``clip_grad_norm_``); ``None`` disables clipping (finite spikes are then skipped
-            instead); any object with ``clip_(stats)`` (an adaptive :class:`Clipper`) clips
-            every step before the guard decides, and a step it scaled is recorded as ``clip``
-            with its coefficient (see :attr:`StepRecord.clip_coef
-            <gradguard.records.StepRecord.clip_coef>`) and counted in ``counters["clipped"]``.
+            own healthy scale, the median of recent healthy norms (1.0 before any was seen); for
+            an optimizer that takes a closure (LBFGS) it means ``None``, since its curvature
+            model undoes or is corrupted by scaled gradients. A fixed bound such as the common
+            1.0 changes healthy runs whose natural norms are larger (a summed loss, a large
+            batch): measured in ``benchmarks/rescue.py``, it ends such a run 80x worse. A float
+            is a fixed bound on the global norm (as ``clip_grad_norm_``); ``None`` disables
+            clipping (finite spikes are then skipped instead); any object with ``clip_(stats)``
+            (an adaptive :class:`Clipper`) clips every step before the guard decides, and a step
+            it scaled is recorded as ``clip`` with its coefficient (see
+            :attr:`StepRecord.clip_coef <gradguard.records.StepRecord.clip_coef>`) and counted
+            in ``counters["clipped"]``.
         policy: a :class:`~gradguard.policy.PolicyConfig` or a ready
             :class:`~gradguard.policy.EscalationPolicy`; ``None`` for the defaults.
         snapshot_every: take a snapshot after this many healthy applied steps (and only after
