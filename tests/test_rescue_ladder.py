@@ -263,3 +263,24 @@ def test_lbfgs_is_not_clipped_by_the_automatic_bound_and_survives_its_ramp() -> 
     model = nn.Linear(4, 1)
     explicit = gg.Guard(model, torch.optim.LBFGS(model.parameters()), clip=0.5)
     assert explicit.policy.clip == 0.5
+
+
+def test_the_state_a_rollback_abandons_is_kept_only_while_its_probe_runs() -> None:
+    # Two non-finite losses in a row roll back. Non-finite values are never a new level, so no
+    # probe runs and the copy of what the rollback abandoned is let go at the next step.
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = gg.Guard(model, opt, snapshot_every=5)
+    held = []
+    for step in range(36):
+        x = torch.randn(16, 4, generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), x.sum(1, keepdim=True))
+        if step in (30, 31):
+            loss = loss * math.nan
+        loss.backward()
+        record = guard.step(loss)
+        held.append((record.action, guard.policy.probing, guard._abandoned is not None))
+    assert held[31] == (ActionKind.ROLLBACK, False, True)
+    assert all(not probing and not kept for _, probing, kept in held[32:])
