@@ -511,6 +511,10 @@ def test_a_new_task_with_a_higher_loss_is_accepted_not_fought_until_abort() -> N
     # dataset). The guard backs off and clips, rolls back once, sees the restored weights fail
     # alike on the next two batches (as much evidence as the rollback had) and accepts the new
     # level; before, it rolled back three times and aborted.
+    weights: list[list[torch.Tensor]] = []
+    moments: list[int] = []
+    lost: list[int] = []
+
     def run(guarded: bool) -> tuple[list[StepRecord], list[float]]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 1))
@@ -530,6 +534,9 @@ def test_a_new_task_with_a_higher_loss_is_accepted_not_fought_until_abort() -> N
                 optimizer.step()
             else:
                 records.append(guard.step(loss))
+                weights.append([p.detach().clone() for p in model.parameters()])
+                moments.append(len(optimizer.state))
+                lost.append(guard.counters["steps_lost"])
         return records, losses
 
     records, losses = run(guarded=True)
@@ -543,6 +550,11 @@ def test_a_new_task_with_a_higher_loss_is_accepted_not_fought_until_abort() -> N
     # The weights the rollback abandoned had begun to learn the new task: they come back, and
     # the probe's step (a gradient of the restored weights) is not applied.
     assert not accepted.applied and "abandoned did better" in accepted.message
+    before = weights[rollback.step - 1]  # what the rollback abandoned
+    assert not all(torch.equal(a, b) for a, b in zip(weights[rollback.step], before, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(weights[accepted.step], before, strict=True))
+    assert moments[accepted.step] == 0  # moments reset, as the rollback reset the restored ones
+    assert lost[rollback.step] > 0 and lost[accepted.step] == 0  # its lost steps are back
     # From then on every step is applied, clipped at the new level's healthy scale at most.
     after = records[accepted.step + 1 :]
     assert all(r.applied and r.action in (ActionKind.PROCEED, ActionKind.CLIP) for r in after)

@@ -692,14 +692,25 @@ def test_restored_weights_whose_own_loss_grew_mean_the_loss_moved_not_the_weight
     # too: those come back, and the probe's step, a gradient of the restored ones, is skipped.
     policy = EscalationPolicy()
     _rolled_back(policy, loss=8.0)
-    first = policy.decide(_obs(31, norm=9.0, loss=12.0))
+    first = policy.decide(_obs(31, norm=9.0, loss=12.0), can_undo=True)
     assert first.apply and first.clip_bound is not None  # the bound stays on after a rollback
-    accept = policy.decide(_obs(32, norm=9.0, loss=15.0))
+    accept = policy.decide(_obs(32, norm=9.0, loss=15.0), can_undo=True)
     assert accept.action.reason is Reason.REGIME_CHANGE and accept.reset_baselines
     assert accept.undo_rollback and not accept.apply
     assert accept.action.kind is ActionKind.SKIP and "abandoned did better" in accept.action.message
     assert accept.lr_scale == 1.0 and policy.state_dict()["rollbacks"] == []  # refunded
     assert not policy.probing
+
+
+def test_a_caller_without_the_abandoned_state_gets_the_restored_weights_applied() -> None:
+    # After a resume mid-probe the guard no longer holds what the rollback abandoned: the new
+    # level is accepted on the restored weights, and the step applied, not skipped for nothing.
+    policy = EscalationPolicy()
+    _rolled_back(policy, loss=8.0)
+    policy.decide(_obs(31, norm=9.0, loss=12.0))
+    accept = policy.decide(_obs(32, norm=9.0, loss=15.0))
+    assert accept.action.reason is Reason.REGIME_CHANGE and not accept.undo_rollback
+    assert accept.apply and "abandoned" not in accept.action.message
 
 
 def test_restored_weights_that_do_better_than_the_abandoned_ones_are_kept_and_clipped() -> None:
@@ -738,7 +749,7 @@ def test_a_rollback_over_non_finite_values_probes_no_new_level() -> None:
 def test_a_snapshot_from_before_any_step_is_judged_by_the_run_s_first_loss() -> None:
     policy = EscalationPolicy()
     before_any_step = policy.baselines()
-    assert math.isnan(before_any_step["loss"][0])
+    assert before_any_step["loss"] == []  # no loss yet: the first one will be these weights'
     policy.decide(_obs(0, loss=2.0))  # the loss of exactly the weights saved
     _run(policy, 1, 30)
     drift = [_alert(30, AlertKind.LOSS_DRIFT, Severity.INFO)]
@@ -770,3 +781,24 @@ def test_a_snapshot_s_loss_is_the_median_of_the_last_few_not_one_outlier() -> No
     for t, loss in enumerate([9.0, 1.0, 1.2, 0.01, 1.1, 0.9]):  # one batch far below, one above
         policy.decide(_obs(t, loss=loss))
     assert policy.baselines()["loss"] == [1.0]  # the median of the last five
+
+
+def test_a_snapshot_of_an_older_version_without_a_loss_falls_back_to_the_loss_high_rule() -> None:
+    # No "loss" in the snapshot: the restored weights' own loss is unknown (not the run's first
+    # loss), so only a loss_high alert can show a new level; here none comes.
+    policy = EscalationPolicy()
+    _run(policy, 0, 30)
+    drift = [_alert(30, AlertKind.LOSS_DRIFT, Severity.INFO)]
+    policy.decide(_obs(30, norm=3.0, loss=8.0), drift)
+    policy.load_baselines({"norms": []})
+    later = [policy.decide(_obs(t, norm=9.0, loss=12.0)) for t in range(31, 34)]
+    assert Reason.REGIME_CHANGE not in {d.action.reason for d in later}
+
+
+def test_accepting_a_new_level_never_raises_the_rate_above_its_ceiling() -> None:
+    policy = EscalationPolicy()
+    _rolled_back(policy, loss=8.0)
+    policy._s.ceiling = 0.25  # a raise failed at this level earlier in the run
+    policy.decide(_obs(31, norm=9.0, loss=12.0))
+    accept = policy.decide(_obs(32, norm=9.0, loss=15.0))
+    assert accept.action.reason is Reason.REGIME_CHANGE and accept.lr_scale == 0.25

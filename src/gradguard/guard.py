@@ -339,7 +339,7 @@ class Guard:
         self._restored: tuple[int, int] | None = None  # (incident start, key) of the last rollback
         # (progress, training state) the last rollback abandoned, kept while the policy probes
         # whether the rollback was a diagnosis only (Decision.undo_rollback)
-        self._abandoned: tuple[int, dict[str, Any]] | None = None
+        self._abandoned: tuple[int, int, dict[str, Any]] | None = None
         self._last_applied = False  # the last step was applied on finite gradients
         if snapshot_every is not None and self._foreign is None:
             self.snapshot()
@@ -469,6 +469,7 @@ class Guard:
             can_rollback=self.snapshot_every is not None and bool(self.store.steps()),
             scaler_overflow=overflow,
             clipper=self._clipper_name,
+            can_undo=self._abandoned is not None,
         )
         # The rates in force now are the ones a backoff judges, before a rollback or the
         # scheduler changes them.
@@ -526,10 +527,11 @@ class Guard:
         if decision.reset_baselines:
             self.monitor.reset_detectors()
         if decision.undo_rollback and self._abandoned is not None:
-            self._progress, state = self._abandoned
+            self._progress, lost_then, state = self._abandoned
             self.parts.load(state, rollback=True, only=_TRAINING_PARTS)
             if decision.reset_moments:
                 reset_optimizer_state_(self.optimizer)
+            self.counters["steps_lost"] -= lost_then  # the rollback's lost steps are back
         self._abandoned = self._abandoned if self.policy.probing else None
         if kind is ActionKind.ROLLBACK:
             rolled_back_to, lost, message = self._rollback(decision)
@@ -834,14 +836,15 @@ class Guard:
             why = f"the nearest that loads: {skipped}"
         self._restored = (before, key)
         # HOST SYNC: a CPU copy of what is abandoned, in case the probe shows the loss moved,
-        # not the weights (rare: rollbacks only; dropped when the probe ends).
-        self._abandoned = (self._progress, cpu_copy(self.parts.save(only=_TRAINING_PARTS)))
+        # not the weights (rare: rollbacks about the loss level only; dropped when it ends).
+        abandoned = cpu_copy(self.parts.save(only=_TRAINING_PARTS)) if self.policy.probing else None
         self.parts.load(state, rollback=True)
         if decision.reset_moments:
             reset_optimizer_state_(self.optimizer)
         self.store.discard_after(key)
         self._since_snapshot = 0
         lost = max(self._progress - int(state["progress"]), 0)
+        self._abandoned = None if abandoned is None else (self._progress, lost, abandoned)
         self._progress = int(state["progress"])
         message = (
             f"{decision.action.message.rstrip('.')}: restored the snapshot of step {key} "
@@ -879,6 +882,7 @@ class Guard:
         else:
             key, state = step, self._load(step)
         self.parts.load(state, rollback=False)
+        self._abandoned = None  # what a rollback of this process abandoned is not that run's
         self._foreign = None
         return key
 
@@ -918,6 +922,7 @@ class Guard:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (model and optimizer are restored by their own)."""
         check_mapping("state", state, fix="Pass what Guard.state_dict() returned.")
+        self._abandoned = None  # this process's, not the loaded run's
         if state.get("version") != _STATE_VERSION:
             raise ConfigError(
                 f"guard state version {state.get('version')!r} is not {_STATE_VERSION}; pass "

@@ -72,8 +72,8 @@ class _State:
     first_loss: float = math.nan  # the loss of the weights the guard started from
     last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
     ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
-    # [step, loss] of the last rollback (slots 2 and 3 are unused since 0.3), the steps since it
-    # that failed alike, and the loss the restored weights gave when they were current (NaN:
+    # [step, loss, lr scale] of the last rollback (slot 3 is unused since 0.3), the steps since
+    # it that failed alike, and the loss the restored weights gave when they were current (NaN:
     # unknown)
     probe: list[float] | None = None
     loss_moved: bool = False  # a new loss level was accepted since the newest snapshot
@@ -178,6 +178,7 @@ class EscalationPolicy:
         can_rollback: bool = True,
         scaler_overflow: bool = False,
         clipper: str = "the clipper",
+        can_undo: bool = False,
     ) -> Decision:
         """Choose what to do with the optimizer step described by ``observation``.
 
@@ -194,11 +195,14 @@ class EscalationPolicy:
             scaler_overflow: the guard's GradScaler found non-finite gradients under a finite
                 loss (its own overflow, see ``max_scaler_overflows``).
             clipper: how messages name the clipper behind ``observation.clip_coef``.
+            can_undo: the caller still holds the training state the last rollback abandoned
+                and restores it on :attr:`Decision.undo_rollback`.
 
         Returns:
             The :class:`Decision`; every field is a host value.
         """
         situation = self._situation(observation, alerts, can_rollback, scaler_overflow)
+        situation = dataclasses.replace(situation, can_undo=can_undo)
         rung = next(r for r in LADDER if r.when(situation))
         return self._carry_out(rung, situation, clipper)
 
@@ -230,8 +234,7 @@ class EscalationPolicy:
             # never saw a bad step, so the next steps need no clipping.
             s.isolated = (s.incident_start is None or s.isolated) and fault is not None
             if s.incident_start is None:
-                s.incident_start = t
-                s.incident_scale = s.lr_scale
+                self._open_incident(t)
             s.last_alert = t
         elif (
             s.incident_start is not None
@@ -303,6 +306,7 @@ class EscalationPolicy:
             max_backoffs=cfg.max_backoffs,
             faults=f"{len(s.faults)} faulty steps within {cfg.window} steps",
             new_level=new_level,
+            can_undo=False,
             loss_moved=s.loss_moved,
             can_rollback=can_rollback,
         )
@@ -316,7 +320,7 @@ class EscalationPolicy:
         before: float,
         then: float,
     ) -> bool:
-        """Whether restored weights fail on this batch as high as the abandoned ones did.
+        """Whether restored weights give a loss on this batch that says the loss changed.
 
         The restored weights gave a loss ``then`` when they were current, and the rollback was
         about a loss ``before`` at least ``NEW_LEVEL_RATIO`` times that. When on new batches
@@ -397,7 +401,10 @@ class EscalationPolicy:
                 early = sit.alert(AlertKind.EARLY_EXPLOSION)
                 start = early.since if early is not None and early.since is not None else t
                 s = self._s
-                s.incident_start = min(s.incident_start or start, start)
+                current = s.incident_start
+                if current is None:
+                    self._open_incident(start)
+                s.incident_start = start if current is None else min(current, start)
                 s.norms = []
             why = rung.why.format(
                 consecutive=sit.consecutive, faults=sit.faults, backoffs=sit.backoffs
@@ -525,6 +532,10 @@ class EscalationPolicy:
         message = f"Gradient norm {obs.total_norm:.3g} is within bounds: step applied."
         return decision(Action(kind, Reason.HEALTHY, message))
 
+    def _open_incident(self, t: int) -> None:
+        self._s.incident_start = t
+        self._s.incident_scale = self._s.lr_scale
+
     def _close_incident(self) -> None:
         s = self._s
         s.incident_start = None
@@ -536,8 +547,8 @@ class EscalationPolicy:
         s, t, obs = self._s, sit.step, sit.obs
         step, loss, _, _, _, then = s.probe or [float(t), math.nan, 0.0, 0.0, 0.0, math.nan]
         # The incident's warnings were the loss's doing, not the step size's: its backoffs
-        # are undone with the rollback's.
-        scale = max(s.lr_scale, s.incident_scale)
+        # are undone with the rollback's (never above a ceiling a raise failed at).
+        scale = min(max(s.lr_scale, s.incident_scale), s.ceiling)
         if s.rollbacks and s.rollbacks[-1] == int(step):
             s.rollbacks.pop()  # the rollback was a diagnosis, not a rescue: refunded
         s.lr_scale = scale
@@ -552,7 +563,7 @@ class EscalationPolicy:
         # The weights the rollback abandoned gave ``loss`` before it; the restored ones give
         # more now: the abandoned ones did better at the new level and come back (a task half
         # learned, or progress made under a growing loss weight, is not thrown away).
-        undo = obs.loss is not None and obs.loss > loss
+        undo = sit.can_undo and obs.loss is not None and obs.loss > loss
         # The bound stays on (``persistent``, set by the rollback), from the new level's first
         # norm: a loss scale that moved once may move again (a loss weight on a schedule), and
         # clipping is what keeps plain SGD through it.
@@ -641,8 +652,9 @@ class EscalationPolicy:
             s.last_resort = True
             s.rollbacks = []
             last_resort = (
-                f" Last resort after {cfg.max_rollbacks} rollbacks: from now on every step is "
-                "clipped tightly and the learning rate is never raised above this backoff."
+                f" Last resort after {cfg.max_rollbacks} rollbacks: from now on "
+                + ("every step is clipped tightly and " if self.clip is not None else "")
+                + "the learning rate is never raised above this backoff."
             )
         if len(s.rollbacks) >= cfg.max_rollbacks:
             message = (
@@ -714,10 +726,8 @@ class EscalationPolicy:
         budgets, the incident and the learning-rate scale stay live.
         """
         losses = self._s.losses
-        return {
-            "norms": list(self._s.norms),
-            "loss": [statistics.median(losses) if losses else math.nan],
-        }
+        # An empty "loss": taken before any step (the run's first loss is these weights').
+        return {"norms": list(self._s.norms), "loss": [statistics.median(losses)] if losses else []}
 
     def load_baselines(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`baselines`, even empty ones (a snapshot from before any history).
@@ -729,9 +739,10 @@ class EscalationPolicy:
         """
         s = self._s
         s.norms = [float(v) for v in state["norms"]]
-        then = float(state.get("loss", [math.nan])[0])
+        saved = state.get("loss")  # missing in snapshots of older versions: unknown
+        then = math.nan if saved is None else float(saved[0]) if saved else s.first_loss
         if s.probe is not None:
-            s.probe[5] = then if math.isfinite(then) else s.first_loss
+            s.probe[5] = then
 
     def state_dict(self) -> dict[str, Any]:
         """All mutable state as plain Python values (ints, floats, lists, ``None``)."""

@@ -136,8 +136,10 @@ class Situation:
         may_back_off: a backoff on instability is allowed now (cool-down over, budget left).
         backoffs: backoffs spent in this incident; ``max_backoffs``: the most it may spend.
         faults: the faults counted in the window, in words.
-        new_level: right after a rollback, the restored weights failed as high as the abandoned
-            ones did, on ``consecutive_limit`` batches in a row (see ``_fails_alike``).
+        new_level: right after a rollback, the restored weights' loss came nearer the one that
+            triggered it than their own, on ``consecutive_limit`` batches in a row (see
+            ``_fails_alike``): the loss changed, not the weights.
+        can_undo: the guard still holds the training state the last rollback abandoned.
         loss_moved: a new loss level was accepted and no snapshot was taken since: the loss
             level moved without the weights, so the rules that read it roll nothing back.
         can_rollback: a snapshot exists to roll back to.
@@ -164,6 +166,7 @@ class Situation:
     max_backoffs: int
     faults: str
     new_level: bool
+    can_undo: bool
     loss_moved: bool
     can_rollback: bool
 

@@ -58,6 +58,8 @@ def done_phrase(record: StepRecord) -> str:
         coef = record.clip_coef
         by = f" by x{coef:.2g}" if math.isfinite(coef) else ""
         return f"clipped the gradients{by}"
+    if action is ActionKind.SKIP and record.reason is Reason.REGIME_CHANGE:  # an undone rollback
+        return "skipped the step and undid its rollback (weights from before it restored)"
     if action is ActionKind.SKIP:
         return "skipped the step (weights unchanged)"
     if action is ActionKind.BACKOFF:
