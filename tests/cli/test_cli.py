@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ from typer.testing import CliRunner
 from gradguard.analysis import recurrent_report
 from gradguard.cli import EXIT_NONFINITE, EXIT_OK, EXIT_USAGE, app
 from gradguard.cli.checkpoint import CheckpointSpectra, recurrent_spectra
-from tests.report.synthetic import write_synthetic_log
+from gradguard.records import AlertKind
+from gradguard.sinks import JsonlSink
+from tests.report.synthetic import synthetic_records, write_synthetic_log
 
 runner = CliRunner()
 
@@ -121,6 +124,26 @@ def test_report_writes_the_page(tmp_path: Path) -> None:
     first, verdict = out.strip().splitlines()
     assert first == f"report: {page} (60 steps, 14 interventions, 9 alerts)"
     assert verdict.startswith("Rescued: gradguard intervened on 14 of 60 steps")
+
+
+def test_report_counts_an_incident_once_and_its_repeats_apart(tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    with JsonlSink(log) as sink:  # the growth-trend warnings at 28-33: told at 28, then repeats
+        for record in synthetic_records():
+            alerts = tuple(
+                dataclasses.replace(a, repeat=a.kind is AlertKind.GROWTH_TREND and a.step > 28)
+                for a in record.alerts
+            )
+            sink.write(dataclasses.replace(record, alerts=alerts))
+    code, out, err = _invoke("report", str(log), "-o", str(tmp_path / "out"))
+    assert code == EXIT_OK, err
+    first, verdict = out.strip().splitlines()
+    assert first.endswith("(60 steps, 14 interventions, 4 alerts, 9 with repeats)")
+    assert "14 of 60 steps, 4 warning(s)" in verdict
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "<b>4</b><span>alerts (9 with repeats)</span>" in page
+    assert "<td>warning alerts</td><td>2</td>" in page
+    assert "<td>alerts with repeats (every alert raised)</td><td>9</td>" in page
 
 
 def test_report_default_folder(tmp_path: Path) -> None:

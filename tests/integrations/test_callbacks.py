@@ -7,6 +7,7 @@ frameworks run in ``test_lightning_e2e.py`` and ``test_transformers_e2e.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -19,8 +20,9 @@ from torch import nn
 
 from gradguard.errors import ConfigError, MissingDependencyError
 from gradguard.integrations import lightning, transformers
+from gradguard.integrations._callbacks import FrameworkRelay
 from gradguard.policy import PolicyConfig
-from gradguard.records import ActionKind
+from gradguard.records import ActionKind, Alert, AlertKind, Reason, Severity, StepRecord
 from gradguard.sinks import read_jsonl
 
 
@@ -257,3 +259,21 @@ def test_transformers_callback_stops_the_trainer_when_the_guard_gives_up() -> No
     assert callback.gave_up is not None and "stopped the run" in str(callback.gave_up)
     assert step < 40
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_relay_counts_and_logs_an_incident_once(caplog: pytest.LogCaptureFixture) -> None:
+    """An incident's repeats reach the metrics' total with repeats only, never a log line."""
+    relay = FrameworkRelay(logging.getLogger("tests.relay"))
+    news = Alert(0, Severity.WARNING, AlertKind.GROWTH_TREND, "the norm keeps growing")
+    info = Alert(0, Severity.INFO, AlertKind.LOSS_HIGH, "the loss is high")
+    with caplog.at_level(logging.INFO, logger="tests.relay"):
+        for step in range(5):  # the warning at steps 0-4: told at 0, then four repeats
+            alerts = (dataclasses.replace(news, step=step, repeat=step > 0),)
+            alerts += (dataclasses.replace(info, step=step),) if step == 2 else ()
+            relay.write(StepRecord(step, ActionKind.PROCEED, Reason.GROWTH_TREND, alerts=alerts))
+    metrics = relay.metrics()
+    assert (metrics["gradguard/alerts"], metrics["gradguard/alerts_with_repeats"]) == (2.0, 6.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "gradguard step 0: the norm keeps growing",
+        "gradguard step 2: the loss is high",
+    ]

@@ -133,7 +133,7 @@ def test_an_incident_gets_one_line_its_repeats_are_only_counted() -> None:
         "       ... grad_norm_spike x3 more (steps 4-6)",
         "       ... growth_trend x3 more (steps 4-6)",
         "       ... grad_norm_spike x1 more (steps 25-25)",
-        "gradguard: 30 steps, 0 clipped, 0 skipped; 8 warning alerts",
+        "gradguard: 30 steps, 0 clipped, 0 skipped; 1 warning alerts (8 with repeats)",
     ]
 
 

@@ -55,10 +55,12 @@ def test_scaler_overflows_are_info_in_log_console_and_report(
     text = buffer.getvalue()
     assert "CRITICAL" not in text and "SKIP" not in text  # routine: counted, not shown
     assert f"{overflows} skipped, {overflows} of them GradScaler overflows" in text
-    assert f"{overflows} info alerts" in text
+    # The run of overflows is one incident of the monitor's: one alert, the others repeats.
+    assert f"1 info alerts ({overflows} with repeats)" in text
     # The report: info alerts, no first warning, no NaN step, a healthy verdict.
     summary = summarize(records)
-    assert summary.alerts_by_severity == {Severity.INFO: overflows}
+    assert summary.alerts_by_severity == {Severity.INFO: 1}
+    assert summary.alerts_with_repeats == overflows
     assert summary.first_warning is None and summary.first_nonfinite_step is None
     page = build_report(log, tmp_path / "out").read_text(encoding="utf-8")
     assert f"({overflows} routine GradScaler overflow(s) skipped)" in page

@@ -56,8 +56,14 @@ def report(
     summary = built.summary
     if built.skipped is not None:
         typer.echo(f"warning: {built.skipped}", err=True)
+    told = sum(summary.alerts_by_severity.values())  # an incident once, not its repeats
+    repeats = (
+        f", {summary.alerts_with_repeats} with repeats"
+        if summary.alerts_with_repeats != told
+        else ""
+    )
     typer.echo(
         f"report: {built.path} ({summary.steps} steps, {summary.interventions} interventions, "
-        f"{sum(summary.alerts_by_severity.values())} alerts)"
+        f"{told} alerts{repeats})"
     )
     typer.echo(outcome(summary)[1])  # the page's first line: did the run train?

@@ -65,6 +65,10 @@ class FrameworkRelay:
     """A sink that tells the framework what the guard did: numbers for its metric logger, text
     for its Python logger (on rank 0 only, so ``torchrun`` prints each alert once).
 
+    Alerts are counted and logged as a person is told them: an incident once. The alerts
+    :class:`~gradguard.detect.episode.IncidentLatch` marked ``repeat`` are left out of
+    ``gradguard/alerts`` and not logged; ``gradguard/alerts_with_repeats`` counts every alert.
+
     Args:
         logger: where interventions (warning) and alerts on applied steps (info) go.
     """
@@ -80,7 +84,9 @@ class FrameworkRelay:
     def _reset(self) -> None:
         self._norm = -math.inf
         self._coef = math.inf
-        self._counts = dict.fromkeys(("steps", "skipped", "clipped", "rollbacks", "alerts"), 0)
+        self._counts = dict.fromkeys(
+            ("steps", "skipped", "clipped", "rollbacks", "alerts", "alerts_with_repeats"), 0
+        )
 
     def write(self, record: StepRecord) -> None:
         """Count ``record`` into the next :meth:`metrics` and log what deserves a person's eye."""
@@ -90,7 +96,9 @@ class FrameworkRelay:
         c["skipped"] += not record.applied
         c["clipped"] += record.applied and record.clip_coef < 1.0 - CLIP_TOLERANCE
         c["rollbacks"] += record.action is ActionKind.ROLLBACK
-        c["alerts"] += len(record.alerts)
+        told = [a for a in record.alerts if not a.repeat]
+        c["alerts"] += len(told)
+        c["alerts_with_repeats"] += len(record.alerts)
         if record.total_norm is not None and not record.total_norm <= self._norm:
             self._norm = record.total_norm  # NaN wins: a non-finite norm must show
         self._coef = min(self._coef, record.clip_coef)
@@ -98,7 +106,7 @@ class FrameworkRelay:
             return
         if record.action not in (ActionKind.PROCEED, ActionKind.CLIP):
             self.logger.warning("gradguard step %d: %s", record.step, record.message)
-        for alert in record.alerts:
+        for alert in told:  # a repeat's incident was already told
             level = logging.WARNING if alert.severity is Severity.CRITICAL else logging.INFO
             self.logger.log(level, "gradguard step %d: %s", record.step, alert.message)
 
@@ -106,7 +114,8 @@ class FrameworkRelay:
         """Numbers since the last call, for the framework's logger (empty when no step came).
 
         ``gradguard/grad_norm`` is the largest global norm before clipping, ``clip_coef`` the
-        smallest factor applied, the others count steps.
+        smallest factor applied, ``alerts`` counts alerts that are not repeats (an incident
+        once), ``alerts_with_repeats`` every alert, the others count steps.
         """
         if self.last is None or not self._counts["steps"]:
             return {}

@@ -179,7 +179,7 @@ def _summary_section(page: Page, css: str, sentence: str) -> str:
     cards = [
         (str(summary.steps), "steps logged"),
         (str(summary.interventions), "interventions"),
-        (str(sum(summary.alerts_by_severity.values())), "alerts"),
+        (str(sum(summary.alerts_by_severity.values())), _alerts_label(summary)),
         (
             "-" if warning is None else str(warning.step),
             "first warning" + ("" if warning is None else f" ({warning.kind.value})"),
@@ -211,6 +211,8 @@ def _summary_section(page: Page, css: str, sentence: str) -> str:
     rows += [
         (f"{s.value} alerts", str(tally.alerts[s])) for s in reversed(Severity) if s in tally.alerts
     ]
+    if tally.alerts_with_repeats != sum(tally.alerts.values()):
+        rows.append(("alerts with repeats (every alert raised)", str(tally.alerts_with_repeats)))
     table = _table(Table("Counts (the same as the console's)", ("what", "steps"), tuple(rows)))
     note = ""
     if page.log.skipped_last_line is not None:
@@ -331,6 +333,14 @@ def _table(table: Table) -> str:
         f"<h3>{escape(table.title)}</h3><table><thead><tr>{head}</tr></thead>"
         f"<tbody>{body}</tbody></table>{more}"
     )
+
+
+def _alerts_label(summary: RunSummary) -> str:
+    """The alerts card's label, with the total when an incident repeated its alerts."""
+    told = sum(summary.alerts_by_severity.values())
+    if summary.alerts_with_repeats == told:
+        return "alerts"
+    return f"alerts ({summary.alerts_with_repeats} with repeats)"
 
 
 def _num(value: float | None) -> str:

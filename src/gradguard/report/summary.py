@@ -238,8 +238,11 @@ class RunSummary:
         last_step: step of the last record.
         actions: how many steps ended with each action other than ``proceed``.
         applied_steps: steps whose update reached the weights.
-        alerts_by_severity: alert counts per severity.
-        alerts_by_kind: alert counts per kind (by value, e.g. ``"loss_spike"``).
+        alerts_by_severity: alerts per shown severity, repeats left out: one per incident (the
+            alerts :class:`~gradguard.detect.episode.IncidentLatch` marked ``repeat`` are not
+            counted), plus info alerts.
+        alerts_by_kind: the same alerts per kind (by value, e.g. ``"loss_spike"``); kinds
+            that only repeated are left out.
         first_warning: the first alert of severity warning or above.
         first_nonfinite_step: first step whose loss or gradient norm was NaN/Inf (a GradScaler's
             routine overflow excluded).
@@ -251,6 +254,7 @@ class RunSummary:
         clipped_steps: steps whose gradients were scaled down (clip coefficient below 1).
         smallest_clip: the strongest clipping, as ``(step, coefficient)``; ``None`` when none.
         tally: the counts every display shares (clipped, skipped, alerts by shown severity).
+        alerts_with_repeats: every alert in the log, repeats included.
         progress: first, best and final loss and whether the run trained.
         rate: what the back-offs showed about the learning rate.
         last: the last record (``None`` for an empty log).
@@ -273,6 +277,7 @@ class RunSummary:
     clipped_steps: int = 0
     smallest_clip: tuple[int, float] | None = None
     tally: StepTally = dataclasses.field(default_factory=StepTally)
+    alerts_with_repeats: int = 0
     progress: Progress = Progress("unknown", None, None, None)
     rate: RateEvidence = RateEvidence(None, (), None, 0, False, None, "low")
     last: StepRecord | None = None
@@ -323,7 +328,8 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
             actions[record.action] += 1
         for alert in record.alerts:
             severity = shown_severity(record, alert)  # a GradScaler overflow is routine: info
-            kinds[alert.kind.value] += 1
+            if not alert.repeat:  # counted as the tally counts: an incident once
+                kinds[alert.kind.value] += 1
             if first_warning is None and severity.rank >= Severity.WARNING.rank:
                 first_warning = alert
         if is_fault(record):
@@ -355,6 +361,7 @@ def summarize(records: Iterable[StepRecord]) -> RunSummary:
         clipped_steps=clipped,
         smallest_clip=smallest_clip,
         tally=tally,
+        alerts_with_repeats=tally.alerts_with_repeats,
         progress=tracked.result(),
         rate=rate.result(),
         last=last,

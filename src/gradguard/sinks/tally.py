@@ -88,7 +88,10 @@ class StepTally:
         aborted: aborted steps (0 or 1).
         scaler_overflows: steps skipped for a GradScaler overflow (routine, not a fault).
         steps_lost: applied steps undone by rollbacks.
-        alerts: alert counts by shown severity (:func:`shown_severity`).
+        alerts: alerts a person is told, by shown severity (:func:`shown_severity`): one per
+            incident, not the alerts :class:`~gradguard.detect.episode.IncidentLatch` marked
+            ``repeat`` (as ``Monitor.summary()`` counts them).
+        alerts_with_repeats: every alert raised, repeats included.
     """
 
     steps: int = 0
@@ -102,6 +105,7 @@ class StepTally:
     scaler_overflows: int = 0
     steps_lost: int = 0
     alerts: dict[Severity, int] = dataclasses.field(default_factory=dict)
+    alerts_with_repeats: int = 0
 
     def add(self, record: StepRecord) -> None:
         """Count one record."""
@@ -115,11 +119,23 @@ class StepTally:
         self.aborted += record.action is ActionKind.ABORT
         self.scaler_overflows += record.reason is Reason.SCALER_OVERFLOW
         self.steps_lost += record.steps_lost
-        for alert in record.alerts:
-            severity = shown_severity(record, alert)
-            self.alerts[severity] = self.alerts.get(severity, 0) + 1
+        alerts = record.alerts
+        if not alerts:
+            return
+        self.alerts_with_repeats += len(alerts)
+        for alert in alerts:
+            if not alert.repeat:
+                severity = shown_severity(record, alert)
+                self.alerts[severity] = self.alerts.get(severity, 0) + 1
 
     def alert_counts(self) -> str:
-        """``"2 critical, 1 warning, 3 info alerts"`` (only the severities seen; ``""`` if none)."""
+        """``"2 critical, 1 warning, 3 info alerts (41 with repeats)"`` (``""`` if none).
+
+        Only the severities seen are named; the total with repeats is added when repeats came.
+        """
         parts = [f"{self.alerts[s]} {s.value}" for s in reversed(Severity) if self.alerts.get(s, 0)]
-        return ", ".join(parts) + " alerts" if parts else ""
+        told = sum(self.alerts.values())
+        if told == self.alerts_with_repeats:
+            return ", ".join(parts) + " alerts" if parts else ""
+        counted = ", ".join(parts) + " alerts" if parts else "no new alerts"
+        return f"{counted} ({self.alerts_with_repeats} with repeats)"
