@@ -201,13 +201,17 @@ class EscalationPolicy:
         Returns:
             The :class:`Decision`; every field is a host value.
         """
-        situation = self._situation(observation, alerts, can_rollback, scaler_overflow)
-        situation = dataclasses.replace(situation, can_undo=can_undo)
+        situation = self._situation(observation, alerts, can_rollback, scaler_overflow, can_undo)
         rung = next(r for r in LADDER if r.when(situation))
         return self._carry_out(rung, situation, clipper)
 
     def _situation(
-        self, obs: Observation, alerts: Sequence[Alert], can_rollback: bool, overflow: bool
+        self,
+        obs: Observation,
+        alerts: Sequence[Alert],
+        can_rollback: bool,
+        overflow: bool,
+        can_undo: bool,
     ) -> Situation:
         """Update the running counts with this step and freeze what the rungs read."""
         s, cfg, t = self._s, self.config, obs.step
@@ -306,7 +310,7 @@ class EscalationPolicy:
             max_backoffs=cfg.max_backoffs,
             faults=f"{len(s.faults)} faulty steps within {cfg.window} steps",
             new_level=new_level,
-            can_undo=False,
+            can_undo=can_undo,
             loss_moved=s.loss_moved,
             can_rollback=can_rollback,
         )
