@@ -337,8 +337,8 @@ class Guard:
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._last_culprits: tuple[str, ...] = ()
         self._restored: tuple[int, int] | None = None  # (incident start, key) of the last rollback
-        # (progress, training state) the last rollback abandoned, kept while the policy probes
-        # whether the rollback was a diagnosis only (Decision.undo_rollback)
+        # (progress, steps it lost, training state) the last rollback abandoned, kept while the
+        # policy probes whether the rollback was a diagnosis only (Decision.undo_rollback)
         self._abandoned: tuple[int, int, dict[str, Any]] | None = None
         self._last_applied = False  # the last step was applied on finite gradients
         if snapshot_every is not None and self._foreign is None:
