@@ -72,9 +72,9 @@ class _State:
     first_loss: float = math.nan  # the loss of the weights the guard started from
     last_restore: list[float] | None = None  # [step, scale] of the last raise of the rate
     ceiling: float = 1.0  # the rate is never raised back above this (a level that failed)
-    # [step, loss, lr scale] of the last rollback (slot 3 is unused since 0.3), the steps since
-    # it that failed alike, and the loss the restored weights gave when they were current (NaN:
-    # unknown)
+    # [step, loss] of the last rollback, two slots unused since 0.3 (kept so that a state saved
+    # by 0.2 loads), the steps since it that failed alike, and the loss the restored weights
+    # gave when they were current (NaN: unknown)
     probe: list[float] | None = None
     loss_moved: bool = False  # a new loss level was accepted since the newest snapshot
     persistent: bool = False  # an escalation happened: the automatic bound stays on for good
@@ -675,7 +675,7 @@ class EscalationPolicy:
         loss = sit.obs.loss if sit.obs.loss is not None else math.nan
         about_level = sit.obs.finite and math.isfinite(loss)
         s.probe = (
-            [float(t), loss, old, 0.0, 0.0, math.nan] if can_rollback and about_level else None
+            [float(t), loss, 0.0, 0.0, 0.0, math.nan] if can_rollback and about_level else None
         )
         if cfg.backoff_on_rollback:
             # The k-th rollback in the window backs off k times: a rate 100x too high is found
