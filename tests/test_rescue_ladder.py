@@ -12,7 +12,7 @@ from torch import nn
 
 import gradguard as gg
 from gradguard.errors import ConfigError, TrainingDivergedError
-from gradguard.records import ActionKind, Reason
+from gradguard.records import ActionKind, Reason, StepRecord
 from gradguard.recover import RateCeiling
 
 
@@ -263,6 +263,35 @@ def test_lbfgs_is_not_clipped_by_the_automatic_bound_and_survives_its_ramp() -> 
     model = nn.Linear(4, 1)
     explicit = gg.Guard(model, torch.optim.LBFGS(model.parameters()), clip=0.5)
     assert explicit.policy.clip == 0.5
+
+
+def test_a_nine_fold_norm_jump_is_clipped_before_a_runaway_loss_damages_the_weights() -> None:
+    # A runaway loss weight on an SGD RNN of the generated family (validation half). Its norm
+    # went 1.7 -> 4.0 -> 14.5: the 14.5 step, 9x the healthy median but under the old 10x spike
+    # ratio, was applied whole, and the guard ended 1.48x clip_grad_norm_(1.0)'s final loss.
+    from gradguard.scenarios import generate
+
+    spec = generate.by_id("rnn-sgd-x1-constant-runaway#65")
+    records: list[StepRecord] = []
+
+    def guarded(run: generate.GeneratedRun) -> generate.Stepper:
+        guard = gg.Guard(run.model, run.optimizer, scheduler=run.scheduler)
+        return lambda loss, closure: records.append(guard.step(loss))
+
+    def clip_norm(run: generate.GeneratedRun) -> generate.Stepper:
+        params = list(run.model.parameters())
+
+        def step(loss: torch.Tensor | None, closure: object) -> None:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            run.optimizer.step()
+
+        return step
+
+    result, peer = generate.run(spec, guarded), generate.run(spec, clip_norm)
+    assert math.isnan(generate.run(spec).final)  # unguarded
+    assert result.finite and result.final <= 1.25 * peer.final
+    jump = next(r for r in records if r.total_norm > 5.0 * records[0].total_norm)
+    assert jump.reason is Reason.SPIKE and jump.applied and jump.clip_coef < 0.2
 
 
 def test_the_state_a_rollback_abandons_is_kept_only_while_its_probe_runs() -> None:

@@ -56,13 +56,14 @@ def test_spike_needs_warmup_ratio_and_surprise() -> None:
     detector = SpikeDetector()
     norms = [1.0] * 60
     norms[10] = 100.0  # inside the 20-step warm-up: silent
-    norms[30] = 9.0  # 9x: below min_ratio
-    norms[40] = 20.0  # 20x and far outside the spread: warning
+    norms[30] = 4.0  # 4x: below min_ratio, however surprising
+    norms[40] = 9.0  # 9x and far outside the spread: warning (one unclipped 9x SGD step is
+    # what cost a runaway-loss RNN of the generated family a third of its final loss)
     norms[50] = 2000.0  # 2000x: critical
     alerts = {i: detector.update(obs(i, n)) for i, n in enumerate(norms)}
     raised = {i: kinds(a) for i, a in alerts.items() if a}
     assert raised == {40: [("grad_norm_spike", "warning")], 50: [("grad_norm_spike", "critical")]}
-    assert alerts[40][0].threshold == pytest.approx(10.0)
+    assert alerts[40][0].threshold == pytest.approx(5.0)
 
 
 def test_spike_and_loss_spike_warm_up_alert_only_on_huge_jumps() -> None:

@@ -51,7 +51,7 @@ class SpikeDetector:
         window: int = 64,
         warmup: int = 20,
         z_threshold: float = 6.0,
-        min_ratio: float = 10.0,
+        min_ratio: float = 5.0,
         critical_ratio: float = 1000.0,
         warmup_ratio: float = 1000.0,
         min_spread: float = 0.1,
