@@ -495,11 +495,23 @@ def test_the_loss_jump_rule_only_covers_the_detectors_warm_up() -> None:
     assert late.apply and late.action.kind is ActionKind.PROCEED
 
 
-def test_a_loss_spike_warning_backs_off_like_a_trend() -> None:
-    policy = EscalationPolicy()
-    _run(policy, 0, 30)
-    d = policy.decide(_obs(30, loss=20.0), [_alert(30, AlertKind.LOSS_SPIKE, Severity.WARNING)])
-    assert d.action.kind is ActionKind.BACKOFF and d.apply
+def test_a_loss_spike_warning_is_clipped_under_a_bound_and_backs_off_without_one() -> None:
+    # One batch's spike (a corrupt batch of a momentum CNN in the generated family) used to halve
+    # the rate for the rest of the run: 2.2x clip_grad_norm_'s final loss. Under a bound the
+    # clipped step is the remedy; with nothing to clip (clip=None, LBFGS) only a backoff
+    # shortens the step.
+    spike = [_alert(30, AlertKind.LOSS_SPIKE, Severity.WARNING)]
+    clipped = EscalationPolicy()
+    _run(clipped, 0, 30)
+    d = clipped.decide(_obs(30, norm=40.0, loss=20.0), spike)
+    assert d.action.kind is ActionKind.CLIP and d.apply and d.lr_scale == 1.0
+    assert d.action.reason is Reason.LOSS_SPIKE and d.clip_coef == pytest.approx(1 / 40, rel=1e-5)
+    growth = [_alert(31, AlertKind.GROWTH_TREND, Severity.WARNING)]
+    assert clipped.decide(_obs(31, norm=40.0, loss=20.0), growth).action.kind is ActionKind.BACKOFF
+    unclipped = EscalationPolicy(clip=None)
+    _run(unclipped, 0, 30)
+    d = unclipped.decide(_obs(30, norm=40.0, loss=20.0), spike)
+    assert d.action.kind is ActionKind.BACKOFF and d.apply and d.lr_scale == 0.5
     assert d.action.reason is Reason.LOSS_SPIKE and "Unstable step" in d.action.message
 
 

@@ -14,6 +14,7 @@ import gradguard as gg
 from gradguard.errors import ConfigError, TrainingDivergedError
 from gradguard.records import ActionKind, Reason, StepRecord
 from gradguard.recover import RateCeiling
+from gradguard.scenarios import generate
 
 
 def _nan_step(model: nn.Module, opt: torch.optim.Optimizer) -> torch.Tensor:
@@ -245,8 +246,6 @@ def test_lbfgs_is_not_clipped_by_the_automatic_bound_and_survives_its_ramp() -> 
     # Its step comes from a curvature model fitted to gradient differences: gradients clipped
     # by a factor that changes from step to step corrupted it, and the guard ended at a loss of
     # 230 after five rollbacks. Unclipped, skipped and rolled back as needed, it trains.
-    from gradguard.scenarios import generate
-
     (spec,) = [s for s in generate.generate(seed=1) if s.id == "mlp-lbfgs-x100-ramp-none#56"]
     guards: list[gg.Guard] = []
 
@@ -265,13 +264,11 @@ def test_lbfgs_is_not_clipped_by_the_automatic_bound_and_survives_its_ramp() -> 
     assert explicit.policy.clip == 0.5
 
 
-def test_a_nine_fold_norm_jump_is_clipped_before_a_runaway_loss_damages_the_weights() -> None:
-    # A runaway loss weight on an SGD RNN of the generated family (validation half). Its norm
-    # went 1.7 -> 4.0 -> 14.5: the 14.5 step, 9x the healthy median but under the old 10x spike
-    # ratio, was applied whole, and the guard ended 1.48x clip_grad_norm_(1.0)'s final loss.
-    from gradguard.scenarios import generate
-
-    spec = generate.by_id("rnn-sgd-x1-constant-runaway#65")
+def _guard_against_clip_norm(
+    run_id: str,
+) -> tuple[generate.RunResult, generate.RunResult, list[StepRecord]]:
+    """A run of the generated family under ``Guard()`` and under ``clip_grad_norm_(1.0)``."""
+    spec = generate.by_id(run_id)
     records: list[StepRecord] = []
 
     def guarded(run: generate.GeneratedRun) -> generate.Stepper:
@@ -287,11 +284,29 @@ def test_a_nine_fold_norm_jump_is_clipped_before_a_runaway_loss_damages_the_weig
 
         return step
 
-    result, peer = generate.run(spec, guarded), generate.run(spec, clip_norm)
-    assert math.isnan(generate.run(spec).final)  # unguarded
+    return generate.run(spec, guarded), generate.run(spec, clip_norm), records
+
+
+def test_a_nine_fold_norm_jump_is_clipped_before_a_runaway_loss_damages_the_weights() -> None:
+    # A runaway loss weight on an SGD RNN of the generated family (validation half). Its norm
+    # went 1.7 -> 4.0 -> 14.5: the 14.5 step, 9x the healthy median but under the old 10x spike
+    # ratio, was applied whole, and the guard ended 1.48x clip_grad_norm_(1.0)'s final loss.
+    result, peer, records = _guard_against_clip_norm("rnn-sgd-x1-constant-runaway#65")
     assert result.finite and result.final <= 1.25 * peer.final
     jump = next(r for r in records if r.total_norm > 5.0 * records[0].total_norm)
     assert jump.reason is Reason.SPIKE and jump.applied and jump.clip_coef < 0.2
+
+
+def test_one_corrupt_batch_is_clipped_without_slowing_the_rest_of_the_run() -> None:
+    # A momentum CNN at its base rate meets one corrupt batch (validation half): loss 19 and a
+    # gradient 500x healthy. The guard used to halve the rate for the rest of the run for that
+    # one loss spike and ended 2.2x clip_grad_norm_(1.0)'s final loss.
+    result, peer, records = _guard_against_clip_norm("cnn-momentum-x1-constant-corrupt#55")
+    assert result.finite and result.final <= 1.25 * peer.final
+    corrupt = max(records, key=lambda r: r.total_norm)
+    assert "loss_spike" in {a.kind.value for a in corrupt.alerts}
+    assert corrupt.applied and corrupt.clip_coef < 0.01
+    assert all(r.action is not ActionKind.BACKOFF for r in records)
 
 
 def test_the_state_a_rollback_abandons_is_kept_only_while_its_probe_runs() -> None:

@@ -70,9 +70,10 @@ class PolicyConfig:
             not walk the same path into the same cliff; the k-th rollback within
             ``rollback_window`` applies ``backoff_factor`` k times.
         backoff_on_trend: back off the learning rate on a growth-trend alert (the gradient norm
-            grows geometrically) or a loss-spike warning (the loss jumped tenfold): the step
-            size is past the stability limit, and clipping alone leaves the run oscillating at
-            the edge; once per ``cooldown``, at most ``max_backoffs`` times per incident.
+            grows geometrically), an early explosion, or, when no bound clips the step, a
+            loss-spike warning (the loss jumped tenfold): the step size is past the stability
+            limit, and clipping alone leaves the run oscillating at the edge; once per
+            ``cooldown``, at most ``max_backoffs`` times per incident.
         max_scaler_overflows: a GradScaler's overflow (the guard tells it from a real fault by
             the scale: only a scale that lifts the healthy gradients near float16's range can
             overflow) is skipped without climbing the ladder, up to this many in a row. 128

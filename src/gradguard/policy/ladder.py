@@ -55,8 +55,9 @@ INCIDENT_KINDS = {
 """Alerts that open or extend an incident; the others (stuck, oscillation, a high loss, a
 culprit) are read by their own rungs only."""
 
-UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.LOSS_SPIKE, AlertKind.EARLY_EXPLOSION)
-"""Alerts that say the step size is past the stability limit: the learning rate backs off."""
+UNSTABLE_KINDS = (AlertKind.GROWTH_TREND, AlertKind.EARLY_EXPLOSION)
+"""Alerts that say the step size is past the stability limit: the learning rate backs off. A
+loss-spike warning says so only where no bound clips the step (see :attr:`Situation.grows`)."""
 
 INFO_READ = (AlertKind.LOSS_HIGH, AlertKind.OSCILLATION, AlertKind.LOSS_DRIFT)
 """Information alerts the rungs read; other info alerts are for people only."""
@@ -188,8 +189,15 @@ class Situation:
     @property
     def grows(self) -> bool:
         """A warning says the step size is past the stability limit, and no accepted change of the
-        loss level explains the growth instead (see ``loss_moved``)."""
-        return self.unstable and not self.loss_moved
+        loss level explains the growth instead (see ``loss_moved``).
+
+        A loss-spike warning is one batch's evidence: where a bound clips the step, the clipped
+        step is the remedy (a corrupt batch must not halve the rate for the rest of the run, and
+        a rate truly too high shows next as a growth, an oscillation or more faults); where
+        nothing clips it (``clip=None``, LBFGS), backing off is the only way to shorten it.
+        """
+        spiked = self.bound is None and AlertKind.LOSS_SPIKE in self.alerts
+        return (self.unstable or spiked) and not self.loss_moved
 
     def loss_says(self, kind: AlertKind) -> bool:
         """A finite step whose loss-level alert ``kind`` may indict the weights (see
