@@ -23,9 +23,12 @@ Final loss: the median of the held-out losses (a fixed batch never trained on) a
 steps; for a run the guard aborted (``TrainingDivergedError``), the held-out loss at the abort.
 A run is *exploding*, *healthy* or *tolerated* by what the unprotected run did
 (``generate.classify``). Per half (tuning, validation) the summary gives: rescued exploding runs
-(finite, final loss <= the untrained model's), the geometric mean over exploding runs of the
+(finite, final loss <= the untrained model's, or <= the same run's without its fault where
+training itself ends above that: a held-out loss that rises as the batches are fitted), the
+geometric mean over exploding runs of the
 guard's final loss over each peer's (non-finite or larger losses capped at 100x the initial loss,
-1e-3 x initial added to both), the worst guard / clip-norm ratio over all runs, aborts, and the
+1e-3 x initial added to both), the worst guard / clip-norm ratio over all runs, over exploding
+runs and over the runs the guard changed (not bit-identical to ``none``), aborts, and the
 healthy runs the guard left bit-identical to ``none``.
 
 ``--cost`` also times an incident-free ``Guard.step`` (default detectors, no snapshots, an
@@ -156,8 +159,14 @@ def make_method(name: str) -> generate.Method:
     return build
 
 
+TWIN = "twin"
+"""The unprotected run of a spec with its fault taken out: where training itself ends."""
+
+
 def _work(task: tuple[GeneratedScenario, str]) -> tuple[str, tuple[str, RunResult]]:
     spec, method = task
+    if method == TWIN:
+        return spec.id, (method, generate.run(dataclasses.replace(spec, fault="none")))
     return spec.id, (method, generate.run(spec, make_method(method)))
 
 
@@ -174,9 +183,12 @@ def ratio(a: RunResult, b: RunResult) -> float:
     return (capped(a) + floor) / (capped(b) + floor)
 
 
-def rescued(result: RunResult) -> bool:
-    """Ends finite with a final loss no worse than the untrained model's."""
-    return result.status != "unsupported" and result.finite and result.final <= result.initial
+def rescued(result: RunResult, twin: RunResult) -> bool:
+    """Ends finite with a final loss no worse than the untrained model's, or than the same run
+    without its fault (``twin``): a task whose held-out loss rises as training fits the batches
+    cannot be asked to end below where fault-free training ends."""
+    bar = max(result.initial, twin.final) if twin.finite else result.initial
+    return result.status != "unsupported" and result.finite and result.final <= bar
 
 
 def _fmt(result: RunResult) -> str:
@@ -200,12 +212,21 @@ def report(
         labels[spec.id] = label
         if spec.expected_healthy and label != "healthy":
             label += " (a 1x run without fault should train: generator bug)"
+        twin = r[TWIN]
+        if spec.fault != "none" and twin.finite and twin.final > twin.initial:
+            label += (
+                f" (without its fault {twin.final:.3g}, above the untrained {twin.initial:.3g})"
+            )
         cells = " | ".join(_fmt(r[m]) for m in METHODS)
         print(f"| {spec.id} | {label} | {cells} | {r['guard'].note} |")
     exploding = [s for s in specs if labels[s.id] == "exploding"]
     healthy = [s for s in specs if labels[s.id] == "healthy"]
     supported = [s for s in specs if results[s.id]["guard"].status != "unsupported"]
-    counts = {m: sum(rescued(results[s.id][m]) for s in exploding) for m in METHODS}
+
+    def saved(s: GeneratedScenario, method: str) -> bool:
+        return rescued(results[s.id][method], results[s.id][TWIN])
+
+    counts = {m: sum(saved(s, m) for s in exploding) for m in METHODS}
 
     def geomean(peer: str, chosen: list[GeneratedScenario]) -> float:
         logs = [
@@ -217,33 +238,32 @@ def report(
 
     geo = {peer: geomean(peer, exploding) for peer in ("guard-clip1", *PEERS)}
     geo_all = {peer: geomean(peer, specs) for peer in ("guard-clip1", *PEERS)}
-    worst_id, worst = max(
-        ((s.id, ratio(results[s.id]["guard"], results[s.id]["clip-norm"])) for s in supported),
-        key=lambda item: item[1],
-        default=("-", math.nan),
-    )
-    worst_exp_id, worst_exp = max(
-        (
-            (s.id, ratio(results[s.id]["guard"], results[s.id]["clip-norm"]))
-            for s in exploding
-            if s in supported
-        ),
-        key=lambda item: item[1],
-        default=("-", math.nan),
-    )
+
+    def worst_of(chosen: list[GeneratedScenario]) -> tuple[str, float]:
+        return max(
+            (
+                (s.id, ratio(results[s.id]["guard"], results[s.id]["clip-norm"]))
+                for s in chosen
+                if s in supported
+            ),
+            key=lambda item: item[1],
+            default=("-", math.nan),
+        )
+
+    def untouched(s: GeneratedScenario) -> bool:
+        """The guard left the run bit-identical to the unprotected one."""
+        guard, none = results[s.id]["guard"], results[s.id]["none"]
+        return guard.losses == none.losses and guard.checksum == none.checksum
+
+    worst_id, worst = worst_of(specs)
+    worst_exp_id, worst_exp = worst_of(exploding)
+    # Where the guard changed nothing, the ratio is clip-norm's effect on a run the guard left
+    # alone (clipping regularises some healthy runs); where it acted, it is the guard's doing.
+    worst_acted_id, worst_acted = worst_of([s for s in specs if not untouched(s)])
     # Exploding runs some peer rescued and the guard did not (the target is none).
-    missed = [
-        s.id
-        for s in exploding
-        if any(rescued(results[s.id][m]) for m in PEERS) and not rescued(results[s.id]["guard"])
-    ]
+    missed = [s.id for s in exploding if any(saved(s, m) for m in PEERS) and not saved(s, "guard")]
     aborts = {m: sum(results[s.id][m].status == "aborted" for s in specs) for m in METHODS}
-    identical = sum(
-        results[s.id]["guard"].losses == results[s.id]["none"].losses
-        and results[s.id]["guard"].checksum == results[s.id]["none"].checksum
-        for s in healthy
-        if s in supported
-    )
+    identical = sum(untouched(s) for s in healthy if s in supported)
     unsupported = len(specs) - len(supported)
     print(
         "\n| method | rescued exploding runs | guard / method, exploding (geo. mean) "
@@ -259,7 +279,8 @@ def report(
     return (
         f"{half}: rescued of {len(exploding)} exploding: {rescued_text}; guard/peer geo-mean "
         f"{geo_text}; worst guard/clip-norm {worst:.2f} ({worst_id}), on exploding runs "
-        f"{worst_exp:.2f} ({worst_exp_id}); rescued by a peer, not by guard: "
+        f"{worst_exp:.2f} ({worst_exp_id}), where the guard acted {worst_acted:.2f} "
+        f"({worst_acted_id}); rescued by a peer, not by guard: "
         f"{', '.join(missed) or 'none'}; aborts guard "
         f"{aborts['guard']} guard-clip1 {aborts['guard-clip1']}; healthy identical "
         f"{identical}/{n_healthy}; unsupported {unsupported}"
@@ -508,9 +529,9 @@ def main() -> None:
         got = dict(items)
         return f"none {_fmt(got['none'])} guard {_fmt(got['guard'])}"
 
-    tasks = [(spec, m) for spec in specs for m in METHODS]
+    tasks = [(spec, m) for spec in specs for m in (*METHODS, TWIN)]
     results: dict[str, dict[str, RunResult]] = {}
-    for run_id, (method, result) in run_tasks(_work, tasks, args.jobs, len(METHODS), describe):
+    for run_id, (method, result) in run_tasks(_work, tasks, args.jobs, len(METHODS) + 1, describe):
         results.setdefault(run_id, {})[method] = result
     slowest = max((r for per in results.values() for r in per.values()), key=lambda r: r.seconds)
     summaries = []

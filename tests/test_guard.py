@@ -549,7 +549,7 @@ def test_a_new_task_with_a_higher_loss_is_accepted_not_fought_until_abort() -> N
     assert "data changed" in accepted.message
     # The weights the rollback abandoned had begun to learn the new task: they come back, and
     # the probe's step (a gradient of the restored weights) is not applied.
-    assert not accepted.applied and "abandoned did better" in accepted.message
+    assert not accepted.applied and "abandoned are restored" in accepted.message
     before = weights[rollback.step - 1]  # what the rollback abandoned
     assert not all(torch.equal(a, b) for a, b in zip(weights[rollback.step], before, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(weights[accepted.step], before, strict=True))

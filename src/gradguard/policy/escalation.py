@@ -564,10 +564,11 @@ class EscalationPolicy:
         s.faults = []
         s.consecutive = 0
         s.protect_until = s.cooldown_until = t
-        # The weights the rollback abandoned gave ``loss`` before it; the restored ones give
-        # more now: the abandoned ones did better at the new level and come back (a task half
-        # learned, or progress made under a growing loss weight, is not thrown away).
-        undo = sit.can_undo and obs.loss is not None and obs.loss > loss
+        # The rollback blamed the weights, and the loss moved without them: the weights it
+        # abandoned come back (a task half learned, progress made under a growing loss weight
+        # or before a stretch of noisy labels is not thrown away). Comparing the two weights'
+        # losses instead would compare different batches of a level that is moving.
+        undo = sit.can_undo
         # The bound stays on (``persistent``, set by the rollback), from the new level's first
         # norm: a loss scale that moved once may move again (a loss weight on a schedule), and
         # clipping is what keeps plain SGD through it.
@@ -586,7 +587,7 @@ class EscalationPolicy:
             f"back to {scale:.3g})"
         )
         if undo:
-            message += "; the weights it abandoned did better and are restored, this step skipped."
+            message += "; the weights it abandoned are restored, this step skipped."
         else:
             scaled = f" with gradients scaled by {coef:.3g}" if coef < 1.0 - CLIP_TOLERANCE else ""
             message += f" and the step applied{scaled}."
