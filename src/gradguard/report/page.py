@@ -19,7 +19,7 @@ from gradguard.report.advisor import Advice
 from gradguard.report.analysis_view import format_value
 from gradguard.report.blocks import Block, Plot, Table
 from gradguard.report.summary import RunSummary, record_nonfinite
-from gradguard.sinks import RunLog, done_phrase, shown_severity
+from gradguard.sinks import RunLog, done_phrase, is_shown_intervention, shown_severity
 
 __all__ = ["CSP", "MAX_EVENT_ROWS", "Page", "outcome", "render_page"]
 
@@ -254,9 +254,8 @@ def _events_section(records: Sequence[StepRecord]) -> str:
     total = 0
     for record in records:
         events: list[tuple[str, str]] = []
-        routine = record.reason is Reason.SCALER_OVERFLOW  # counted above, not an event
-        acted = record.action not in (ActionKind.PROCEED, ActionKind.CLIP) and not routine
-        if acted or record.reason in _NOTED:
+        # a GradScaler overflow skip is counted above, not an event
+        if is_shown_intervention(record) or record.reason in _NOTED:
             detail = record.message
             if record.rolled_back_to is not None:
                 detail = (

@@ -7,7 +7,13 @@ from gradguard.sinks.jsonl import LOG_FORMAT, JsonlSink
 from gradguard.sinks.logger import LOGGER_NAME, LoggingSink, with_default_logging
 from gradguard.sinks.rank import RankZeroSink, is_launch_rank_zero, is_rank_zero
 from gradguard.sinks.read import LogHeader, LogStream, RunLog, SkippedLine, read_jsonl
-from gradguard.sinks.tally import StepTally, done_phrase, is_clipped, shown_severity
+from gradguard.sinks.tally import (
+    StepTally,
+    done_phrase,
+    is_clipped,
+    is_shown_intervention,
+    shown_severity,
+)
 from gradguard.sinks.tboard import TensorBoardSink
 
 __all__ = [
@@ -30,6 +36,7 @@ __all__ = [
     "is_clipped",
     "is_launch_rank_zero",
     "is_rank_zero",
+    "is_shown_intervention",
     "read_jsonl",
     "shown_severity",
     "with_default_logging",

@@ -18,8 +18,14 @@ import math
 from typing import TYPE_CHECKING
 
 from gradguard.errors import ConfigError, check_int
-from gradguard.records import ActionKind, AlertKind, Reason, Severity, StepRecord
-from gradguard.sinks.tally import StepTally, done_phrase, is_clipped, shown_severity
+from gradguard.records import ActionKind, AlertKind, Severity, StepRecord
+from gradguard.sinks.tally import (
+    StepTally,
+    done_phrase,
+    is_clipped,
+    is_shown_intervention,
+    shown_severity,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -112,8 +118,7 @@ class ConsoleSink:
             self._clipped += 1
             if math.isfinite(record.clip_coef):
                 self._min_coef = min(self._min_coef, record.clip_coef)
-        routine = record.reason is Reason.SCALER_OVERFLOW  # counted in the closing line
-        if record.action not in (ActionKind.PROCEED, ActionKind.CLIP) and not routine:
+        if is_shown_intervention(record):  # a scaler overflow is counted in the closing line
             self._print_intervention(record)
         for alert in record.alerts:
             severity = shown_severity(record, alert)  # a GradScaler overflow is routine: info

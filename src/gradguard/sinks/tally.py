@@ -4,7 +4,7 @@ Every display of a run (console lines, ``logging`` records, the report's counts)
 through these functions, so they cannot disagree: a step counts as clipped, skipped or backed off
 by the same test everywhere (the test :class:`~gradguard.guard.Guard` uses for its counters), an
 alert has one shown severity (a GradScaler overflow's non-finite gradient is routine: info), and
-"what was done" is worded once.
+"what was done" is worded once, as is which steps are interventions a person must see.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from gradguard.records import (
     StepRecord,
 )
 
-__all__ = ["CLIP_TOLERANCE", "StepTally", "done_phrase", "is_clipped", "shown_severity"]
+__all__ = [
+    "CLIP_TOLERANCE",
+    "StepTally",
+    "done_phrase",
+    "is_clipped",
+    "is_shown_intervention",
+    "shown_severity",
+]
 
 
 _ROUTINE = {Reason.SCALER_OVERFLOW: {AlertKind.NONFINITE_GRAD}}
@@ -47,6 +54,12 @@ def is_clipped(record: StepRecord) -> bool:
         return False
     coef = record.clip_coef
     return record.action is ActionKind.CLIP or (math.isfinite(coef) and coef < 1.0 - CLIP_TOLERANCE)
+
+
+def is_shown_intervention(record: StepRecord) -> bool:
+    """Whether a person must see this step: neither proceed nor clip, nor a routine scaler skip."""
+    routine = record.reason is Reason.SCALER_OVERFLOW
+    return record.action not in (ActionKind.PROCEED, ActionKind.CLIP) and not routine
 
 
 def done_phrase(record: StepRecord) -> str:
