@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import torch
 from torch import Tensor, nn
 
-from gradguard.clip import Clipper, apply_global_bound_, step_coefficient
+from gradguard.clip import Clipper, step_coefficient
+from gradguard.clip.apply import _apply_global_bound_  # the policy checked the bound
 from gradguard.detect import Detector, Preset
 from gradguard.errors import (
     ConfigError,
@@ -572,11 +573,13 @@ class Guard:
 
         The host already knows the norm (transferred once), so the multiply is skipped when the
         coefficient is certainly 1; near the bound the device decides, exactly as
-        ``clip_grad_norm_`` does, which keeps a guarded run bit-identical to it.
+        ``clip_grad_norm_`` does, which keeps a guarded run bit-identical to it. The bound comes
+        from the policy (a ``clip`` float or ``fallback_bound``, both checked when set, or a
+        healthy norm it keeps > 0), so it is not checked again here.
         """
         if bound is None or not stats.grads or bound / (obs.total_norm + EPS) > 1.0 + 1e-6:
             return
-        apply_global_bound_(stats, bound, EPS)
+        _apply_global_bound_(stats, bound, EPS)
 
     def _effective_lr(self) -> float | None:
         """The first group's rate as the guard applies it (schedule, backoff and ceiling)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -93,3 +94,42 @@ def test_load_state_dict_checks_the_window() -> None:
 def test_bad_settings_are_rejected(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         PercentileClipper(**kwargs)  # type: ignore[arg-type]
+
+
+_F32_MAX = torch.finfo(torch.float32).max
+_F32_MAX_ROUNDS_DOWN = _F32_MAX * (1 + 2.0**-25)  # float64, still rounds to float32's largest
+
+
+@pytest.mark.parametrize(
+    ("dtype", "norm"),
+    [
+        (torch.float32, 3.0),
+        (torch.float32, 1e38),
+        (torch.float32, math.inf),
+        (torch.float32, math.nan),
+        (torch.float64, 3.0),
+        (torch.float64, 1.0 / 3.0),  # rounds on the way to float32
+        (torch.float64, _F32_MAX),
+        (torch.float64, _F32_MAX_ROUNDS_DOWN),
+        (torch.float64, 3.5e38),  # float32 would make it inf
+        (torch.float64, 1e300),
+        (torch.float64, math.inf),
+        (torch.float64, math.nan),
+    ],
+)
+def test_the_ring_stores_the_norm_as_float32_clamped_to_its_range(
+    dtype: torch.dtype, norm: float
+) -> None:
+    clipper = PercentileClipper(50.0, window=2)
+    stats = gg.measure([param_with_norm(1.0, dtype)])
+    total = torch.tensor(norm, dtype=dtype)
+    stats = dataclasses.replace(stats, total_norm=total, finite=total < math.inf)
+    clipper.clip_(stats)
+    stored = clipper.state_dict()["history"][0]
+    # Bit for bit what the ring stored before this path skipped the clamp for float32 norms.
+    reference = total.to(torch.float32).clamp(max=_F32_MAX)
+    expected = reference if math.isfinite(norm) else torch.tensor(math.nan)
+    assert stored.dtype == torch.float32
+    torch.testing.assert_close(stored, expected, rtol=0, atol=0, equal_nan=True)
+    if dtype == torch.float64 and _F32_MAX < norm < math.inf:
+        assert stored.item() == _F32_MAX

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from gradguard.clip._args import check_eps, check_stats
 from gradguard.clip._state import check_empty_state
-from gradguard.clip.apply import apply_global_bound_, apply_per_tensor_bound_
+from gradguard.clip.apply import _apply_global_bound_, _apply_per_tensor_bound_
 from gradguard.clip.value import clip_by_value_
 from gradguard.errors import check_positive
 from gradguard.stats import GradStats
@@ -60,7 +60,7 @@ class GlobalNormClipper(_Stateless):
     @torch.no_grad()
     def clip_(self, stats: GradStats) -> Tensor:
         """Clip in place; return the 0-d coefficient applied to every gradient."""
-        return apply_global_bound_(
+        return _apply_global_bound_(
             check_stats("GlobalNormClipper.clip_", stats), self.max_norm, self.eps
         )
 
@@ -90,7 +90,7 @@ class PerTensorNormClipper(_Stateless):
     def clip_(self, stats: GradStats) -> Tensor:
         """Clip in place; return one coefficient per tensor."""
         stats = check_stats("PerTensorNormClipper.clip_", stats)
-        return apply_per_tensor_bound_(stats, self.max_norm, self.eps)
+        return _apply_per_tensor_bound_(stats, self.max_norm, self.eps)
 
 
 class ValueClipper(_Stateless):

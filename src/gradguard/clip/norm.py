@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from gradguard.clip._args import check_eps, stats_for
-from gradguard.clip.apply import apply_global_bound_, apply_per_tensor_bound_
+from gradguard.clip.apply import _apply_global_bound_, _apply_per_tensor_bound_
 from gradguard.errors import (
     NoGradientsError,
     NonFiniteError,
@@ -88,7 +88,7 @@ def clip_grad_norm_(
             "with gg.measure(model).norms, or pass error_if_nonfinite=False to leave such "
             "gradients untouched without raising."
         )
-    apply_global_bound_(stats, bound, _TORCH_EPS)
+    _apply_global_bound_(stats, bound, _TORCH_EPS)
     return stats.total_norm
 
 
@@ -129,7 +129,7 @@ def clip_by_global_norm_(
     bound = check_positive("max_norm", max_norm, fix=_MAX_NORM_FIX)
     eps = check_eps(eps)
     stats = stats_for(parameters, stats, norm_type, "clip_by_global_norm_")
-    apply_global_bound_(stats, bound, eps)
+    _apply_global_bound_(stats, bound, eps)
     return stats.total_norm
 
 
@@ -167,5 +167,5 @@ def clip_per_tensor_norm_(
     bound = check_positive("max_norm", max_norm, fix=_MAX_NORM_FIX)
     eps = check_eps(eps)
     stats = stats_for(parameters, stats, norm_type, "clip_per_tensor_norm_")
-    apply_per_tensor_bound_(stats, bound, eps)
+    _apply_per_tensor_bound_(stats, bound, eps)
     return stats.norms

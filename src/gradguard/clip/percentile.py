@@ -11,7 +11,7 @@ from torch import Tensor
 
 from gradguard.clip._args import check_eps, check_stats
 from gradguard.clip._state import TensorState
-from gradguard.clip.apply import apply_global_bound_
+from gradguard.clip.apply import _apply_global_bound_
 from gradguard.errors import ConfigError, check_int, check_real
 from gradguard.stats import GradStats
 
@@ -84,13 +84,17 @@ class PercentileClipper:
             self._slots = self._slots.to(stats.device)
         head, finite = state["head"], stats.finite
         write = (self._slots == head) & finite
-        # The history is float32; a float64 norm beyond its range enters as float32's largest.
-        norm = stats.total_norm.to(torch.float32).clamp(max=_FLOAT32_MAX)
+        norm = stats.total_norm
+        # The history is float32. A float32 norm needs no clamp: only a finite one is written,
+        # and GradStats' finite is ``total_norm < inf``. A float64 norm beyond float32's range
+        # enters as float32's largest (clamped in place on the converted copy).
+        if norm.dtype != torch.float32:
+            norm = norm.to(torch.float32).clamp_(max=_FLOAT32_MAX)
         history = torch.where(write, norm, state["history"])
         step = finite.to(torch.int64)
         state.update(history=history, head=(head + step) % self.window, seen=state["seen"] + step)
         bound = torch.nanquantile(history, self.percentile / 100.0)
-        return apply_global_bound_(stats, bound, self.eps)
+        return _apply_global_bound_(stats, bound, self.eps)
 
     def state_dict(self) -> dict[str, Any]:
         """``history`` (the ring of norms, NaN where empty), ``head`` and ``seen`` (tensors)."""

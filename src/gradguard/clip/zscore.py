@@ -11,7 +11,7 @@ from torch import Tensor
 
 from gradguard.clip._args import check_eps, check_stats
 from gradguard.clip._state import TensorState
-from gradguard.clip.apply import apply_global_bound_
+from gradguard.clip.apply import _apply_global_bound_
 from gradguard.errors import check_int, check_open_interval, check_positive
 from gradguard.stats import GradStats
 
@@ -128,7 +128,7 @@ class ZScoreClipper:
         )
         ceiling = math.inf if self.max_norm is None else self.max_norm
         bound = torch.where(spike, torch.exp(clipped_x).clamp(max=ceiling), ceiling)
-        return apply_global_bound_(stats, bound, self.eps)
+        return _apply_global_bound_(stats, bound, self.eps)
 
     def state_dict(self) -> dict[str, Any]:
         """``seen`` (finite norms counted), ``mean`` and ``var`` of the log-norm (tensors)."""
