@@ -277,3 +277,20 @@ def test_the_relay_counts_and_logs_an_incident_once(caplog: pytest.LogCaptureFix
         "gradguard step 0: the norm keeps growing",
         "gradguard step 2: the loss is high",
     ]
+
+
+def test_the_relay_logs_a_scalers_routine_overflow_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A GradScaler warming up from 2**32 overflows dozens of times: not a warning each."""
+    relay = FrameworkRelay(logging.getLogger("tests.relay"))
+    overflow = StepRecord(0, ActionKind.SKIP, Reason.SCALER_OVERFLOW, applied=False, message="o")
+    fault = StepRecord(1, ActionKind.SKIP, Reason.NONFINITE_GRAD, applied=False, message="f")
+    with caplog.at_level(logging.INFO, logger="tests.relay"):
+        relay.write(overflow)
+        relay.write(fault)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "gradguard step 0: o"),
+        (logging.WARNING, "gradguard step 1: f"),
+    ]
+    assert relay.metrics()["gradguard/skipped"] == 2.0

@@ -28,7 +28,7 @@ from gradguard.integrations.hooks import (
     unwrap_optimizer,
 )
 from gradguard.records import CLIP_TOLERANCE, ActionKind, Severity, StepRecord
-from gradguard.sinks import JsonlSink, RankZeroSink, Sink, is_rank_zero
+from gradguard.sinks import JsonlSink, RankZeroSink, Sink, is_rank_zero, is_shown_intervention
 
 __all__ = ["STATE_VERSION", "CallbackGuards", "FrameworkRelay", "LossMeter"]
 
@@ -70,7 +70,8 @@ class FrameworkRelay:
     ``gradguard/alerts`` and not logged; ``gradguard/alerts_with_repeats`` counts every alert.
 
     Args:
-        logger: where interventions (warning) and alerts on applied steps (info) go.
+        logger: where interventions (warning), a GradScaler's routine overflow skips and alerts
+            on applied steps (info) go.
     """
 
     speaks = True
@@ -104,8 +105,11 @@ class FrameworkRelay:
         self._coef = min(self._coef, record.clip_coef)
         if not is_rank_zero():
             return
-        if record.action not in (ActionKind.PROCEED, ActionKind.CLIP):
+        if is_shown_intervention(record):
             self.logger.warning("gradguard step %d: %s", record.step, record.message)
+        elif record.action is not ActionKind.PROCEED and not record.applied:
+            # A GradScaler's own overflow is routine (dozens while a 2**32 scale warms up).
+            self.logger.info("gradguard step %d: %s", record.step, record.message)
         for alert in told:  # a repeat's incident was already told
             level = logging.WARNING if alert.severity is Severity.CRITICAL else logging.INFO
             self.logger.log(level, "gradguard step %d: %s", record.step, alert.message)
