@@ -827,3 +827,20 @@ def test_accepting_a_new_level_never_raises_the_rate_above_its_ceiling() -> None
     policy.decide(_obs(31, norm=9.0, loss=12.0))
     accept = policy.decide(_obs(32, norm=9.0, loss=15.0))
     assert accept.action.reason is Reason.REGIME_CHANGE and accept.lr_scale == 0.25
+
+
+def test_a_warned_step_the_bound_had_to_shorten_keeps_the_bound_on_for_good() -> None:
+    # A loss spike that the bound clipped, with no escalation, used to release the bound once
+    # the incident closed: a deep ReLU MLP at 30x (seed-2 family) then took an unclipped step
+    # of norm 54 twenty steps later and ended at chance, 6.6x clip_grad_norm_.
+    spiked, calm = EscalationPolicy(), EscalationPolicy()
+    for policy in (spiked, calm):
+        _run(policy, 0, 30)
+    warn = [_alert(30, AlertKind.LOSS_SPIKE, Severity.WARNING)]
+    assert spiked.decide(_obs(30, norm=40.0, loss=20.0), warn).action.kind is ActionKind.CLIP
+    _run(spiked, 31, 70)
+    _run(calm, 30, 70)
+    assert spiked.incident_start is None  # the incident closed long ago
+    later = spiked.decide(_obs(70, norm=3.0))
+    assert later.action.kind is ActionKind.CLIP and later.clip_coef == pytest.approx(1 / 3, 1e-5)
+    assert calm.decide(_obs(70, norm=3.0)).action.kind is ActionKind.PROCEED

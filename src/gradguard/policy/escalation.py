@@ -77,7 +77,7 @@ class _State:
     # gave when they were current (NaN: unknown)
     probe: list[float] | None = None
     loss_moved: bool = False  # a new loss level was accepted since the newest snapshot
-    persistent: bool = False  # an escalation happened: the automatic bound stays on for good
+    persistent: bool = False  # an escalation, or a warned step clipped: the bound stays on
     last_resort: bool = False  # the rollback budget was spent once: tight clip, rate capped
     last_applied_healthy: bool = False  # the last applied step was a healthy one
     history: list[str] = dataclasses.field(default_factory=list)
@@ -353,9 +353,10 @@ class EscalationPolicy:
     def _bound(self, protected: bool, typical: float | None) -> float | None:
         """The clip bound of this step: none on a run never rescued, the healthy scale after.
 
-        Once the run needed an escalation it keeps the bound on every step (``persistent``): a
-        model that exploded once explodes again when released, and one line of
-        ``clip_grad_norm_`` would have held it all along. The last resort tightens it further.
+        Once the run needed an escalation, or the bound to shorten a warned step, it keeps the
+        bound on every step (``persistent``): a model that exploded once explodes again when
+        released, and one line of ``clip_grad_norm_`` would have held it all along. The last
+        resort tightens it further.
         """
         s, cfg = self._s, self.config
         if isinstance(self.clip, float):
@@ -484,6 +485,9 @@ class EscalationPolicy:
             return Decision(action, True, s.lr_scale, bound, coef)
 
         if sit.warn is not None:
+            # A warned step the bound had to shorten keeps the bound on for good, as an
+            # escalation does: the model made a wild gradient once and can again.
+            s.persistent = s.persistent or sit.clipped
             where = f" in {sit.culprits[0]}" if sit.culprits else ""
             message = (
                 f"Warning ({sit.warn.value.replace('_', ' ')}{where}, gradient norm "
