@@ -193,6 +193,25 @@ def test_a_loss_converging_to_zero_is_never_a_divergence() -> None:
     assert ActionKind.ROLLBACK not in kinds and ActionKind.ABORT not in kinds
 
 
+def test_a_real_run_converged_to_float_noise_is_not_aborted() -> None:
+    """repro_false_abort_near_zero_loss with the guard's detectors: at ~1e-14 the loss wobbles
+    to 1e-9..1e-5, which the loss-spike and drift rules took for thousandfold jumps; three
+    rollbacks and an abort followed at step 7645 of a run with no fault."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1))
+    o = torch.optim.Adam(m.parameters(), lr=1e-3)
+    g = gg.Guard(m, o, sinks=[])
+    x, y = torch.randn(64, 16), torch.randn(64, 1)
+    for t in range(7800):
+        i = (t * 8) % 56
+        o.zero_grad(set_to_none=True)
+        loss = nn.functional.mse_loss(m(x[i : i + 8]), y[i : i + 8])
+        loss.backward()
+        g.step(loss)
+    assert float(loss.detach()) < 1e-9
+    assert g.counters["rollbacks"] == 0 and g.counters["skipped"] == 0
+
+
 def test_lbfgs_is_driven_through_its_closure_and_takes_the_backed_off_rate() -> None:
     """repro_lbfgs and repro_lbfgs_backoff: Guard.step could not drive LBFGS at all."""
     torch.manual_seed(0)

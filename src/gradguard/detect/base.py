@@ -17,6 +17,7 @@ from gradguard.errors import check_fraction, check_int, check_ratio
 from gradguard.records import Alert, Observation
 
 __all__ = [
+    "LOSS_FLOOR",
     "Detector",
     "check_fraction",
     "check_int",
@@ -25,6 +26,11 @@ __all__ = [
     "fmt",
     "nonfinite_names",
 ]
+
+
+LOSS_FLOOR = 1e-3
+"""The loss rules measure a jump or a level against at least this fraction of the run's highest
+loss level: near a loss converged to ~0, float noise of 1e-9 is not a thousandfold jump."""
 
 
 @runtime_checkable

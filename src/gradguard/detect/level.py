@@ -12,9 +12,10 @@ The spike detectors judge one step against a calibrated spread. These rules judg
   above healthy for ``after`` steps: clipping kept the run finite but not on track.
 
 The healthy median is over recent losses below that ``ratio``, so an incident never teaches the
-baseline its own losses. Ratios are taken against at least :data:`LEVEL_FLOOR` of the highest
-level of the run: a loss converging to 1e-14 that wobbles to 1e-9 has not grown 1e5-fold in any
-sense that matters. That peak is run-level memory, kept across rollbacks (``keep_on_rollback``).
+baseline its own losses. Ratios are taken against at least
+:data:`~gradguard.detect.base.LOSS_FLOOR` of the highest level of the run: a loss converging to
+1e-14 that wobbles to 1e-9 has not grown 1e5-fold in any sense that matters. That peak is
+run-level memory, kept across rollbacks (``keep_on_rollback``).
 """
 
 from __future__ import annotations
@@ -25,14 +26,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradguard._ring import keep_last
-from gradguard.detect.base import check_int, check_ratio, fmt
+from gradguard.detect.base import LOSS_FLOOR, check_int, check_ratio, fmt
 from gradguard.errors import ConfigError, check_real
 from gradguard.records import Alert, AlertKind, Observation, Severity
 
-__all__ = ["LEVEL_FLOOR", "LossLevelDetector"]
-
-LEVEL_FLOOR = 1e-3
-"""Loss ratios are taken against at least this fraction of the highest loss level of the run."""
+__all__ = ["LossLevelDetector"]
 
 
 class LossLevelDetector:
@@ -82,7 +80,7 @@ class LossLevelDetector:
         """The healthy median raised to the floor, or ``None`` before any healthy loss."""
         if not self.healthy:
             return None
-        return max(statistics.median(self.healthy), LEVEL_FLOOR * self.peak)
+        return max(statistics.median(self.healthy), LOSS_FLOOR * self.peak)
 
     def update(self, obs: Observation) -> list[Alert]:
         """Compare this step's loss and the recent level with the healthy median."""

@@ -8,16 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradguard._ring import quantile
-from gradguard.detect.base import check_int, check_ratio, culprit_names, fmt
+from gradguard.detect.base import LOSS_FLOOR, check_int, check_ratio, culprit_names, fmt
 from gradguard.detect.robust import RobustWindow, jump_severity
 from gradguard.errors import check_positive
 from gradguard.records import Alert, AlertKind, Observation
 
-__all__ = ["PEAK_FRACTION", "TAIL_QUANTILE", "LossSpikeDetector"]
+__all__ = ["TAIL_QUANTILE", "LossSpikeDetector"]
 
-PEAK_FRACTION = 1e-3
-"""Outside log space, a loss jump is measured in units of at least this fraction of the largest
-|median loss| seen (so a loss that reached exactly 0 does not make every rounding a spike)."""
 
 TAIL_QUANTILE = 0.9
 """Outside log space, a loss jump is measured in units of at least the distance from the median
@@ -29,11 +26,14 @@ class LossSpikeDetector:
 
     While every loss is positive the rule works on ``log(loss)`` like
     :class:`~gradguard.detect.SpikeDetector`: the robust z-score against recent losses must reach
-    ``z_threshold`` *and* the loss must be at least ``min_ratio`` times the recent median. Once a
+    ``z_threshold`` *and* the loss must be at least ``min_ratio`` times the recent median, the
+    median taken as at least :data:`~gradguard.detect.base.LOSS_FLOOR` of the highest median
+    seen (a loss converged to 1e-14 that wobbles to 1e-6 has not jumped: the run began near 1).
+    Once a
     loss <= 0 is seen (log-likelihoods of densities, regularised objectives), the rule switches
     for good to the same test on the loss itself, the jump measured in units of ``|median|``, of
     the robust spread, or of the window's upper tail (:data:`TAIL_QUANTILE` minus the median),
-    whichever is largest, but at least :data:`PEAK_FRACTION` of the largest ``|median|`` seen. The
+    whichever is largest, but at least ``LOSS_FLOOR`` of the largest ``|median|`` seen. The
     tail matters once a loss underflows to exactly 0 on most batches: median and spread are then
     0 while the batches not fitted yet still give losses near 1; a loss within that recent range
     is not a jump.
@@ -74,7 +74,7 @@ class LossSpikeDetector:
         self.baseline = RobustWindow(size, self.min_spread)
         self.log_space = True
         self.seen = 0
-        self.peak = 0.0  # largest |median| seen, the floor of the linear-space scale
+        self.peak = 0.0  # largest |median| seen: LOSS_FLOOR of it floors the scale
 
     def update(self, obs: Observation) -> list[Alert]:
         """Score this step's loss against the baseline, then add it to the baseline."""
@@ -89,6 +89,8 @@ class LossSpikeDetector:
         if len(self.baseline):
             center, spread = self.baseline.center_spread()
             if self.log_space:
+                self.peak = max(self.peak, math.exp(center))
+                center = max(center, math.log(LOSS_FLOOR * self.peak))
                 typical = math.exp(center)
                 ratio = math.exp(min(value - center, 700.0))
                 z = (value - center) / spread
@@ -101,7 +103,7 @@ class LossSpikeDetector:
                 typical = center
                 self.peak = max(self.peak, abs(center))
                 tail = quantile(self.baseline.ring.values(), TAIL_QUANTILE) - center
-                scale = max(abs(center), spread, tail, PEAK_FRACTION * self.peak, 1e-12)
+                scale = max(abs(center), spread, tail, LOSS_FLOOR * self.peak, 1e-12)
                 ratio = 1.0 + (value - center) / scale
                 z = (value - center) / max(spread, self.min_spread * scale)
             severity = jump_severity(self, z=z, ratio=ratio, history=len(self.baseline))
@@ -126,7 +128,7 @@ class LossSpikeDetector:
 
     def _leave_log_space(self) -> None:
         values = [math.exp(v) for v in self.baseline.ring.values()]
-        self.peak = abs(statistics.median(values)) if values else 0.0
+        self.peak = max(self.peak, abs(statistics.median(values))) if values else self.peak
         self.baseline.ring.clear()
         for v in values:
             self.baseline.add(v)

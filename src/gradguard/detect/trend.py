@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradguard._ring import Ring, keep_last
-from gradguard.detect.base import check_int, check_ratio, culprit_names, fmt
+from gradguard.detect.base import LOSS_FLOOR, check_int, check_ratio, culprit_names, fmt
 from gradguard.errors import check_positive
 from gradguard.records import Alert, AlertKind, Observation, Severity
 
@@ -80,7 +80,8 @@ class GrowthTrendDetector:
     steps in a row and comes after ``warmup`` optimizer steps; it is critical when the forecast
     is within ``critical_horizon``. With it comes a ``loss_drift`` information alert when the
     loss level (median of the last 5 losses) is ``drift_ratio`` times the level around the
-    growth's onset: a slow drift has already poisoned the recent baselines, the onset has not.
+    growth's onset (taken as at least :data:`~gradguard.detect.base.LOSS_FLOOR` of the run's
+    highest level): a slow drift has already poisoned the recent baselines, the onset has not.
 
     A rising norm is healthy while the loss falls: a line fitted to ``log(loss)`` over the same
     steps that goes down says the growth buys progress (early training sharpens features, and a
@@ -133,6 +134,7 @@ class GrowthTrendDetector:
         self.drift_ratio = check_ratio("drift_ratio", drift_ratio)
         self.onset_losses: list[float] = []  # losses within ONSET_WINDOW steps of ``low_step``
         self.recent: list[float] = []  # the last LEVEL positive finite losses
+        self.peak = 0.0  # the highest level (median of ``recent``) of the run
         self.seen = 0
         self.streak = 0
         # Low-water mark of a slow average of log(norm): where the growth began (``since``).
@@ -155,6 +157,8 @@ class GrowthTrendDetector:
             self.loss_steps.append(float(obs.step))
             self.loss_logs.append(math.log(loss))
             self.recent = keep_last(self.recent, loss, LEVEL)
+            if len(self.recent) == LEVEL:
+                self.peak = max(self.peak, statistics.median(self.recent))
         self._track_onset(obs.step, log_norm)
         if positive and loss is not None and obs.step <= self.low_step + ONSET_WINDOW:
             self.onset_losses.append(loss)
@@ -199,7 +203,8 @@ class GrowthTrendDetector:
         """The ``loss_drift`` alert, when the loss level is ``drift_ratio`` times the onset's."""
         if not self.onset_losses or len(self.recent) < LEVEL:
             return []
-        now, then = statistics.median(self.recent), statistics.median(self.onset_losses)
+        now = statistics.median(self.recent)
+        then = max(statistics.median(self.onset_losses), LOSS_FLOOR * self.peak)
         if now < self.drift_ratio * then:
             return []
         message = (
@@ -267,6 +272,7 @@ class GrowthTrendDetector:
             "low_step": self.low_step,
             "onset_losses": list(self.onset_losses),
             "recent": list(self.recent),
+            "peak": self.peak,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -287,3 +293,4 @@ class GrowthTrendDetector:
         self.low_step = int(state.get("low_step", 0))
         self.onset_losses = [float(v) for v in state.get("onset_losses", [])]
         self.recent = [float(v) for v in state.get("recent", [])]
+        self.peak = float(state.get("peak", 0.0))
