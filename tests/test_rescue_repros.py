@@ -141,11 +141,16 @@ def test_fp16_adam_weights_are_left_finite_and_the_optimizer_is_named() -> None:
             if record.reason is Reason.NONFINITE_PARAM:
                 messages.append(record.message)
 
-    with pytest.raises(TrainingDivergedError):
+    with pytest.raises(TrainingDivergedError) as aborted:
         train()
     assert all(bool(torch.isfinite(p).all()) for p in m.parameters())
-    # Rolled back at the first sight of the non-finite weights, with the cause named.
+    # Rolled back at the first sight of the non-finite weights, with the cause named, and the
+    # abort's text names it too, before the general advice (lower the rate, clip...), which
+    # would not help here.
     assert messages and "eps=1e-08" in messages[0] and "Adam" in messages[0]
+    text = str(aborted.value)
+    assert "Found: " in text and "raise eps to 1e-4" in text
+    assert text.index("Found: ") < text.index("What to try")
 
 
 def test_a_skipped_fault_before_any_healthy_history_clips_nothing_after_it() -> None:

@@ -337,6 +337,7 @@ class Guard:
         self._since_snapshot = 0
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._last_culprits: tuple[str, ...] = ()
+        self._cause = ""  # the last cause of non-finite weights found, for an abort's text
         self._restored: tuple[int, int] | None = None  # (incident start, key) of the last rollback
         # (progress, steps it lost, training state) the last rollback abandoned, kept while the
         # policy probes whether the rollback was a diagnosis only (Decision.undo_rollback)
@@ -525,6 +526,7 @@ class Guard:
         cause = ""
         if decision.action.reason is Reason.NONFINITE_PARAM:
             cause = f" {self._nonfinite_weights_cause()}"
+            self._cause = cause.strip()
         if decision.reset_baselines:
             self.monitor.reset_detectors()
         if decision.undo_rollback and self._abandoned is not None:
@@ -630,7 +632,9 @@ class Guard:
             state = self._load_readable(self.store.steps()[-1])[1]
             self.parts.load(state, rollback=True, only=_TRAINING_PARTS)
         if self.on_give_up == "raise":
-            advice = abort_advice(self.policy.history(), lr=record.lr, culprits=self._last_culprits)
+            advice = abort_advice(
+                self.policy.history(), lr=record.lr, culprits=self._last_culprits, cause=self._cause
+            )
             raise TrainingDivergedError(advice, record)
         self.should_stop = self.should_stop or self.on_give_up == "stop"
 

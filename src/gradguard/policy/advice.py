@@ -8,7 +8,11 @@ __all__ = ["abort_advice"]
 
 
 def abort_advice(
-    history: Sequence[str], *, lr: float | None = None, culprits: Sequence[str] = ()
+    history: Sequence[str],
+    *,
+    lr: float | None = None,
+    culprits: Sequence[str] = (),
+    cause: str = "",
 ) -> str:
     """The text of the abort error: what happened, then what to try, most effective first.
 
@@ -16,6 +20,8 @@ def abort_advice(
         history: the last escalation messages (``EscalationPolicy.history()``).
         lr: the learning rate of the first parameter group, echoed in the advice.
         culprits: names of the tensors with the largest gradients at the end.
+        cause: what the guard found behind the trouble (an optimizer whose own update made the
+            weights non-finite), shown before the general advice; empty when nothing was found.
 
     Returns:
         A multi-line message for :class:`~gradguard.errors.TrainingDivergedError`.
@@ -28,6 +34,8 @@ def abort_advice(
     """
     lines = ["gradguard stopped the run: it kept failing after every rescue it is allowed."]
     lines += [f"  - {h}" for h in history[-4:]]
+    if cause:
+        lines.append(f"Found: {cause}")
     where = f" (largest gradients in {', '.join(culprits[:3])})" if culprits else ""
     lr_text = f"{lr:.3g}" if lr is not None else "the learning rate"
     lines += [
