@@ -29,14 +29,13 @@ class LossSpikeDetector:
     ``z_threshold`` *and* the loss must be at least ``min_ratio`` times the recent median, the
     median taken as at least :data:`~gradguard.detect.base.LOSS_FLOOR` of the highest median
     seen (a loss converged to 1e-14 that wobbles to 1e-6 has not jumped: the run began near 1).
-    Once a
-    loss <= 0 is seen (log-likelihoods of densities, regularised objectives), the rule switches
-    for good to the same test on the loss itself, the jump measured in units of ``|median|``, of
-    the robust spread, or of the window's upper tail (:data:`TAIL_QUANTILE` minus the median),
-    whichever is largest, but at least ``LOSS_FLOOR`` of the largest ``|median|`` seen. The
-    tail matters once a loss underflows to exactly 0 on most batches: median and spread are then
-    0 while the batches not fitted yet still give losses near 1; a loss within that recent range
-    is not a jump.
+    Once a loss <= 0 is seen (log-likelihoods of densities, regularised objectives), the rule
+    switches for good to the same test on the loss itself, the jump measured in units of
+    ``|median|``, of the robust spread, or of the window's upper tail (:data:`TAIL_QUANTILE`
+    minus the median), whichever is largest, but at least ``LOSS_FLOOR`` of the largest
+    ``|median|`` seen. The tail matters once a loss underflows to exactly 0 on most batches:
+    median and spread are then 0 while the batches not fitted yet still give losses near 1; a
+    loss within that recent range is not a jump.
     During the first ``warmup`` optimizer steps only a jump of ``warmup_ratio`` times the median
     so far alerts. A missing or non-finite loss never enters the window (non-finite losses are
     :class:`NonFiniteDetector` 's job).
