@@ -7,6 +7,7 @@ docstrings of the tests.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -128,7 +129,8 @@ def test_fp16_adam_weights_are_left_finite_and_the_optimizer_is_named() -> None:
     torch.manual_seed(0)
     m = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(16, 1)).half()
     o = torch.optim.Adam(m.parameters(), lr=1e-3)
-    g = gg.Guard(m, o, snapshot_every=10)
+    with pytest.warns(UserWarning, match=r"Adam's eps=1e-08 rounds to 0 with float16 weights"):
+        g = gg.Guard(m, o, snapshot_every=10)  # told before the first NaN, not after the abort
     messages = []
 
     def train() -> None:
@@ -151,6 +153,18 @@ def test_fp16_adam_weights_are_left_finite_and_the_optimizer_is_named() -> None:
     text = str(aborted.value)
     assert "Found: " in text and "raise eps to 1e-4" in text
     assert text.index("Found: ") < text.index("What to try")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "eps"), [(torch.bfloat16, 1e-8), (torch.float32, 1e-8), (torch.float16, 1e-4)]
+)
+def test_an_eps_that_float16_keeps_or_a_wider_dtype_raises_no_warning(
+    dtype: torch.dtype, eps: float
+) -> None:
+    m = nn.Linear(4, 1).to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gg.Guard(m, torch.optim.Adam(m.parameters(), eps=eps))
 
 
 def test_a_skipped_fault_before_any_healthy_history_clips_nothing_after_it() -> None:

@@ -343,6 +343,16 @@ class Guard:
         # policy probes whether the rollback was a diagnosis only (Decision.undo_rollback)
         self._abandoned: tuple[int, int, dict[str, Any]] | None = None
         self._last_applied = False  # the last step was applied on finite gradients
+        eps = self._underflowing_eps()
+        if eps is not None:
+            warnings.warn(
+                f"{type(optimizer).__name__}'s eps={eps:g} rounds to 0 with float16 "
+                "weights, so a zero gradient makes its update 0/0 = NaN. Keep fp32 master "
+                "weights (torch.amp autocast with a GradScaler) or raise eps to 1e-4 or more; "
+                "until then the guard rolls back every update that turns the weights NaN.",
+                UserWarning,
+                stacklevel=2,
+            )
         if snapshot_every is not None and self._foreign is None:
             self.snapshot()
 
@@ -610,14 +620,12 @@ class Guard:
         """Why the weights may have become non-finite, for the rollback's message."""
         if not self._last_applied:
             return "Restored from a snapshot."
-        half = any(p.dtype in (torch.float16, torch.bfloat16) for p in self._params())
-        eps = [g.get("eps") for g in self.optimizer.param_groups]
-        tiny = [e for e in eps if isinstance(e, float) and e < 6e-8]
+        eps = self._underflowing_eps()
         name = type(self.optimizer).__name__
-        if half and tiny:
+        if eps is not None:
             return (
                 f"The last optimizer step was applied on finite gradients, so {name}'s update "
-                f"itself produced them: with half-precision weights its eps={tiny[0]:g} rounds "
+                f"itself produced them: with float16 weights its eps={eps:g} rounds "
                 "to 0, and a zero gradient divides 0 by 0. Keep fp32 master weights (torch.amp "
                 "autocast with a GradScaler) or raise eps to 1e-4 or more."
             )
@@ -625,6 +633,14 @@ class Guard:
             f"The last optimizer step was applied on finite gradients, so {name}'s update itself "
             "produced them (an overflow inside the optimizer, or a weight changed outside it)."
         )
+
+    def _underflowing_eps(self) -> float | None:
+        """The optimizer's ``eps`` when float16 weights round it to 0, else ``None``."""
+        if not any(p.dtype is torch.float16 for p in self._params()):
+            return None
+        eps = [g.get("eps") for g in self.optimizer.param_groups]
+        tiny = [e for e in eps if isinstance(e, float) and e > 0.0 and _float16(e) == 0.0]
+        return tiny[0] if tiny else None
 
     def _give_up(self, record: StepRecord) -> None:
         """Every rescue failed: leave finite weights, then raise, ask to stop, or go on."""
@@ -1004,6 +1020,11 @@ class GuardState:
 
 _TRAINING_PARTS = ("model", "optimizer", "scheduler", "scaler")
 """The snapshot parts that giving up restores: finite weights, nothing the guard learned."""
+
+
+def _float16(value: float) -> float:
+    """``value`` rounded to float16 (``0.0`` where it underflows)."""
+    return float(torch.tensor(value, dtype=torch.float16))
 
 
 def _all_finite(tensors: Sequence[Tensor]) -> bool:
