@@ -11,7 +11,7 @@ import multiprocessing
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 import torch
@@ -30,27 +30,32 @@ def run_tasks(
     worker: Callable[[T], tuple[str, R]],
     tasks: list[T],
     jobs: int,
-    per_key: int,
+    per_key: int | Mapping[str, int],
     describe: Callable[[str, list[R]], str] | None = None,
 ) -> list[tuple[str, R]]:
     """Run ``worker`` on every task (``jobs`` processes) and print one line per finished key.
 
     ``worker`` returns ``(key, result)``; a key (a run id) is finished once ``per_key`` of its
-    tasks are. Progress goes to stderr so that the tables on stdout stay clean.
+    tasks are (one count for every key, or a count by key). Progress goes to stderr so that the
+    tables on stdout stay clean.
     """
     start = time.perf_counter()
     done: Counter[str] = Counter()
     by_key: dict[str, list[R]] = {}
     out: list[tuple[str, R]] = []
-    keys_total = max(1, len(tasks) // per_key)
+
+    def needed(key: str) -> int:
+        return per_key[key] if isinstance(per_key, Mapping) else per_key
+
+    keys_total = len(per_key) if isinstance(per_key, Mapping) else max(1, len(tasks) // per_key)
 
     def collect(items: Iterable[tuple[str, R]]) -> None:
         for key, result in items:
             out.append((key, result))
             done[key] += 1
             by_key.setdefault(key, []).append(result)
-            if done[key] == per_key:
-                finished = sum(1 for n in done.values() if n == per_key)
+            if done[key] == needed(key):
+                finished = sum(1 for k, n in done.items() if n == needed(k))
                 extra = f" {describe(key, by_key[key])}" if describe is not None else ""
                 print(
                     f"[{finished}/{keys_total}] {key}{extra} ({time.perf_counter() - start:.0f} s)",
